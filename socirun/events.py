@@ -1,0 +1,204 @@
+"""The typed event stream: the only contract between the engine and what the user sees.
+
+The engine emits these frozen dataclasses; every renderer (plain, json, tui) consumes the same stream, so what
+each face shows cannot drift apart. `to_record` / `from_record` give the versioned JSON form used by
+`--progress=json` and by recorded streams that are replayed into any renderer.
+
+Adding a field is compatible; renaming or removing one bumps SCHEMA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+SCHEMA = 1
+
+LayerStateName = Literal["waiting", "downloading", "downloaded", "unpacking", "done", "exists", "failed"]
+# Per-layer expectation of how its bytes reach the host.
+LayerMode = Literal["standard", "parallel", "lazy", "snapshotter", "cached"]
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event; `time` is wall-clock seconds since the epoch when it was made."""
+
+    type_name: ClassVar[str] = "event"
+    time: float = field(default_factory=_now, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Resolving(Event):
+    """socirun started resolving `reference` (after alias expansion) with the registry."""
+
+    type_name: ClassVar[str] = "resolving"
+    reference: str
+    expanded_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageResolved(Event):
+    """The reference resolved to a platform manifest; sizes are compressed bytes."""
+
+    type_name: ClassVar[str] = "image_resolved"
+    reference: str
+    digest: str  # what the reference points at (index or manifest)
+    manifest_digest: str
+    platform: str
+    layer_count: int
+    total_size: int
+
+
+@dataclass(frozen=True)
+class PlanMade(Event):
+    """Which mode and snapshotter will be used, and why, in plain sentences."""
+
+    type_name: ClassVar[str] = "plan_made"
+    mode: str
+    snapshotter: str
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LayerPlanned(Event):
+    """One row of the layer table, announced before any transfer starts."""
+
+    type_name: ClassVar[str] = "layer_planned"
+    index: int
+    digest: str
+    media_type: str
+    size: int
+    mode: LayerMode
+
+
+@dataclass(frozen=True)
+class LayerStateChanged(Event):
+    type_name: ClassVar[str] = "layer_state"
+    digest: str
+    state: LayerStateName
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LayerProgress(Event):
+    """Bytes of the compressed blob in the content store (`downloaded`) and already unpacked (`applied`)."""
+
+    type_name: ClassVar[str] = "layer_progress"
+    digest: str
+    downloaded: int
+    total: int
+    applied: int = 0
+
+
+@dataclass(frozen=True)
+class FetchLogEntry(Event):
+    """Something fetched on demand or in the background by a lazy snapshotter."""
+
+    type_name: ClassVar[str] = "fetch_log"
+    layer_digest: str
+    offset: int
+    length: int
+    reason: str  # "on-demand" | "background" | "prefetch"
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class PullFinished(Event):
+    """The image is in containerd, unpacked for `snapshotter`. `fetched` counts bytes moved in this run."""
+
+    type_name: ClassVar[str] = "pull_finished"
+    reference: str
+    manifest_digest: str
+    snapshotter: str
+    mode: str
+    fetched: int
+    total_size: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class ContainerCreated(Event):
+    type_name: ClassVar[str] = "container_created"
+    container_id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerStarted(Event):
+    type_name: ClassVar[str] = "container_started"
+    container_id: str
+    pid: int
+    since_command_start: float = 0.0
+
+
+@dataclass(frozen=True)
+class ContainerExited(Event):
+    type_name: ClassVar[str] = "container_exited"
+    container_id: str
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class Warning(Event):  # noqa: A001 - the event's name in the stream is "warning"
+    type_name: ClassVar[str] = "warning"
+    message: str
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    type_name: ClassVar[str] = "error"
+    message: str
+    exit_code: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type_name: cls
+    for cls in (
+        Resolving,
+        ImageResolved,
+        PlanMade,
+        LayerPlanned,
+        LayerStateChanged,
+        LayerProgress,
+        FetchLogEntry,
+        PullFinished,
+        ContainerCreated,
+        ContainerStarted,
+        ContainerExited,
+        Warning,
+        Error,
+    )
+}
+
+Emit = Callable[[Event], None]
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """The JSON-lines form: schema, type and time first, then the event's own fields."""
+    record: dict[str, Any] = {"schema": SCHEMA, "type": event.type_name, "time": round(event.time, 6)}
+    for f in dataclasses.fields(event):
+        if f.name == "time":
+            continue
+        value = getattr(event, f.name)
+        record[f.name] = list(value) if isinstance(value, tuple) else value
+    return record
+
+
+def from_record(record: dict[str, Any]) -> Event:
+    """Inverse of `to_record`; unknown fields (from a newer minor version) are ignored."""
+    if record.get("schema") != SCHEMA:
+        raise ValueError(f"unsupported event schema {record.get('schema')!r} (this socirun reads {SCHEMA})")
+    cls = EVENT_TYPES[record["type"]]
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in record:
+            value = record[f.name]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
