@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what socirun's demo and tests need on a Debian/Ubuntu host (run as root):
+# the Debian packages of the real components, then socirun itself into ./.venv.
+#   scripts/install-deps.sh          runtime only
+#   scripts/install-deps.sh --test   with the test tools (pytest, ruff, mypy, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(containerd runc docker-registry containernetworking-plugins busybox-static iptables tmux)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! python3 -m venv --help >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+extra=""
+if [ "${1:-}" = "--test" ]; then
+    extra="[test]"
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"

@@ -1,0 +1,3 @@
+from socirun.cli import run
+
+run()

@@ -1,0 +1,235 @@
+"""Command line: argv → options → the engine. stdout is data (references, IDs); everything else goes to stderr.
+
+One top-level handler turns every SocirunError into one sentence on stderr and docker's exit code; a
+traceback is printed only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from socirun import __version__
+from socirun.config import SocirunConfig, load_config
+from socirun.errors import EXIT_INTERRUPTED, SocirunError, UsageError
+from socirun.progress import PROGRESS_MODES, Recorder, Renderer, make_renderer, progress_mode_for, rendering
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as a UsageError (exit 125, like docker) instead of exiting 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}. See '{self.prog} --help'.")
+
+
+def _add_connection_flags(p: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """Global flags; as in nerdctl they may also follow the subcommand, but the short forms only lead."""
+    default = None if top_level else argparse.SUPPRESS
+    short = {"address": ["-a"], "namespace": ["-n"]} if top_level else {"address": [], "namespace": []}
+    p.add_argument("--address", *short["address"], default=default,
+                   help="containerd socket (env CONTAINERD_ADDRESS, default /run/containerd/containerd.sock)")
+    p.add_argument("--namespace", *short["namespace"], default=default,
+                   help="containerd namespace (env CONTAINERD_NAMESPACE, default 'default')")
+    p.add_argument("--debug", action="store_true", default=default if not top_level else False,
+                   help="print tracebacks on errors")
+
+
+def _add_registry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hosts-dir", default=None,
+                   help="containerd hosts.toml directory (default /etc/containerd/certs.d, /etc/docker/certs.d)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="allow plain HTTP / unverified TLS for HOST (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="socirun", description="Fast, visible cold starts for big container images.")
+    parser.add_argument("--version", action="version", version=f"socirun {__version__}")
+    _add_connection_flags(parser, top_level=True)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    pull = sub.add_parser("pull", help="pull an image into containerd and unpack it")
+    _add_connection_flags(pull, top_level=False)
+    _add_registry_flags(pull)
+    pull.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host's)")
+    pull.add_argument("--snapshotter", default=None, help="snapshotter to unpack for (default overlayfs)")
+    pull.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES),
+                      help="how to show progress (default auto)")
+    pull.add_argument("--max-concurrent-downloads", type=int, default=None, metavar="N",
+                      help="layers downloaded at once (default 4)")
+    pull.add_argument("--record-events", default=None, metavar="FILE",
+                      help="also write every event as JSON lines to FILE (replayable)")
+    pull.add_argument("-q", "--quiet", action="store_true", help="same as --progress=quiet")
+    pull.add_argument("image")
+
+    sandbox = sub.add_parser("sandbox", help="a private containerd + registry for demos, tests and benchmarks")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", parser_class=_Parser, required=True)
+    for name, text in (("up", "start (idempotent)"), ("down", "stop what `up` started and remove its state"),
+                       ("status", "show whether it runs"), ("env", "print export lines for eval")):
+        sp = sandbox_sub.add_parser(name, help=text)
+        sp.add_argument("--dir", default=None, help="state directory (default $SOCIRUN_SANDBOX_DIR or "
+                        "/var/lib/socirun/sandbox)")
+    push = sandbox_sub.add_parser("push-sample", help="build a sample OCI image and push it to the sandbox")
+    push.add_argument("--dir", default=None)
+    push.add_argument("--name", required=True, help="repository name, e.g. demo/sample")
+    push.add_argument("--tag", default="latest")
+    push.add_argument("--layers", default="1,2,4,8", metavar="MB,MB,...",
+                      help="uncompressed sizes of the data layers on top of the busybox base, in MB")
+    push.add_argument("--seed", type=int, default=0, help="changes the layers' bytes (and digests)")
+    push.add_argument("--with-glibc", action="store_true", help="add the host's dynamic loader and libc")
+
+    demo = sub.add_parser("demo", help="bring the sandbox up, push a sample and pull it")
+    demo.add_argument("--dir", default=None)
+    demo.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES))
+    return parser
+
+
+def _parse_layers(text: str) -> list[float]:
+    try:
+        sizes = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f'invalid --layers "{text}": give comma-separated sizes in MB, e.g. 1,2,4') from None
+    if any(s < 0 for s in sizes):
+        raise UsageError(f'invalid --layers "{text}": sizes cannot be negative')
+    return sizes
+
+
+def _renderer(requested: str | None, config: SocirunConfig, record: str | None) -> Renderer:
+    wanted = requested or os.environ.get("SOCIRUN_PROGRESS") or config.progress
+    mode = progress_mode_for(wanted)
+    if mode == "tty" and wanted == "auto":
+        mode = "plain"  # the TUI arrives with its own issue; until then auto means plain
+    renderer: Renderer = make_renderer(mode, sys.stderr)
+    if record:
+        renderer = Recorder(renderer, record)
+    return renderer
+
+
+async def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
+    # Imported here so `socirun --help` stays fast and needs no gRPC.
+    from socirun.containerd.client import ContainerdClient, resolve_address, resolve_namespace
+    from socirun.oci import host_platform, parse_platform
+    from socirun.pull.engine import DEFAULT_MAX_CONCURRENT_DOWNLOADS, PullRequest, pull_image
+    from socirun.reference import expand_alias, parse_reference
+    from socirun.registry.client import RegistryClient
+
+    text, alias = expand_alias(args.image, config.aliases)
+    reference = parse_reference(text)
+    platform = parse_platform(args.platform) if args.platform else host_platform()
+    renderer = _renderer("quiet" if args.quiet else args.progress, config, args.record_events)
+    address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
+    namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
+    snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter or "overlayfs"
+    request = PullRequest(
+        reference=reference,
+        platform=platform,
+        snapshotter=snapshotter,
+        max_concurrent_downloads=args.max_concurrent_downloads or DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+        expanded_from=alias,
+    )
+    insecure = [*config.insecure_registries, *args.insecure_registry]
+    try:
+        async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(
+            hosts_dir=args.hosts_dir or config.hosts_dir, insecure=insecure
+        ) as registry, rendering(renderer) as emit:
+            await pull_image(ctd, registry, request, emit)
+    finally:
+        if isinstance(renderer, Recorder):
+            renderer.close()
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from socirun.sandbox.sandbox import Sandbox, default_dir
+
+    box = Sandbox(args.dir or default_dir())
+    match args.sandbox_command:
+        case "up":
+            info = box.up()
+            print(f"sandbox up in {info.dir}: containerd {info.containerd_address} (pid {info.containerd_pid}), "
+                  f"registry {info.registry_host} (pid {info.registry_pid})", file=sys.stderr)
+            print("run `eval \"$(socirun sandbox env)\"` to point socirun and ctr at it", file=sys.stderr)
+        case "down":
+            box.down()
+            print(f"sandbox in {box.dir} stopped and removed", file=sys.stderr)
+        case "status":
+            status = box.status()
+            if status is None:
+                print(f"sandbox in {box.dir} is not running", file=sys.stderr)
+                return 1
+            print(f"sandbox in {status.dir} is running: containerd {status.containerd_address} "
+                  f"(pid {status.containerd_pid}), registry {status.registry_host} (pid {status.registry_pid})")
+        case "env":
+            if box.status() is None:
+                raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
+            print("\n".join(box.env_lines()))
+        case "push-sample":
+            from socirun.sandbox.sample import push_sample
+
+            running = box.status()
+            if running is None:
+                raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
+            print(push_sample(running.registry_host, args.name, args.tag, _parse_layers(args.layers),
+                              seed=args.seed, with_glibc=args.with_glibc))
+    return 0
+
+
+def _demo(args: argparse.Namespace, config: SocirunConfig) -> int:
+    from socirun.sandbox.sample import push_sample
+    from socirun.sandbox.sandbox import Sandbox, default_dir
+
+    box = Sandbox(args.dir or default_dir())
+    info = box.up()
+    print(f"sandbox: containerd {info.containerd_address}, registry {info.registry_host}", file=sys.stderr)
+    reference = push_sample(info.registry_host, "demo/sample", "latest", [8, 16, 32, 64])
+    print(f"pushed {reference}", file=sys.stderr)
+    pull_args = argparse.Namespace(
+        image=reference, platform=None, snapshotter=None, progress=args.progress, quiet=False,
+        max_concurrent_downloads=None, record_events=None, hosts_dir=None, insecure_registry=[],
+        address=info.containerd_address, namespace="default",
+    )
+    code = asyncio.run(_pull(pull_args, config))
+    print(f"\nthe image is in the sandbox's containerd; look at it with:\n"
+          f"  ctr -a {info.containerd_address} images ls\n"
+          f"stop the sandbox with: socirun sandbox down", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        debug = bool(getattr(args, "debug", False))
+        config = load_config()
+        match args.command:
+            case "pull":
+                return asyncio.run(_pull(args, config))
+            case "sandbox":
+                return _sandbox(args)
+            case "demo":
+                return _demo(args, config)
+            case _:
+                build_parser().print_help(sys.stderr)
+                return 0 if not argv else 125
+    except SocirunError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"socirun: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("socirun: interrupted; nothing half-written was kept, and a rerun resumes the download",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The pull engine: brings an image's content and snapshots into containerd, reporting through events."""

@@ -1,0 +1,274 @@
+"""The standard pull path: registry → Content.Write → Snapshots.Prepare → Diff.Apply → Commit → image record.
+
+Everything a pull creates lives under one lease until the image record references it (containerd-client.md
+§2). Layers download concurrently (bounded) and each is applied as soon as it and its parent are ready, so
+unpacking overlaps the transfers of later layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from socirun import events as ev
+from socirun.containerd.client import (
+    AlreadyExistsError,
+    CommitMismatchError,
+    ContainerdClient,
+    Mount,
+)
+from socirun.errors import DigestMismatchError, PullError
+from socirun.oci import Descriptor, Platform, chain_ids
+from socirun.pull import labels as lb
+from socirun.pull.leases import PullLease
+from socirun.reference import ImageReference
+from socirun.registry.client import RegistryClient, ResolvedImage
+
+PROGRESS_INTERVAL_S = 0.1
+DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
+
+# Snapshotters that unpack locally; any other (soci, stargz, …) gets the remote-snapshotter labels.
+LOCAL_SNAPSHOTTERS = frozenset({"overlayfs", "native", "btrfs", "zfs", "devmapper", "aufs"})
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    reference: ImageReference
+    platform: Platform
+    snapshotter: str = "overlayfs"
+    max_concurrent_downloads: int = DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    expanded_from: str | None = None
+
+
+@dataclass(frozen=True)
+class PullResult:
+    image: ResolvedImage
+    top_chain_id: str
+    fetched: int
+    elapsed: float
+
+
+class _Throttle:
+    """At most one progress event per layer per PROGRESS_INTERVAL_S; the last one always goes out."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str, now: float) -> bool:
+        if now - self._last.get(key, 0.0) >= PROGRESS_INTERVAL_S:
+            self._last[key] = now
+            return True
+        return False
+
+
+class _Pull:
+    def __init__(
+        self, ctd: ContainerdClient, registry: RegistryClient, request: PullRequest, emit: ev.Emit
+    ) -> None:
+        self.ctd = ctd
+        self.registry = registry
+        self.request = request
+        self.emit = emit
+        self.snapshotter = request.snapshotter
+        self.fetched = 0
+        self._throttle = _Throttle()
+        self._downloads = asyncio.Semaphore(max(1, request.max_concurrent_downloads))
+        self.lease: PullLease  # set once the image name is known
+
+    # -- content -------------------------------------------------------------------------------------------
+
+    async def _source_label(self, img: ResolvedImage, digest: str) -> dict[str, str]:
+        info = await self.ctd.content_info(digest)
+        existing = None
+        if info is not None:
+            existing = info.labels.get(f"{lb.DISTRIBUTION_SOURCE}.{img.source_host}")
+        return lb.distribution_source_label(img.source_host, img.source_repository, existing)
+
+    async def _store_small(self, img: ResolvedImage, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
+        labels = labels | await self._source_label(img, desc.digest)
+        await self.ctd.write_blob(lb.ingest_ref(desc), desc.digest, data, labels)
+
+    async def _store_metadata(self, img: ResolvedImage) -> None:
+        """Index, manifest and config first: remote snapshotters read them from the store during Prepare."""
+        await self._store_small(img, img.config, img.config_bytes, {})
+        await self._store_small(img, img.manifest, img.manifest_bytes, lb.manifest_labels(img.config, img.layers))
+        if img.index_bytes is not None:
+            children = _index_children(img.index_bytes)
+            await self._store_small(img, img.target, img.index_bytes, lb.index_labels(children))
+
+    async def _download(self, img: ResolvedImage, layer: Descriptor) -> None:
+        """Write one layer blob into the content store, resuming whatever an earlier run left behind."""
+        async with self._downloads:
+            ref = lb.ingest_ref(layer)
+            labels = await self._source_label(img, layer.digest)
+            self.lease.track_ingest(ref)
+            writer = await self.ctd.open_writer(ref, layer.digest, layer.size)
+            try:
+                offset = await writer.start()
+                if writer.already_exists:
+                    await self.ctd.content_update_labels(layer.digest, labels)
+                    self._progress(layer, layer.size, force=True)
+                    return
+                self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
+                                               detail=f"resuming at {offset} bytes" if offset else ""))
+                self._progress(layer, offset, force=True)
+                received = offset
+                if offset < layer.size:
+                    async for chunk in self.registry.fetch_blob(img.reference, layer, offset):
+                        received += len(chunk)
+                        if received > layer.size:
+                            await self.ctd.abort_ingest(ref)
+                            raise DigestMismatchError(
+                                f"layer {layer.digest} from {img.reference.domain} is larger than the "
+                                f"{layer.size} bytes its manifest declares; the registry's copy is corrupt."
+                            )
+                        await writer.write(chunk)
+                        self.fetched += len(chunk)
+                        self._progress(layer, received)
+                try:
+                    await writer.commit(labels)
+                except CommitMismatchError:
+                    await self.ctd.abort_ingest(ref)
+                    raise DigestMismatchError(
+                        f"layer {layer.digest} from {img.reference.domain}: the bytes received do not match "
+                        "that digest, so the registry's copy is corrupt; nothing was stored for it."
+                    ) from None
+                self._progress(layer, layer.size, force=True)
+            finally:
+                await writer.close()
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded"))
+
+    def _progress(self, layer: Descriptor, downloaded: int, *, force: bool = False, applied: int = 0) -> None:
+        if force or self._throttle.due(layer.digest, time.monotonic()):
+            self.emit(ev.LayerProgress(digest=layer.digest, downloaded=downloaded, total=layer.size,
+                                       applied=applied))
+
+    # -- snapshots -----------------------------------------------------------------------------------------
+
+    async def _prepare(self, key: str, parent: str, labels: dict[str, str], chain_id: str) -> list[Mount] | None:
+        """Prepare the extraction snapshot; None when the target exists (another pull, or a remote snapshotter
+        committed it itself)."""
+        for _attempt in range(3):
+            try:
+                return await self.ctd.snapshot_prepare(self.snapshotter, key, parent, labels)
+            except AlreadyExistsError:
+                if await self.ctd.snapshot_stat(self.snapshotter, chain_id) is not None:
+                    return None
+                key = lb.unpack_key(chain_id)
+        raise PullError(f"could not prepare a snapshot for layer {chain_id}: its key kept colliding")
+
+    async def _unpack(self, img: ResolvedImage, index: int, chain: list[str]) -> None:
+        layer, chain_id = img.layers[index], chain[index]
+        parent = chain[index - 1] if index else ""
+        labels = {lb.SNAPSHOT_REF: chain_id}
+        if self.snapshotter not in LOCAL_SNAPSHOTTERS:
+            labels |= lb.remote_snapshot_labels(str(img.reference), img.manifest.digest, img.layers, index)
+        key = lb.unpack_key(chain_id)
+        mounts = await self._prepare(key, parent, labels, chain_id)
+        if mounts is None:
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists", detail="snapshot present"))
+            return
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
+        committed = False
+        try:
+            applied = await self.ctd.diff_apply(layer, mounts)
+            if applied.digest != img.diff_ids[index]:
+                raise DigestMismatchError(
+                    f"layer {layer.digest} unpacked to {applied.digest}, but the image config says "
+                    f"{img.diff_ids[index]}; the image is inconsistent."
+                )
+            try:
+                await self.ctd.snapshot_commit(self.snapshotter, chain_id, key, labels)
+                committed = True
+            except AlreadyExistsError:
+                pass  # a concurrent pull committed the same chainID: the layer is there all the same
+        finally:
+            if not committed:
+                # No half-written snapshot survives a failure or a Ctrl-C.
+                await _shielded(self.ctd.snapshot_remove(self.snapshotter, key))
+        await self.ctd.content_update_labels(layer.digest, {lb.UNCOMPRESSED: img.diff_ids[index]})
+        self._progress(layer, layer.size, force=True, applied=layer.size)
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="done"))
+
+    # -- the whole pull ------------------------------------------------------------------------------------
+
+    async def run(self) -> PullResult:
+        started = time.monotonic()
+        req = self.request
+        self.emit(ev.Resolving(reference=str(req.reference), expanded_from=req.expanded_from))
+        img = await self.registry.resolve(req.reference, req.platform)
+        total = sum(layer.size for layer in img.layers)
+        self.emit(ev.ImageResolved(reference=str(img.reference), digest=img.target.digest,
+                                   manifest_digest=img.manifest.digest, platform=str(img.platform),
+                                   layer_count=len(img.layers), total_size=total))
+        self.emit(ev.PlanMade(mode="standard", snapshotter=self.snapshotter, reasons=(
+            f"socirun downloads each layer ({req.max_concurrent_downloads} at a time) and containerd "
+            f"unpacks it into {self.snapshotter} as soon as its parent is ready",
+        )))
+        chain = chain_ids(list(img.diff_ids))
+        present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
+        for i, layer in enumerate(img.layers):
+            self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
+                                      size=layer.size, mode="cached" if present[i] else "standard"))
+
+        async with PullLease(self.ctd, str(img.reference)) as lease:
+            self.lease = lease
+            await self._store_metadata(img)
+            for i, layer in enumerate(img.layers):
+                if present[i]:
+                    self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists",
+                                                   detail="snapshot present"))
+            downloads: dict[str, asyncio.Task[None]] = {}
+            try:
+                for i, layer in enumerate(img.layers):
+                    if not present[i] and layer.digest not in downloads:
+                        downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
+                for i, layer in enumerate(img.layers):
+                    if present[i]:
+                        continue
+                    await downloads[layer.digest]
+                    await self._unpack(img, i, chain)
+            except BaseException:
+                for task in downloads.values():
+                    task.cancel()
+                await asyncio.gather(*downloads.values(), return_exceptions=True)
+                raise
+            await self.ctd.content_update_labels(img.config.digest,
+                                                 lb.snapshot_gc_label(self.snapshotter, chain[-1]))
+            await self.ctd.image_create_or_update(str(img.reference), img.target)
+            lease.succeeded()
+        elapsed = time.monotonic() - started
+        self.emit(ev.PullFinished(reference=str(img.reference), manifest_digest=img.manifest.digest,
+                                  snapshotter=self.snapshotter, mode="standard", fetched=self.fetched,
+                                  total_size=total, elapsed=elapsed))
+        return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed)
+
+
+def _index_children(index_bytes: bytes) -> list[Descriptor]:
+    doc = json.loads(index_bytes)
+    return [Descriptor.from_json(m) for m in doc.get("manifests", [])]
+
+
+async def _shielded(aw: Awaitable[None]) -> None:
+    """Run cleanup to completion even when the surrounding task is being cancelled."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+    except Exception:
+        pass  # cleanup is best effort; the original error is what the user needs to see
+
+
+async def pull_image(
+    ctd: ContainerdClient, registry: RegistryClient, request: PullRequest, emit: ev.Emit
+) -> PullResult:
+    """Pull `request.reference` into containerd and unpack it for `request.snapshotter`."""
+    return await _Pull(ctd, registry, request, emit).run()
+

@@ -1,0 +1,95 @@
+"""Plain face: one line per state change, a heartbeat every few seconds, one summary line. No control codes."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from socirun import events as ev
+from socirun.ui.model import PullModel, human_bytes, human_duration, short_digest
+
+HEARTBEAT_S = 5.0
+
+
+class PlainRenderer:
+    def __init__(self, out: TextIO, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.out = out
+        self.model = PullModel()
+        self.heartbeat_s = heartbeat_s
+        self._last_beat: float | None = None
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def handle(self, event: ev.Event) -> None:
+        self.model.apply(event)
+        if self._last_beat is None:
+            self._last_beat = event.time
+        m = self.model
+        match event:
+            case ev.Resolving():
+                via = f" (alias {event.expanded_from!r} expanded)" if event.expanded_from else ""
+                self._line(f"resolving {event.reference}{via}")
+            case ev.ImageResolved():
+                self._line(
+                    f"resolved {event.reference} to {event.manifest_digest} ({event.platform}): "
+                    f"{event.layer_count} layers, {human_bytes(event.total_size)}"
+                )
+            case ev.PlanMade():
+                self._line(f"plan: {event.mode} pull, snapshotter {event.snapshotter}")
+                for reason in event.reasons:
+                    self._line(f"  - {reason}")
+            case ev.LayerStateChanged():
+                row = m.layers.get(event.digest)
+                size = f" ({human_bytes(row.size)})" if row is not None else ""
+                took = ""
+                if row is not None and event.state == "done" and row.started is not None:
+                    took = f" in {human_duration(event.time - row.started)}"
+                detail = f": {event.detail}" if event.detail else ""
+                self._line(f"{short_digest(event.digest)}: {event.state}{size}{took}{detail}")
+            case ev.FetchLogEntry():
+                self._line(
+                    f"{short_digest(event.layer_digest)}: fetched {human_bytes(event.length)} "
+                    f"at {event.offset} ({event.reason}){' ' + event.path if event.path else ''}"
+                )
+            case ev.Warning():
+                self._line(f"warning: {event.message}")
+            case ev.PullFinished():
+                self._line(summary_line(m, event))
+            case ev.ContainerStarted():
+                self._line(f"container {event.container_id[:12]} started after {human_duration(event.since_command_start)}")
+            case ev.Error():
+                pass  # the CLI's single error handler prints the sentence
+            case _:
+                pass
+
+    def tick(self, now: float) -> None:
+        """Called about once a second; prints a heartbeat every `heartbeat_s` while a pull is in flight."""
+        m = self.model
+        if m.started is None or m.finished is not None or m.error is not None or not m.layers:
+            return
+        if self._last_beat is not None and now - self._last_beat < self.heartbeat_s:
+            return
+        self._last_beat = now
+        self._line(heartbeat_line(m, now))
+
+
+def heartbeat_line(m: PullModel, now: float) -> str:
+    done, total = m.counts()
+    elapsed = now - m.started if m.started is not None else 0.0
+    return (
+        f"pulling {m.reference} {m.fraction() * 100:.0f}% "
+        f"{human_bytes(m.bytes_done())}/{human_bytes(m.total_size)} "
+        f"{human_bytes(m.rate())}/s eta {human_duration(m.eta())} "
+        f"elapsed {human_duration(elapsed)} [{done}/{total} layers]"
+    )
+
+
+def summary_line(m: PullModel, event: ev.PullFinished) -> str:
+    cached = sum(1 for r in m.layers.values() if r.state == "exists")
+    rate = event.fetched / event.elapsed if event.elapsed > 0 else 0.0
+    return (
+        f"pulled {event.reference} ({event.mode}, {event.snapshotter}): fetched "
+        f"{human_bytes(event.fetched)} of {human_bytes(event.total_size)} in "
+        f"{human_duration(event.elapsed)} ({human_bytes(rate)}/s); {len(m.layers)} layers, {cached} cached"
+    )

@@ -1,0 +1,134 @@
+import io
+import json
+import re
+
+import pytest
+
+from socirun import events as ev
+from socirun.errors import UsageError
+from socirun.progress import choose_progress
+from socirun.ui.jsonl import JsonRenderer, QuietRenderer
+from socirun.ui.model import PullModel, human_bytes, human_duration
+from socirun.ui.plain import PlainRenderer
+from tests.unit.streams import T0, standard_pull
+
+ANSI = re.compile(r"\x1b\[|\x1b\]|\r")
+
+
+def replay_plain(stream: list[ev.Event]) -> str:
+    out = io.StringIO()
+    renderer = PlainRenderer(out)
+    for event in stream:
+        # A tick after every event, at the event's own time, as a live run would have had.
+        renderer.handle(event)
+        renderer.tick(event.time)
+    return out.getvalue()
+
+
+def test_plain_output_golden() -> None:
+    text = replay_plain(standard_pull())
+    assert text.splitlines() == [
+        "resolving 127.0.0.1:5000/demo/sample:latest",
+        "resolved 127.0.0.1:5000/demo/sample:latest to sha256:" + "d" * 64 + " (linux/amd64): 3 layers, 60.0 MB",
+        "plan: standard pull, snapshotter overlayfs",
+        "  - one reason",
+        "aaaaaaaaaaaa: exists (10.0 MB): snapshot present",
+        "bbbbbbbbbbbb: downloading (20.0 MB)",
+        "cccccccccccc: downloading (30.0 MB)",
+        "pulling 127.0.0.1:5000/demo/sample:latest 33% 20.0 MB/60.0 MB 2.0 MB/s eta 20.0s elapsed 5.3s [1/3 layers]",
+        "bbbbbbbbbbbb: downloaded (20.0 MB)",
+        "bbbbbbbbbbbb: unpacking (20.0 MB)",
+        "bbbbbbbbbbbb: done (20.0 MB) in 9.0s",
+        "pulling 127.0.0.1:5000/demo/sample:latest 100% 60.0 MB/60.0 MB 5.0 MB/s eta 0.0s elapsed 11.3s [2/3 layers]",
+        "cccccccccccc: downloaded (30.0 MB)",
+        "cccccccccccc: unpacking (30.0 MB)",
+        "cccccccccccc: done (30.0 MB) in 11.7s",
+        "pulled 127.0.0.1:5000/demo/sample:latest (standard, overlayfs): fetched 50.0 MB of 60.0 MB in 12.0s "
+        "(4.2 MB/s); 3 layers, 1 cached",
+    ]
+    assert not ANSI.search(text)
+
+
+def test_plain_heartbeat_waits_five_seconds_and_stops_after_finish() -> None:
+    out = io.StringIO()
+    renderer = PlainRenderer(out)
+    for event in standard_pull()[:10]:
+        renderer.handle(event)
+    renderer.tick(T0 + 3.0)
+    assert "pulling" not in out.getvalue()
+    renderer.tick(T0 + 5.1)
+    assert out.getvalue().count("pulling ") == 1
+    renderer.tick(T0 + 6.0)
+    assert out.getvalue().count("pulling ") == 1
+    for event in standard_pull()[10:]:
+        renderer.handle(event)
+    before = out.getvalue()
+    renderer.tick(T0 + 100)
+    assert out.getvalue() == before
+
+
+def test_json_lines_round_trip() -> None:
+    out = io.StringIO()
+    renderer = JsonRenderer(out)
+    stream = standard_pull()
+    for event in stream:
+        renderer.handle(event)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == len(stream)
+    assert all(r["schema"] == 1 and {"type", "time"} <= r.keys() for r in records)
+    assert [ev.from_record(r) for r in records] == stream
+    assert records[-1]["type"] == "pull_finished" and records[-1]["fetched"] == 50_000_000
+
+
+def test_quiet_prints_only_the_summary() -> None:
+    out = io.StringIO()
+    renderer = QuietRenderer(out)
+    for event in standard_pull():
+        renderer.handle(event)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pulled 127.0.0.1:5000/demo/sample:latest")
+
+
+def test_model_counts_cached_layers_as_done_but_not_as_moved() -> None:
+    model = PullModel()
+    for event in standard_pull():
+        model.apply(event)
+    assert model.bytes_done() == 60_000_000
+    assert model.bytes_moved() == 50_000_000
+    assert model.counts() == (3, 3)
+    assert model.layers[standard_pull()[3].digest].mode == "cached"  # type: ignore[attr-defined]
+
+
+def test_unknown_schema_is_refused() -> None:
+    with pytest.raises(ValueError, match="schema"):
+        ev.from_record({"schema": 2, "type": "warning", "time": 0, "message": "x"})
+
+
+@pytest.mark.parametrize(
+    ("requested", "stdin", "stderr", "env", "expected"),
+    [
+        ("auto", True, True, {"TERM": "xterm"}, "tty"),
+        ("auto", False, True, {"TERM": "xterm"}, "plain"),
+        ("auto", True, False, {"TERM": "xterm"}, "plain"),
+        ("auto", True, True, {"TERM": "dumb"}, "plain"),
+        ("auto", True, True, {"TERM": "xterm", "CI": "true"}, "plain"),
+        ("json", False, False, {}, "json"),
+        ("quiet", True, True, {}, "quiet"),
+    ],
+)
+def test_choose_progress(requested: str, stdin: bool, stderr: bool, env: dict[str, str], expected: str) -> None:
+    assert choose_progress(requested, stdin_tty=stdin, stderr_tty=stderr, env=env) == expected
+
+
+def test_choose_progress_rejects_unknown_mode() -> None:
+    with pytest.raises(UsageError, match="--progress"):
+        choose_progress("fancy", stdin_tty=True, stderr_tty=True, env={})
+
+
+def test_human_units() -> None:
+    assert human_bytes(999) == "999 B"
+    assert human_bytes(1_500_000) == "1.5 MB"
+    assert human_bytes(2_000_000_000_000) == "2000.0 GB"
+    assert human_duration(None) == "?"
+    assert human_duration(75) == "1m15s"
+    assert human_duration(3 * 3600 + 60) == "3h01m"
