@@ -11,6 +11,7 @@ Facts and pitfalls referenced as "§n" are from shared/reference/containerd-clie
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import os
@@ -18,7 +19,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self, TypeVar
@@ -49,6 +50,8 @@ MIN_VERSION = (1, 6)
 # Go's client uses 16 MiB in both directions (§1); Content.Write chunks stay far below it.
 MAX_MESSAGE_BYTES = 16 << 20
 WRITE_CHUNK_BYTES = 1 << 20
+# WRITE messages in flight before waiting for an answer (pipelining; see ContentWriter.write).
+WRITE_WINDOW = 8
 
 # identifiers.Validate (§1): also the rule for namespaces.
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
@@ -175,6 +178,13 @@ class PluginInfo:
     ok: bool
     error: str  # init_err.message when not ok (contains "skip plugin" for plugins skipped on purpose)
     exports: dict[str, str] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    id: str
+    labels: dict[str, str] = field(hash=False)
+    created_at: float = 0.0  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -437,19 +447,16 @@ class ContainerdClient:
     # ------------------------------------------------------------------------------------ leases
 
     @contextlib.asynccontextmanager
-    async def lease(self, expire_after: float = 24 * 3600) -> AsyncIterator[str]:
+    async def lease(
+        self, expire_after: float = 24 * 3600, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[str]:
         """Hold a lease for the block: GC keeps everything created inside it (§2). Yields the lease id.
 
         The lease expires on its own after `expire_after` seconds, so a crashed socirun leaks nothing for
         long. On exit it is deleted with sync=False (GC runs later), even on an exception or cancellation.
         """
-        lease_id = _new_lease_id()
         expire = _rfc3339(datetime.now(UTC) + timedelta(seconds=expire_after))
-        await self.call(
-            "Leases.Create",
-            self._leases.Create,
-            leases_pb2.CreateRequest(id=lease_id, labels={GC_EXPIRE_LABEL: expire}),
-        )
+        lease_id = await self.create_lease({**(labels or {}), GC_EXPIRE_LABEL: expire})
         token = self._lease.set(lease_id)
         try:
             yield lease_id
@@ -461,6 +468,25 @@ class ContainerdClient:
             raise
         self._lease.reset(token)
         await self._shielded_delete_lease(lease_id)
+
+    async def create_lease(self, labels: Mapping[str, str], lease_id: str | None = None) -> str:
+        """Leases.Create with these labels (put `containerd.io/gc.expire` in them!); returns the id.
+
+        For lifetimes `lease()` does not fit; pair with `using_lease` and `delete_lease`.
+        """
+        lease_id = lease_id or _new_lease_id()
+        request = leases_pb2.CreateRequest(id=lease_id, labels=dict(labels))
+        await self.call("Leases.Create", self._leases.Create, request)
+        return lease_id
+
+    @contextlib.contextmanager
+    def using_lease(self, lease_id: str) -> Iterator[None]:
+        """Calls from this context (and tasks created in it) carry `lease_id` while inside the block."""
+        token = self._lease.set(lease_id)
+        try:
+            yield
+        finally:
+            self._lease.reset(token)
 
     async def _shielded_delete_lease(self, lease_id: str) -> None:
         task = asyncio.ensure_future(self.delete_lease(lease_id))
@@ -480,8 +506,24 @@ class ContainerdClient:
             )
 
     async def list_leases(self) -> list[str]:
-        resp = await self.call("Leases.List", self._leases.List, leases_pb2.ListRequest())
-        return [str(lease.id) for lease in resp.leases]
+        return [lease.id for lease in await self.list_leases_info()]
+
+    async def list_leases_info(self, filters: Sequence[str] = ()) -> list[LeaseInfo]:
+        """Leases.List with labels; filters like `labels."io.socirun/purpose"==pull`."""
+        resp = await self.call(
+            "Leases.List", self._leases.List, leases_pb2.ListRequest(filters=list(filters))
+        )
+        return [
+            LeaseInfo(id=str(lease.id), labels=_labels(lease.labels), created_at=_seconds(lease.created_at))
+            for lease in resp.leases
+        ]
+
+    async def add_lease_resource(self, lease_id: str, resource_id: str, resource_type: str) -> None:
+        """Leases.AddResource; type is "content", "ingests" or "snapshots/<snapshotter>" (§2)."""
+        request = leases_pb2.AddResourceRequest(
+            id=lease_id, resource=leases_pb2.Resource(id=resource_id, type=resource_type)
+        )
+        await self.call("Leases.AddResource", self._leases.AddResource, request)
 
     async def lease_resources(self, lease_id: str) -> list[tuple[str, str]]:
         """(type, id) of what a lease holds: type is "content", "ingests" or "snapshots/<snapshotter>"."""
@@ -552,7 +594,8 @@ class ContainerdClient:
         offset (the resume-friendly form: fetch with an HTTP Range from there), or an AsyncIterable
         yielding the blob from byte 0, of which the bytes already in the ingest are skipped (the fetch is
         then repeated in full; only the write is saved). resume=False discards a partial ingest first.
-        `on_written` receives the ingest's offset (bytes stored so far, resumed ones included).
+        `on_written` receives the ingest's offset (bytes handed to containerd so far, resumed ones
+        included) once after opening and after every chunk.
         """
         labels = dict(labels or {})
         async with await self.open_writer(ref, expected, total) as writer:
@@ -560,13 +603,15 @@ class ContainerdClient:
             if writer.already_exists:
                 await self.content_update_labels(expected, labels)
                 return False
-            if offset and not resume:
+            # All bytes already there (an interrupted commit, or a blob containerd shares from another
+            # namespace, which cannot be truncated): nothing to fetch, just COMMIT, as Go's fetch does.
+            # The COMMIT still checks size and digest.
+            complete = bool(total) and offset >= total
+            if offset and not resume and not complete:
                 offset = await writer.truncate()
             if on_written is not None:
                 on_written(offset)
-            # All bytes already in the ingest (an interrupted commit, or content shared from another
-            # namespace): nothing to fetch, just COMMIT, as Go's fetch does.
-            if not (total and offset >= total):
+            if not complete:
                 await self._feed(writer, chunks, offset, on_written)
             await writer.commit(labels)
             return not writer.already_exists
@@ -785,6 +830,7 @@ class ContentWriter:
         self.committed = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._call: Any = None
+        self._pending: collections.deque[int] = collections.deque()  # offsets of unanswered WRITEs
 
     async def __aenter__(self) -> Self:
         return self
@@ -800,21 +846,47 @@ class ContentWriter:
             yield request
 
     async def _roundtrip(self, request: Any) -> Any:
+        """Send one request and return its response (after the responses of pipelined WRITEs)."""
+        await self.flush()
+        self._send(request)
+        return await self._receive()
+
+    def _send(self, request: Any) -> None:
         if self._call is None:
             raise RuntimeError("ContentWriter: call start() first")
         self._queue.put_nowait(request)
+
+    async def _receive(self) -> Any:
+        if self._call is None:
+            raise RuntimeError("ContentWriter: the stream has ended")
         try:
             resp = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             self._call = None
+            self._pending.clear()
             raise map_rpc_error("Content.Write", exc, self.client.address) from exc
         if resp is grpc.aio.EOF:
             self._call = None
+            self._pending.clear()
             raise ContainerdError(f"containerd ended the write of {self.ref} without answering")
         return resp
 
+    async def flush(self) -> None:
+        """Wait until containerd has acknowledged every WRITE sent; afterwards `offset` is stored."""
+        while self._pending:
+            await self._ack_one()
+
+    async def _ack_one(self) -> None:
+        resp = await self._receive()
+        expected_offset = self._pending.popleft()
+        if int(resp.offset) != expected_offset:
+            raise ContainerdError(
+                f"containerd stored {resp.offset} bytes of {self.ref}, expected {expected_offset}"
+            )
+
     def _open(self) -> None:
         self._queue = asyncio.Queue()
+        self._pending.clear()
         self._call = self.client._content.Write(self._requests(), metadata=self.client.metadata())
 
     async def start(self, *, lock_timeout: float = 60.0) -> int:
@@ -859,7 +931,13 @@ class ContentWriter:
         return self.offset
 
     async def write(self, data: bytes) -> None:
-        """Append `data` at the current offset, in messages of at most 1 MiB."""
+        """Append `data` at the current offset, in messages of at most 1 MiB.
+
+        Up to WRITE_WINDOW messages stay unacknowledged (containerd answers each one, in order), so
+        our Python work overlaps containerd's disk writes; `offset` counts bytes sent, `flush()`
+        waits for them, and `commit()` flushes first. An error of a pipelined message surfaces on a
+        later call.
+        """
         view = memoryview(data)
         for start in range(0, len(view), WRITE_CHUNK_BYTES):
             piece = view[start : start + WRITE_CHUNK_BYTES]
@@ -867,13 +945,11 @@ class ContentWriter:
             request = content_pb2.WriteContentRequest(
                 action=content_pb2.WRITE, offset=self.offset, data=bytes(piece)
             )
-            resp = await self._roundtrip(request)
-            expected_offset = self.offset + len(piece)
-            if int(resp.offset) != expected_offset:
-                raise ContainerdError(
-                    f"containerd stored {resp.offset} bytes of {self.ref}, expected {expected_offset}"
-                )
-            self.offset = expected_offset
+            self._send(request)
+            self.offset += len(piece)
+            self._pending.append(self.offset)
+            while len(self._pending) > WRITE_WINDOW:
+                await self._ack_one()
 
     async def commit(self, labels: Mapping[str, str] | None = None) -> None:
         """COMMIT with total, expected digest and labels; the blob then exists under its digest.
@@ -891,6 +967,7 @@ class ContentWriter:
             expected=self.expected,
             labels=labels,
         )
+        await self.flush()  # errors of earlier WRITEs are theirs, not the commit's
         try:
             await self._roundtrip(request)
         except AlreadyExistsError:
@@ -921,6 +998,7 @@ class ContentWriter:
         # logged as an error in its journal) and releases the ref's lock before we see EOF. Cancel is the
         # fallback when it does not answer promptly.
         call, self._call = self._call, None
+        self._pending.clear()  # unanswered WRITEs are drained below; the ingest keeps what arrived
         if call is None:
             return
         self._queue.put_nowait(None)

@@ -245,6 +245,34 @@ async def test_lease_expire_label(client: ContainerdClient) -> None:
         assert expire.endswith("Z") and "T" in expire
 
 
+async def test_manual_lease_helpers(client: ContainerdClient) -> None:
+    data, digest = blob(2000)
+    lease_id = await client.create_lease(
+        {"containerd.io/gc.expire": "2099-01-01T00:00:00Z", "io.socirun/x": "1"}
+    )
+    try:
+        info = next(lease for lease in await client.list_leases_info() if lease.id == lease_id)
+        assert info.labels["io.socirun/x"] == "1" and info.created_at > 0
+        with client.using_lease(lease_id):
+            assert client.current_lease == lease_id
+            writer = await client.open_writer(f"manual-{digest}", digest, len(data))
+            await writer.start()
+            await writer.write(data[:100])
+            await writer.aclose()
+        assert client.current_lease is None
+        assert ("ingests", f"manual-{digest}") in await client.lease_resources(lease_id)
+
+        other = await client.create_lease({"containerd.io/gc.expire": "2099-01-01T00:00:00Z"})
+        await client.add_lease_resource(other, f"manual-{digest}", "ingests")
+        assert ("ingests", f"manual-{digest}") in await client.lease_resources(other)
+        await client.delete_lease(other)
+    finally:
+        await client.abort_ingest(f"manual-{digest}")
+        await client.delete_lease(lease_id)
+    assert lease_id not in await client.list_leases()
+    await client.delete_lease(lease_id)  # NOT_FOUND ignored
+
+
 async def test_lease_deleted_on_error_and_cancel(client: ContainerdClient) -> None:
     seen: list[str] = []
     with pytest.raises(ValueError):
@@ -395,6 +423,30 @@ async def test_write_content_complete_ingest_just_commits(client: ContainerdClie
         assert asked == []
         info = await client.content_info(digest)
         assert info is not None and info.labels == {"done": "1"}
+
+
+async def test_content_shared_from_another_namespace(
+    client: ContainerdClient, containerd: PrivateContainerd
+) -> None:
+    # containerd 1.6 shares blobs across namespaces: a writer that names the expected digest opens
+    # with offset == total and no bytes to send, and only a COMMIT is needed.
+    data, digest = blob(300_000)
+    await client.write_blob(f"cfg-{digest}", digest, data, {"containerd.io/gc.root": "1"})
+    async with await ContainerdClient.connect(containerd.socket, "socirun-other") as other:
+        writer = await other.open_writer(f"cfg-{digest}", digest, len(data))
+        assert await writer.start() == len(data) and not writer.already_exists
+        await writer.aclose()
+
+        def never(offset: int) -> AsyncIterator[bytes]:
+            raise AssertionError(f"fetch asked from {offset}")
+
+        async with other.lease():
+            assert await other.write_content(f"cfg-{digest}", digest, len(data), never, labels={"x": "y"})
+        info = await other.content_info(digest)
+        assert info is not None and info.labels == {"x": "y"}
+        assert await other.read_content(digest) == data
+        await other.delete_content(digest)
+    await client.delete_content(digest)
 
 
 async def test_write_content_iterable_skips_resumed_bytes(client: ContainerdClient) -> None:
