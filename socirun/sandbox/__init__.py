@@ -1,0 +1,1 @@
+"""A private containerd + registry (and sample images to push into it) for tests, benchmarks and the demo."""

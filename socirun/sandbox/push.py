@@ -1,0 +1,132 @@
+"""Push a sample image to a plain-HTTP registry (the sandbox's loopback registry) with the distribution API:
+HEAD to skip blobs already there, POST to open an upload, then one PUT ?digest= for small blobs or PATCH
+chunks streamed from the file and a closing PUT for big ones; the manifest last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+from yarl import URL
+
+from socirun.errors import SandboxError
+from socirun.oci import OCI_MANIFEST
+
+if TYPE_CHECKING:
+    from socirun.sandbox.sample import SampleImage
+
+# Blobs up to this size go up in one PUT; bigger ones in PATCH chunks of CHUNK_SIZE read from the file.
+MONOLITHIC_MAX = 8 << 20
+CHUNK_SIZE = 16 << 20
+PARALLEL_UPLOADS = 4
+
+
+@dataclass
+class PushStats:
+    """Filled in by push_image: what went up and what the registry already had."""
+
+    uploaded_blobs: int = 0
+    uploaded_bytes: int = 0
+    skipped_blobs: int = 0
+
+
+class _Pusher:
+    def __init__(self, session: aiohttp.ClientSession, host: str, name: str, stats: PushStats) -> None:
+        self.session = session
+        self.base = URL(f"http://{host}")
+        self.host = host
+        self.name = name
+        self.stats = stats
+
+    async def _call(
+        self, method: str, url: URL, expect: int, *, data: bytes = b"", headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        try:
+            response = await self.session.request(method, url, data=data, headers=headers)
+        except aiohttp.ClientConnectionError as exc:
+            raise SandboxError(
+                f"cannot reach the registry at {self.host} ({exc}); is the sandbox up (socirun sandbox up)?"
+            ) from exc
+        async with response:
+            body = await response.read()
+        if response.status != expect:
+            text = body.decode(errors="replace").strip()[:300]
+            raise SandboxError(f"{method} {url} answered HTTP {response.status}, not {expect}: {text}")
+        return response
+
+    def _location(self, response: aiohttp.ClientResponse) -> URL:
+        location = response.headers.get("Location")
+        if not location:
+            raise SandboxError(f"the registry at {self.host} answered an upload without a Location header.")
+        return self.base.join(URL(location))
+
+    async def exists(self, digest: str) -> bool:
+        url = self.base / "v2" / self.name / "blobs" / digest
+        try:
+            response = await self.session.head(url)
+        except aiohttp.ClientConnectionError as exc:
+            raise SandboxError(
+                f"cannot reach the registry at {self.host} ({exc}); is the sandbox up (socirun sandbox up)?"
+            ) from exc
+        async with response:
+            return response.status == 200
+
+    async def push_blob(self, digest: str, size: int, source: bytes | Path) -> None:
+        if await self.exists(digest):
+            self.stats.skipped_blobs += 1
+            return
+        start = await self._call("POST", self.base / "v2" / self.name / "blobs" / "uploads" / "", 202)
+        url = self._location(start)
+        octets = {"Content-Type": "application/octet-stream"}
+        if isinstance(source, bytes) or size <= MONOLITHIC_MAX:
+            data = source if isinstance(source, bytes) else await asyncio.to_thread(source.read_bytes)
+            await self._call("PUT", url.update_query(digest=digest), 201, data=data, headers=octets)
+        else:
+            offset = 0
+            with open(source, "rb") as blob:
+                while chunk := await asyncio.to_thread(blob.read, CHUNK_SIZE):
+                    headers = octets | {"Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
+                    patched = await self._call("PATCH", url, 202, data=chunk, headers=headers)
+                    url = self._location(patched)
+                    offset += len(chunk)
+            if offset != size:
+                raise SandboxError(f"{source} holds {offset} bytes, not the {size} its digest was made for.")
+            await self._call("PUT", url.update_query(digest=digest), 201, headers=octets)
+        self.stats.uploaded_blobs += 1
+        self.stats.uploaded_bytes += size
+
+    async def push_manifest(self, tag: str, manifest: bytes, digest: str) -> None:
+        url = self.base / "v2" / self.name / "manifests" / tag
+        response = await self._call("PUT", url, 201, data=manifest, headers={"Content-Type": OCI_MANIFEST})
+        stored = response.headers.get("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise SandboxError(f"the registry stored the manifest as {stored}, not {digest}.")
+
+
+async def push_image(
+    registry_host: str, name: str, tag: str, image: SampleImage, *, stats: PushStats | None = None
+) -> str:
+    """Push `image` as NAME:TAG to the plain-HTTP registry at `registry_host`; returns "HOST/NAME:TAG"."""
+    stats = stats if stats is not None else PushStats()
+    limit = asyncio.Semaphore(PARALLEL_UPLOADS)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        pusher = _Pusher(session, registry_host, name, stats)
+
+        async def one(digest: str, size: int, source: bytes | Path) -> None:
+            async with limit:
+                await pusher.push_blob(digest, size, source)
+
+        blobs: list[tuple[str, int, bytes | Path]] = [
+            (image.config_digest, len(image.config_bytes), image.config_bytes)
+        ]
+        blobs += [(layer.digest, layer.size, layer.path) for layer in image.layers]
+        async with asyncio.TaskGroup() as group:
+            for digest, size, source in blobs:
+                group.create_task(one(digest, size, source))
+        await pusher.push_manifest(tag, image.manifest_bytes, image.manifest_digest)
+    return f"{registry_host}/{name}:{tag}"

@@ -1,0 +1,298 @@
+"""A private containerd and registry, all state under one directory, for tests, benchmarks and `socirun demo`.
+
+Layout of the directory:
+
+    containerd.toml  containerd.log  containerd.sock  containerd.sock.ttrpc  debug.sock
+    root/  state/  opt/                       containerd's own directories
+    registry.yml  registry.log  registry/     docker-registry's config, log and storage
+    sandbox.json                              what `up` started: PIDs, address, registry host
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from socirun.errors import SandboxError
+from socirun.sandbox.processes import (
+    is_ours,
+    kill_processes,
+    require_binary,
+    spawn,
+    stop_process,
+    unix_socket_answers,
+    unmount_under,
+    wait_until,
+)
+from socirun.sandbox.registry_server import CONFIG_NAME as REGISTRY_CONFIG_NAME
+from socirun.sandbox.registry_server import RegistryProcess, registry_answers, start_registry
+
+DEFAULT_DIR = "/var/lib/socirun/sandbox"
+DIR_ENV = "SOCIRUN_SANDBOX_DIR"
+STATE_NAME = "sandbox.json"
+CONTAINERD_CONFIG_NAME = "containerd.toml"
+CONTAINERD_LOG_NAME = "containerd.log"
+SOCKET_NAME = "containerd.sock"
+CONTAINERD_STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get(DIR_ENV) or DEFAULT_DIR)
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    dir: str
+    containerd_address: str  # the grpc socket path, as CONTAINERD_ADDRESS takes it
+    registry_host: str  # "127.0.0.1:PORT"
+    containerd_pid: int
+    registry_pid: int
+
+
+def containerd_config(dir: Path) -> str:
+    """containerd's config (version 2) with every path under `dir`. Strings are JSON strings, valid TOML."""
+
+    def q(name: str) -> str:
+        return json.dumps(str(dir / name))
+
+    return "\n".join(
+        [
+            "version = 2",
+            f"root = {q('root')}",
+            f"state = {q('state')}",
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+            "",
+            "[grpc]",
+            f"  address = {q(SOCKET_NAME)}",
+            "",
+            "[ttrpc]",
+            f"  address = {q(SOCKET_NAME + '.ttrpc')}",
+            "",
+            "[debug]",
+            f"  address = {q('debug.sock')}",
+            '  level = "info"',
+            "",
+            "[metrics]",
+            '  address = ""',
+            "",
+            '[plugins."io.containerd.internal.v1.opt"]',
+            f"  path = {q('opt')}",
+            "",
+        ]
+    )
+
+
+class Sandbox:
+    def __init__(self, dir: str | Path) -> None:
+        self.dir = Path(dir).absolute()
+        self.state_path = self.dir / STATE_NAME
+        self.containerd_config_path = self.dir / CONTAINERD_CONFIG_NAME
+        self.containerd_log_path = self.dir / CONTAINERD_LOG_NAME
+        self.socket_path = self.dir / SOCKET_NAME
+        self.registry_config_path = self.dir / REGISTRY_CONFIG_NAME
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def up(self) -> SandboxInfo:
+        """Start containerd and the registry, or reuse them when the recorded ones still run and answer."""
+        if len(str(self.socket_path) + ".ttrpc") > _MAX_SOCKET_PATH:
+            raise SandboxError(
+                f"the sandbox directory {self.dir} is too long for a unix socket path; "
+                f"choose a shorter one with {DIR_ENV}."
+            )
+        containerd = require_binary("containerd")
+        require_binary("runc")
+        require_binary("docker-registry")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            running = self._running()
+            if running is not None:
+                return running
+            previous = self._read_state()
+            # Whatever is left of an earlier start (one daemon died, or stopped answering) goes first.
+            self._stop_daemons(previous)
+            previous_port = _port_of(str(previous.get("registry_host", ""))) if previous else None
+
+            self.containerd_config_path.write_text(containerd_config(self.dir))
+            marker = str(self.containerd_config_path)
+            pid = spawn([containerd, "--config", marker], self.containerd_log_path, cwd=self.dir)
+            try:
+                wait_until(
+                    lambda: unix_socket_answers(self.socket_path),
+                    pid=pid,
+                    marker=marker,
+                    timeout=CONTAINERD_STARTUP_TIMEOUT_S,
+                    what="containerd",
+                    log_path=self.containerd_log_path,
+                )
+                registry = start_registry(self.dir, port=previous_port)
+            except BaseException:
+                stop_process(pid, marker, STOP_TIMEOUT_S)
+                raise
+            info = SandboxInfo(
+                dir=str(self.dir),
+                containerd_address=str(self.socket_path),
+                registry_host=registry.host,
+                containerd_pid=pid,
+                registry_pid=registry.pid,
+            )
+            self._write_state(info, registry)
+            return info
+
+    def down(self) -> None:
+        """Stop what `up` started (and the containers its containerd runs), unmount, remove the directory."""
+        if not self.dir.exists():
+            return
+        with self._lock():
+            # Refuse before touching anything (mounts included) in a directory that is not a sandbox.
+            ours = self.state_path.exists() or self.containerd_config_path.exists()
+            if not ours and any(entry.name != ".lock" for entry in self.dir.iterdir()):
+                raise SandboxError(f"{self.dir} does not look like a socirun sandbox; not touching it.")
+            self._stop_daemons(self._read_state())
+            unmount_under(self.dir)
+            shutil.rmtree(self.dir)
+
+    def status(self) -> SandboxInfo | None:
+        """The running sandbox, or None when it is not (fully) running."""
+        return self._running()
+
+    def env_lines(self) -> list[str]:
+        info = self.status()
+        if info is None:
+            raise SandboxError(f"the sandbox in {self.dir} is not running; start it with: socirun sandbox up")
+        return [
+            f"export CONTAINERD_ADDRESS={shlex.quote(info.containerd_address)}",
+            f"export SOCIRUN_REGISTRY={shlex.quote(info.registry_host)}",
+        ]
+
+    # -- internals ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise up/down between processes (a lock file inside the directory)."""
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_state(self, info: SandboxInfo, registry: RegistryProcess) -> None:
+        state = asdict(info) | {
+            "containerd_config": str(self.containerd_config_path),
+            "registry_config": str(registry.config_path),
+            "registry_port": registry.port,
+        }
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_path)
+
+    def _running(self) -> SandboxInfo | None:
+        state = self._read_state()
+        try:
+            info = SandboxInfo(
+                dir=str(self.dir),
+                containerd_address=str(state["containerd_address"]),
+                registry_host=str(state["registry_host"]),
+                containerd_pid=int(state["containerd_pid"]),
+                registry_pid=int(state["registry_pid"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (
+            is_ours(info.containerd_pid, str(self.containerd_config_path))
+            and is_ours(info.registry_pid, str(self.registry_config_path))
+            and unix_socket_answers(Path(info.containerd_address))
+            and registry_answers(info.registry_host)
+        ):
+            return None
+        return info
+
+    def _stop_daemons(self, state: dict[str, Any]) -> None:
+        """Stop the recorded registry and containerd, and the containers (shims) of this containerd."""
+        self._stop_containers()
+        registry_pid = int(state.get("registry_pid") or 0)
+        containerd_pid = int(state.get("containerd_pid") or 0)
+        stop_process(registry_pid, str(self.registry_config_path), STOP_TIMEOUT_S)
+        stop_process(containerd_pid, str(self.containerd_config_path), STOP_TIMEOUT_S)
+
+    def _stop_containers(self) -> None:
+        """Kill the tasks of this containerd: through ctr while it answers (so containerd unmounts their
+        rootfs and runc removes their cgroups), then any shim still serving this socket, with its children."""
+        ctr = shutil.which("ctr")
+        if ctr is not None and unix_socket_answers(self.socket_path):
+            for namespace in self._ctr_lines(ctr, "namespaces", "list", "--quiet"):
+                for task in self._ctr_lines(ctr, "-n", namespace, "tasks", "list", "--quiet"):
+                    self._ctr_lines(ctr, "-n", namespace, "tasks", "delete", "--force", task)
+        shims = self._shims()
+        victims: list[psutil.Process] = []
+        for shim in shims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victims += shim.children(recursive=True)
+        kill_processes(victims + shims, timeout=STOP_TIMEOUT_S, hard=True)
+
+    def _ctr_lines(self, ctr: str, *args: str) -> list[str]:
+        try:
+            done = subprocess.run(
+                [ctr, "--address", str(self.socket_path), *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return []
+        if done.returncode != 0:
+            return []
+        return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+    def _shims(self) -> list[psutil.Process]:
+        """containerd-shim processes started for this sandbox (their argv has `-address <our socket>`)."""
+        found: list[psutil.Process] = []
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            name = proc.info.get("name") or ""
+            argv = proc.info.get("cmdline") or []
+            if not name.startswith("containerd-shim"):
+                continue
+            for i, arg in enumerate(argv[:-1]):
+                if arg in ("-address", "--address") and argv[i + 1] == str(self.socket_path):
+                    found.append(proc)
+                    break
+        return found
+
+
+def _port_of(host: str) -> int | None:
+    _, _, port = host.rpartition(":")
+    return int(port) if port.isdigit() else None
+
+
+__all__ = [
+    "DEFAULT_DIR",
+    "RegistryProcess",
+    "Sandbox",
+    "SandboxInfo",
+    "containerd_config",
+    "default_dir",
+    "start_registry",
+]

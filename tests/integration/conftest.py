@@ -1,0 +1,111 @@
+"""Session fixtures for the integration tests: a private sandbox (containerd + docker-registry, both real),
+a pushed five-layer sample image, and a `ctr` runner bound to the sandbox's containerd.
+
+Fixtures hand values over explicitly; nothing here sets environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from socirun.sandbox.push import PushStats
+from socirun.sandbox.sample import SampleImage, build_sample, default_cache_dir, push_sample
+from socirun.sandbox.sandbox import Sandbox, SandboxInfo
+
+HERE = Path(__file__).parent
+# The base layer plus four small data layers: five layers, ~4 MB compressed, quick to push and pull.
+SAMPLE_5_LAYERS_MB = (1.0, 1.0, 2.0, 4.0)
+SAMPLE_5_NAME = "socirun/sample5"
+SAMPLE_5_TAG = "latest"
+
+CtrRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def missing_requirement() -> str | None:
+    """Why the sandbox cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the integration tests need root (containerd mounts snapshots and runs runc)"
+    for binary in ("containerd", "ctr", "runc", "docker-registry"):
+        if shutil.which(binary) is None:
+            return f"{binary} is not installed"
+    return None
+
+
+def short_tmp_dir(prefix: str = "srt-") -> Path:
+    """A fresh directory directly under /tmp: unix socket paths inside it stay far below 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxInfo]:
+    reason = missing_requirement()
+    if reason is not None:
+        pytest.skip(reason)
+    box = Sandbox(short_tmp_dir())
+    try:
+        yield box.up()
+    finally:
+        box.down()
+
+
+@pytest.fixture(scope="session")
+def sample_5_image() -> SampleImage:
+    """The sample that `sample_5` pushes (built once, then taken from the persistent sample cache)."""
+    return build_sample(default_cache_dir(), SAMPLE_5_LAYERS_MB)
+
+
+@pytest.fixture(scope="session")
+def push_sample_5(sandbox: SandboxInfo) -> Callable[..., str]:
+    """`push_sample_5(name=..., tag=..., stats=PushStats())` pushes the `sample_5` image (again, or under
+    another name) to the sandbox registry and returns its reference."""
+
+    def push(name: str = SAMPLE_5_NAME, tag: str = SAMPLE_5_TAG, *, stats: PushStats | None = None) -> str:
+        return push_sample(sandbox.registry_host, name, tag, SAMPLE_5_LAYERS_MB, stats=stats)
+
+    return push
+
+
+@pytest.fixture(scope="session")
+def sample_5(push_sample_5: Callable[..., str]) -> str:
+    """ "127.0.0.1:PORT/socirun/sample5:latest", pushed to the sandbox registry: the busybox base and four
+    data layers (see `sample_5_image`)."""
+    return push_sample_5()
+
+
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """Like tmp_path, but directly under /tmp (for sandboxes and their unix sockets); removed afterwards."""
+    path = short_tmp_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ctr(sandbox: SandboxInfo) -> CtrRunner:
+    """`ctr("images", "ls")` runs `ctr -a <sandbox socket> -n default images ls` and returns the
+    CompletedProcess (text). A non-zero exit fails the test unless `check=False`."""
+
+    def run(
+        *args: str, namespace: str = "default", check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ["ctr", "-a", sandbox.containerd_address, "-n", namespace, *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"`{shlex.join(argv)}` exited {done.returncode}: {done.stderr.strip()}")
+        return done
+
+    return run
