@@ -43,8 +43,15 @@ class _Pusher:
         self.stats = stats
 
     async def _call(
-        self, method: str, url: URL, expect: int, *, data: bytes = b"", headers: dict[str, str] | None = None
+        self,
+        method: str,
+        url: URL,
+        expect: int | None,
+        *,
+        data: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
+        """One request, body read; a status other than `expect` (when given) is a SandboxError."""
         try:
             response = await self.session.request(method, url, data=data, headers=headers)
         except aiohttp.ClientConnectionError as exc:
@@ -53,7 +60,7 @@ class _Pusher:
             ) from exc
         async with response:
             body = await response.read()
-        if response.status != expect:
+        if expect is not None and response.status != expect:
             text = body.decode(errors="replace").strip()[:300]
             raise SandboxError(f"{method} {url} answered HTTP {response.status}, not {expect}: {text}")
         return response
@@ -65,15 +72,8 @@ class _Pusher:
         return self.base.join(URL(location))
 
     async def exists(self, digest: str) -> bool:
-        url = self.base / "v2" / self.name / "blobs" / digest
-        try:
-            response = await self.session.head(url)
-        except aiohttp.ClientConnectionError as exc:
-            raise SandboxError(
-                f"cannot reach the registry at {self.host} ({exc}); is the sandbox up (socirun sandbox up)?"
-            ) from exc
-        async with response:
-            return response.status == 200
+        response = await self._call("HEAD", self.base / "v2" / self.name / "blobs" / digest, None)
+        return response.status == 200
 
     async def push_blob(self, digest: str, size: int, source: bytes | Path) -> None:
         if await self.exists(digest):
