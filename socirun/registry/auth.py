@@ -1,0 +1,442 @@
+"""Registry authentication: WWW-Authenticate challenges, docker's credential store, the token flow.
+
+Secrets (passwords, identity tokens, bearer tokens) never appear in an exception message, a log line or a
+repr: errors name the registry and the status, never what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from socirun.errors import AuthError, ConfigError
+
+log = logging.getLogger("socirun.registry.auth")
+
+DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+_DOCKER_HUB_HOSTS = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+_HELPER_TIMEOUT_S = 60
+_DEFAULT_TOKEN_LIFETIME_S = 60  # the distribution token spec's default for a missing expires_in
+_CLIENT_ID = "socirun"
+
+
+# --------------------------------------------------------------------------------------------- challenges
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lower-cased: "bearer", "basic"
+    params: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+def _skip_ws(s: str, i: int) -> int:
+    while i < len(s) and s[i] in " \t":
+        i += 1
+    return i
+
+
+def _read_token(s: str, i: int) -> tuple[str, int]:
+    start = i
+    while i < len(s) and s[i] not in ' \t,="':
+        i += 1
+    return s[start:i], i
+
+
+def _read_quoted(s: str, i: int) -> tuple[str, int]:
+    """`"…"` starting at s[i] == '"', with backslash escapes; returns the unquoted value."""
+    out: list[str] = []
+    i += 1
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            out.append(s[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            return "".join(out), i + 1
+        out.append(c)
+        i += 1
+    return "".join(out), i  # unterminated: take what there is
+
+
+def parse_challenges(header: str | list[str]) -> list[Challenge]:
+    """Parse `WWW-Authenticate` (RFC 7235): one or more `Scheme k=v, k="quoted, value"` challenges.
+
+    Several header lines may be given as a list. Unknown or malformed parts are skipped rather than fatal:
+    a registry's odd challenge should not hide the one we understand.
+    """
+    lines = header if isinstance(header, list) else [header]
+    out: list[Challenge] = []
+    for line in lines:
+        i = 0
+        current: Challenge | None = None
+        while i < len(line):
+            i = _skip_ws(line, i)
+            if i < len(line) and line[i] == ",":
+                i += 1
+                continue
+            word, j = _read_token(line, i)
+            if not word:
+                i = j + 1  # a stray quote or '=': skip it
+                continue
+            k = _skip_ws(line, j)
+            if k < len(line) and line[k] == "=" and current is not None:
+                k = _skip_ws(line, k + 1)
+                if k < len(line) and line[k] == '"':
+                    value, i = _read_quoted(line, k)
+                else:
+                    value, i = _read_token(line, k)
+                current.params[word.lower()] = value
+            else:
+                # A word not followed by '=' starts a new challenge (token68 forms are ignored).
+                current = Challenge(word.lower(), {})
+                out.append(current)
+                i = j
+    return out
+
+
+# --------------------------------------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and secret, or an identity (refresh) token. repr/str never show the secret."""
+
+    username: str
+    secret: str = field(repr=False)
+    identity_token: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        kind = "identity token" if self.identity_token else "password"
+        return f"Credentials(username={self.username!r}, {kind}=<hidden>)"
+
+    __str__ = __repr__
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.secret}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def docker_config_dir(explicit: str | None = None, env: Mapping[str, str] = os.environ) -> str:
+    if explicit:
+        return explicit
+    if env.get("DOCKER_CONFIG"):
+        return env["DOCKER_CONFIG"]
+    return os.path.join(env.get("HOME") or os.path.expanduser("~"), ".docker")
+
+
+def _hostname_of_key(key: str) -> str:
+    """docker's ConvertToHostname: `https://host:port/v1/` → `host:port`."""
+    if "://" in key:
+        key = urlsplit(key).netloc or key.split("://", 1)[1]
+    return key.split("/", 1)[0]
+
+
+def auth_key_for(host: str) -> str:
+    """The key docker stores credentials under: Docker Hub's legacy URL, else the host[:port]."""
+    return DOCKER_HUB_AUTH_KEY if host in _DOCKER_HUB_HOSTS else host
+
+
+def _read_docker_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"cannot parse {path}: {err.msg} at line {err.lineno}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"cannot parse {path}: expected a JSON object")
+    return data
+
+
+def _from_auths_entry(entry: Mapping[str, Any], path: str) -> Credentials | None:
+    username = str(entry.get("username") or "")
+    password = str(entry.get("password") or "")
+    if entry.get("auth"):
+        try:
+            decoded = base64.b64decode(str(entry["auth"]), validate=False).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise ConfigError(f"an `auth` value in {path} is not valid base64 of user:password") from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise ConfigError(f"an `auth` value in {path} is not valid base64 of user:password") from None
+    identity = str(entry.get("identitytoken") or "") or None
+    if not username and not password and not identity:
+        return None
+    return Credentials(username=username, secret=password, identity_token=identity)
+
+
+def _run_helper(helper: str, server_url: str, config_path: str) -> Credentials | None:
+    """`docker-credential-<helper> get` with the server URL on stdin (argument list, never a shell)."""
+    program = f"docker-credential-{helper}"
+    try:
+        proc = subprocess.run(
+            [program, "get"],
+            input=server_url.encode(),
+            capture_output=True,
+            timeout=_HELPER_TIMEOUT_S,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise AuthError(
+            f"credential helper {program} (named in {config_path}) is not installed or not on PATH; "
+            "install it or remove it from the docker config"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"credential helper {program} did not answer within {_HELPER_TIMEOUT_S} s") from None
+    except OSError as err:
+        raise AuthError(f"cannot run credential helper {program}: {err.strerror or err}") from None
+    if proc.returncode != 0:
+        # docker-credential-helpers print this exact text for "no entry"; it means anonymous access. The
+        # helper's output is not quoted otherwise, in case it echoes anything sensitive.
+        if b"credentials not found" in proc.stdout.lower() or b"credentials not found" in proc.stderr.lower():
+            return None
+        raise AuthError(
+            f"credential helper {program} failed for {server_url} (exit status {proc.returncode})"
+        )
+    try:
+        data = json.loads(proc.stdout)
+        username = str(data.get("Username") or "")
+        secret = str(data.get("Secret") or "")
+    except (ValueError, AttributeError):
+        raise AuthError(
+            f"credential helper {program} printed something that is not JSON credentials"
+        ) from None
+    if not username and not secret:
+        return None
+    if username == "<token>":  # docker's convention for an identity token
+        return Credentials(username="", secret="", identity_token=secret)
+    return Credentials(username=username, secret=secret)
+
+
+def load_credentials(host: str, config_dir: str | None = None) -> Credentials | None:
+    """Credentials for `host` (the host[:port] being contacted) from docker's config.json, or None.
+
+    Order as docker's CLI: credHelpers[host], else credsStore, else the `auths` entry.
+    """
+    directory = docker_config_dir(config_dir)
+    path = os.path.join(directory, "config.json")
+    config = _read_docker_config(path)
+    key = auth_key_for(host)
+    wanted = {_hostname_of_key(key)} | (
+        {"index.docker.io", "docker.io"} if key == DOCKER_HUB_AUTH_KEY else set()
+    )
+
+    helpers = config.get("credHelpers") or {}
+    if isinstance(helpers, dict):
+        for name, helper in helpers.items():
+            if _hostname_of_key(name) in wanted and helper:
+                return _run_helper(str(helper), key, path)
+    store = config.get("credsStore")
+    if isinstance(store, str) and store:
+        return _run_helper(store, key, path)
+
+    auths = config.get("auths") or {}
+    if isinstance(auths, dict):
+        if isinstance(auths.get(key), dict):  # the exact key first
+            return _from_auths_entry(auths[key], path)
+        for name, entry in auths.items():
+            if _hostname_of_key(name) in wanted and isinstance(entry, dict):
+                return _from_auths_entry(entry, path)
+    return None
+
+
+# --------------------------------------------------------------------------------------------- token flow
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+@dataclass
+class _HostAuth:
+    challenge: Challenge | None = None
+    tokens: dict[str, _Token] = field(default_factory=dict)  # request scope → token
+    # One token fetch at a time per host: many parallel range reads meeting their first 401 together would
+    # otherwise each ask the token server.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+RequestOptions = Callable[[str], Mapping[str, Any]]
+
+
+class Authorizer:
+    """Answers 401 challenges and remembers what each host wants, so later requests carry a token at once.
+
+    Keyed by the host being contacted (`registry-1.docker.io`, `mirror:5000`), as containerd's authorizer is.
+    `request_options(url)` gives extra aiohttp keyword arguments (the proxy) for token-server requests.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        docker_config_dir: str | None = None,
+        request_options: RequestOptions | None = None,
+    ) -> None:
+        self._session = session
+        self._config_dir = docker_config_dir
+        self._options: RequestOptions = request_options or (lambda url: {})
+        self._hosts: dict[str, _HostAuth] = {}
+        self._creds: dict[str, Credentials | None] = {}
+
+    def _credentials(self, host: str) -> Credentials | None:
+        if host not in self._creds:
+            self._creds[host] = load_credentials(host, self._config_dir)
+        return self._creds[host]
+
+    def authorization(self, host: str, scope: str) -> str | None:
+        """The Authorization header value to send to `host` for `scope`, if one is known and still valid."""
+        state = self._hosts.get(host)
+        if state is None or state.challenge is None:
+            return None
+        if state.challenge.scheme == "basic":
+            creds = self._creds.get(host)
+            return creds.basic_header() if creds and not creds.identity_token else None
+        token = state.tokens.get(scope)
+        if token is None or token.expires_at <= time.monotonic():
+            return None
+        return f"Bearer {token.value}"
+
+    async def ensure(self, host: str, scope: str) -> str | None:
+        """Like authorization(), but fetch a token first when the host is known to want one."""
+        header = self.authorization(host, scope)
+        state = self._hosts.get(host)
+        if (
+            header is not None
+            or state is None
+            or state.challenge is None
+            or state.challenge.scheme != "bearer"
+        ):
+            return header
+        async with state.lock:
+            if self.authorization(host, scope) is None:  # not fetched meanwhile by a parallel request
+                await self._fetch_token(host, state, scope, ())
+        return self.authorization(host, scope)
+
+    async def on_unauthorized(
+        self, host: str, scope: str, www_authenticate: list[str], sent: str | None = None
+    ) -> bool:
+        """Handle a 401 to a request that carried `sent` (its Authorization value, or None): remember the
+        challenge and obtain what it asks for. False: no challenge we can answer."""
+        challenges = parse_challenges(www_authenticate)
+        state = self._hosts.setdefault(host, _HostAuth())
+        for ch in challenges:
+            if ch.scheme == "bearer" and ch.params.get("realm"):
+                async with state.lock:
+                    state.challenge = ch
+                    current = self.authorization(host, scope)
+                    if current is None or current == sent:
+                        # No token yet, or the one we sent was refused: ask for a new one, for our scope and
+                        # whatever else the challenge names.
+                        await self._fetch_token(host, state, scope, ch.params.get("scope", "").split())
+                return True
+        for ch in challenges:
+            if ch.scheme == "basic":
+                creds = await asyncio.to_thread(self._credentials, host)  # helpers are programs
+                if creds is None or creds.identity_token:
+                    raise AuthError(
+                        f"registry {host} requires a login: run `docker login {host}` "
+                        "(socirun reads docker's credentials)"
+                    )
+                state.challenge = ch
+                return True
+        return False
+
+    async def _fetch_token(
+        self, host: str, state: _HostAuth, scope: str, extra_scopes: Sequence[str]
+    ) -> None:
+        assert state.challenge is not None
+        params = state.challenge.params
+        realm = params["realm"]
+        service = params.get("service", "")
+        scopes = [scope, *(s for s in extra_scopes if s and s != scope)]
+        creds = await asyncio.to_thread(self._credentials, host)  # helpers are programs
+        if creds is None:
+            token = await self._token_get(host, realm, service, scopes, None)
+        else:
+            token = await self._token_post(host, realm, service, scopes, creds)
+        state.tokens[scope] = token
+
+    async def _token_post(
+        self, host: str, realm: str, service: str, scopes: list[str], creds: Credentials
+    ) -> _Token:
+        """OAuth2 form POST (password or refresh-token grant); GET with Basic auth where that is missing."""
+        form: list[tuple[str, str]] = [("service", service), ("client_id", _CLIENT_ID)]
+        form += [("scope", s) for s in scopes]
+        if creds.identity_token:
+            form += [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token)]
+        else:
+            form += [("grant_type", "password"), ("username", creds.username), ("password", creds.secret)]
+        try:
+            async with self._session.post(realm, data=form, **self._options(realm)) as resp:
+                status = resp.status
+                if status == 200:
+                    return self._parse_token(host, await resp.read())
+        except aiohttp.ClientError as err:
+            raise AuthError(f"cannot reach the token server for {host}: {type(err).__name__}") from None
+        fallback = status in (400, 401, 404) or (status == 405 and bool(creds.username))
+        if fallback and not creds.identity_token:
+            return await self._token_get(host, realm, service, scopes, creds)
+        raise _token_refused(host, status, with_credentials=True)
+
+    async def _token_get(
+        self, host: str, realm: str, service: str, scopes: list[str], creds: Credentials | None
+    ) -> _Token:
+        query: list[tuple[str, str]] = []
+        if service:
+            query.append(("service", service))
+        query += [("scope", s) for s in scopes]
+        headers = {"Authorization": creds.basic_header()} if creds else {}
+        try:
+            async with self._session.get(
+                realm, params=query, headers=headers, **self._options(realm)
+            ) as resp:
+                if resp.status != 200:
+                    raise _token_refused(host, resp.status, with_credentials=creds is not None)
+                return self._parse_token(host, await resp.read())
+        except aiohttp.ClientError as err:
+            raise AuthError(f"cannot reach the token server for {host}: {type(err).__name__}") from None
+
+    @staticmethod
+    def _parse_token(host: str, body: bytes) -> _Token:
+        try:
+            data = json.loads(body)
+            value = str(data.get("access_token") or data.get("token") or "")
+            lifetime = int(data.get("expires_in") or _DEFAULT_TOKEN_LIFETIME_S)
+        except (ValueError, AttributeError, TypeError):
+            value, lifetime = "", 0
+        if not value:
+            raise AuthError(f"the token server for {host} answered without a token")
+        # Renew a little early so that a token never expires between our check and the registry's.
+        lifetime = max(lifetime - 10, lifetime // 2)
+        log.debug("got a token for %s valid %d s", host, lifetime)  # never the token itself
+        return _Token(value, time.monotonic() + lifetime)
+
+
+def _token_refused(host: str, status: int, *, with_credentials: bool) -> AuthError:
+    if with_credentials:
+        return AuthError(
+            f"registry {host} refused the stored credentials (token server answered {status}); "
+            f"run `docker login {host}` again"
+        )
+    return AuthError(f"registry {host} refused anonymous access (token server answered {status})")

@@ -1,0 +1,802 @@
+"""The async registry client: resolve a reference to manifest + config, stream blobs, read byte ranges.
+
+One aiohttp session (measured about 2x faster than httpx on a 300 MB blob: bench/http_client_throughput.py)
+with a connection pool sized for many parallel transfers. Hosts come from hosts.toml (mirrors first, then the
+upstream); every request goes through `_open`, which walks the hosts, answers auth challenges, and retries
+connection errors, 408, 429 and 5xx with capped, jittered exponential backoff.
+
+The client never verifies a streamed blob's digest (fetch_blob): a resumed download spans processes, so the
+caller hashes. Everything read whole (manifests, indexes, configs) is verified here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from socirun import __version__
+from socirun.errors import (
+    AuthError,
+    ConfigError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    RegistryError,
+)
+from socirun.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    Platform,
+)
+from socirun.reference import ImageReference
+from socirun.registry.auth import Authorizer
+from socirun.registry.hosts import RegistryHost, is_loopback, resolve_hosts
+
+log = logging.getLogger("socirun.registry")
+
+# containerd's resolver Accept list (remotes/docker/resolver.go).
+MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"))
+MAX_MANIFEST_SIZE = 4 * 1048 * 1048  # containerd's MaxManifestSize, "sic" included
+MAX_CONFIG_SIZE = 64 << 20
+MAX_RETRY_AFTER_S = 60.0  # a registry asking us to wait longer gets an error, not a silent hour-long pause
+SCHEMA1_TYPES = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "text/plain",
+    }
+)
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSFER_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+class RangeNotSupportedError(RegistryError):
+    """The registry answered a bounded Range request with the whole blob (200)."""
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    reference: ImageReference  # normalised reference as asked
+    target: Descriptor  # what the tag/digest pointed at (index or manifest)
+    index_bytes: bytes | None  # raw index when the target is an index
+    manifest: Descriptor
+    manifest_bytes: bytes
+    config: Descriptor
+    config_bytes: bytes
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[str, ...]
+    platform: Platform
+    source_host: str  # for containerd.io/distribution.source.<host> (port dropped)
+    source_repository: str  # e.g. library/alpine
+
+
+class _HostFailure(Exception):
+    """One host's answer to one attempt; `retry` says whether trying again later could help."""
+
+    def __init__(self, error: RegistryError, *, retry: bool, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry = retry
+        self.retry_after = retry_after
+
+
+class _Dropped(Exception):
+    """The body ended before the bytes we were promised."""
+
+
+_RESUMABLE: tuple[type[BaseException], ...] = (*_TRANSFER_ERRORS, _Dropped)
+
+
+def verify_digest(data: bytes, digest: str, what: str) -> None:
+    algorithm, _, expected = digest.partition(":")
+    try:
+        actual = hashlib.new(algorithm, data).hexdigest()
+    except ValueError:
+        raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}") from None
+    if actual != expected:
+        raise DigestMismatchError(
+            f"{what} does not match its digest {digest} (got {algorithm}:{actual}): "
+            "the registry sent other bytes"
+        )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After is either delay-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _no_proxy(hostname: str, no_proxy: str) -> bool:
+    """Does NO_PROXY (comma-separated `host`, `.domain`, `*`; ports ignored) exempt `hostname`?"""
+    for entry in no_proxy.split(","):
+        entry = entry.strip().lower()
+        if entry.startswith("[") and "]" in entry:
+            entry = entry[1 : entry.index("]")]
+        elif entry.count(":") == 1:
+            entry = entry.split(":")[0]
+        entry = entry.lstrip(".")
+        if entry == "*" or (entry and (hostname == entry or hostname.endswith("." + entry))):
+            return True
+    return False
+
+
+def _connect_reason(err: BaseException) -> str:
+    """A few words for why a connection failed, from the OS error aiohttp wraps."""
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        os_err = err.os_error
+        if isinstance(os_err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(os_err, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(os_err, TimeoutError):
+            return "connection timed out"
+        return (os_err.strerror or str(os_err) or type(os_err).__name__).lower()
+    if isinstance(err, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(err, aiohttp.ClientPayloadError):
+        return "the response was cut short"
+    return str(err) or type(err).__name__
+
+
+async def _error_detail(resp: aiohttp.ClientResponse) -> str:
+    """The registry's own error message (distribution's {"errors":[{"code","message"}]}), if any."""
+    if resp.method == "HEAD":
+        return ""
+    try:
+        body = await resp.content.read(64 << 10)
+        data = json.loads(body)
+        errors = data.get("errors") or []
+        first = errors[0]
+        return str(first.get("message") or first.get("code") or "").strip()
+    except Exception:  # any body that is not distribution's error JSON: no detail
+        return ""
+
+
+def _media_type(header: str | None, body: bytes) -> str:
+    """The manifest's media type: its `mediaType` field, else Content-Type, else guessed from its shape."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str) and doc["mediaType"]:
+        return str(doc["mediaType"])
+    ctype = (header or "").split(";", 1)[0].strip()
+    if ctype and ctype not in ("application/json", "application/octet-stream"):
+        return ctype
+    if isinstance(doc, dict):
+        if "manifests" in doc:
+            return OCI_INDEX
+        if "config" in doc and "layers" in doc:
+            return OCI_MANIFEST
+        if doc.get("schemaVersion") == 1:
+            return "application/vnd.docker.distribution.manifest.v1+json"
+    return ctype or "application/octet-stream"
+
+
+def select_platform(manifests: list[Descriptor], wanted: Platform) -> Descriptor | None:
+    """The index entry for `wanted`: an exact variant match first, then any compatible one, in index order."""
+    candidates = [m for m in manifests if m.platform is not None and wanted.matches(m.platform)]
+    for m in candidates:
+        assert m.platform is not None
+        if m.platform.variant == wanted.variant:
+            return m
+    return candidates[0] if candidates else None
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        *,
+        hosts_dir: str | None = None,
+        insecure: Collection[str] = (),
+        docker_config_dir: str | None = None,
+        user_agent: str = f"socirun/{__version__}",
+        max_connections: int = 64,
+        retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        self._hosts_dir = hosts_dir
+        self._insecure = tuple(insecure)
+        self._docker_config_dir = docker_config_dir
+        self._user_agent = user_agent
+        self._max_connections = max_connections
+        self._retries = max(1, retries)
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._session_obj: aiohttp.ClientSession | None = None
+        self._auth: Authorizer | None = None
+        self._hosts_cache: dict[str, list[RegistryHost]] = {}
+        self._ssl_cache: dict[RegistryHost, ssl.SSLContext | bool] = {}
+        self._proxy_cache: dict[str, dict[str, Any]] = {}
+        self._tls_failed: set[RegistryHost] = set()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> RegistryClient:
+        self._session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session_obj is not None:
+            await self._session_obj.close()
+            self._session_obj = None
+            self._auth = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Created lazily: an aiohttp session must be made inside the running event loop.
+        if self._session_obj is None or self._session_obj.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
+            self._session_obj = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+                # Blobs must arrive byte for byte as stored: never let a transfer encoding change them.
+                auto_decompress=False,
+                headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+                # Not trust_env: aiohttp would then add ~/.netrc credentials (clashing with our Authorization
+                # header) and look proxies up in a thread on every request. _request_options does proxies.
+                trust_env=False,
+            )
+            self._auth = Authorizer(
+                self._session_obj,
+                docker_config_dir=self._docker_config_dir,
+                request_options=self._request_options,
+            )
+        return self._session_obj
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def hosts(self, registry: str) -> list[RegistryHost]:
+        if registry not in self._hosts_cache:
+            self._hosts_cache[registry] = resolve_hosts(registry, self._hosts_dir, self._insecure)
+        return self._hosts_cache[registry]
+
+    def _ssl_for(self, host: RegistryHost) -> ssl.SSLContext | bool:
+        if host.scheme != "https":
+            return True  # unused for plain HTTP
+        if host not in self._ssl_cache:
+            if host.skip_verify:
+                self._ssl_cache[host] = False
+            elif host.ca_files or host.client_cert:
+                ctx = ssl.create_default_context()
+                try:
+                    for ca in host.ca_files:
+                        ctx.load_verify_locations(cafile=ca)
+                    if host.client_cert:
+                        ctx.load_cert_chain(host.client_cert, host.client_key)
+                except (OSError, ssl.SSLError) as err:
+                    raise ConfigError(
+                        f"cannot load the TLS files configured for {host.host}: "
+                        f"{getattr(err, 'strerror', None) or err}"
+                    ) from None
+                self._ssl_cache[host] = ctx
+            else:
+                self._ssl_cache[host] = True
+        return self._ssl_cache[host]
+
+    def _request_options(self, url: str) -> dict[str, Any]:
+        """The proxy for `url` from HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as docker and containerd honour them;
+        like Go's ProxyFromEnvironment, loopback is never proxied. Looked up once per scheme and host."""
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        if key not in self._proxy_cache:
+            proxies = urllib.request.getproxies_environment()
+            proxy = proxies.get(parts.scheme)
+            hostname = parts.hostname or ""
+            if not proxy or is_loopback(hostname) or _no_proxy(hostname, proxies.get("no", "")):
+                self._proxy_cache[key] = {}
+            else:
+                p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+                options: dict[str, Any] = {
+                    "proxy": f"{p.scheme}://{p.hostname}" + (f":{p.port}" if p.port else "")
+                }
+                if p.username:
+                    raw = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+                    options["proxy_headers"] = {
+                        "Proxy-Authorization": "Basic " + base64.b64encode(raw).decode()
+                    }
+                self._proxy_cache[key] = options
+        return self._proxy_cache[key]
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential from backoff_base, capped, with jitter so parallel transfers do not retry in step."""
+        return min(self._backoff_cap, self._backoff_base * 2.0**attempt) * random.uniform(0.5, 1.0)
+
+    async def _send(
+        self,
+        host: RegistryHost,
+        method: str,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        scope: str,
+    ) -> aiohttp.ClientResponse:
+        """One request to one host, answering a 401 challenge once with a token or credentials."""
+        session = self._session()
+        assert self._auth is not None
+        hdrs: CIMultiDict[str] = CIMultiDict(host.headers)
+        hdrs.update(headers)
+        auth = await self._auth.ensure(host.host, scope)
+        if auth:
+            hdrs["Authorization"] = auth
+        options = {"ssl": self._ssl_for(host), **self._request_options(url)}
+        resp = await session.request(method, url, params=params, headers=hdrs, **options)
+        if resp.status == 401:
+            challenges = resp.headers.getall("WWW-Authenticate", [])
+            resp.release()
+            if challenges and await self._auth.on_unauthorized(host.host, scope, list(challenges), auth):
+                auth = self._auth.authorization(host.host, scope)
+                if auth:
+                    hdrs["Authorization"] = auth
+                resp = await session.request(method, url, params=params, headers=hdrs, **options)
+        log.debug("%s %s -> %d", method, url, resp.status)  # the URL carries no secrets; headers never logged
+        return resp
+
+    @asynccontextmanager
+    async def _open(
+        self,
+        ref: ImageReference,
+        suffix: str,
+        *,
+        capability: str,
+        headers: Mapping[str, str],
+        what: str,
+        not_found: Callable[[str], RegistryError],
+        ok: Collection[int] = (200,),
+        method: str = "GET",
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open `GET <host>/v2/<repo>/<suffix>` on the first host that serves it; yields the live response.
+
+        Hosts are tried in order within an attempt; hosts that failed in a way that may pass (connection
+        error, 408, 429, 5xx) are tried again after a backoff, up to `retries` attempts in all.
+        """
+        hosts = [h for h in self.hosts(ref.domain) if h.can(capability)]
+        # Skip hosts whose TLS handshake already failed (the HTTPS try of an insecure registry that only
+        # speaks HTTP), so that each request does not pay for it again; never skip all of them.
+        hosts = [h for h in hosts if h not in self._tls_failed] or hosts
+        if not hosts:
+            raise RegistryError(
+                f"no host configured for {ref.domain} may {capability} (check its hosts.toml)"
+            )
+        scope = f"repository:{ref.path}:pull"
+        pending = hosts
+        last: _HostFailure | None = None
+        for attempt in range(self._retries):
+            again: list[RegistryHost] = []
+            wait = 0.0
+            for host in pending:
+                url = f"{host.base_url}/{ref.path}/{suffix}"
+                params = {"ns": ref.domain} if host.is_mirror else {}
+                try:
+                    resp = await self._attempt(host, method, url, params, headers, scope, what, not_found, ok)
+                except _HostFailure as failure:
+                    last = failure
+                    if failure.retry:
+                        again.append(host)
+                        wait = max(wait, failure.retry_after or 0.0)
+                    elif host is hosts[-1]:
+                        # The upstream's definite answer (404, denied) ends the search: retrying a mirror
+                        # that was down cannot change it.
+                        raise failure.error from None
+                    continue
+                try:
+                    yield resp
+                finally:
+                    resp.release()
+                return
+            if not again or attempt + 1 >= self._retries:
+                break
+            if wait > MAX_RETRY_AFTER_S:
+                break
+            pending = again
+            delay = wait if wait > 0 else self._backoff(attempt)
+            log.debug("retrying %s in %.2f s (attempt %d of %d)", what, delay, attempt + 2, self._retries)
+            await asyncio.sleep(delay)
+        assert last is not None
+        raise last.error
+
+    async def _attempt(
+        self,
+        host: RegistryHost,
+        method: str,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        scope: str,
+        what: str,
+        not_found: Callable[[str], RegistryError],
+        ok: Collection[int],
+    ) -> aiohttp.ClientResponse:
+        """One host, one try: the open response when its status is in `ok`, else a _HostFailure."""
+        try:
+            resp = await self._send(host, method, url, params, headers, scope)
+        except AuthError as err:
+            raise _HostFailure(err, retry=False) from None
+        except aiohttp.ClientConnectorCertificateError as err:
+            self._tls_failed.add(host)
+            raise _HostFailure(
+                RegistryError(
+                    f"TLS verification failed for registry {host.host}: {err.certificate_error}; "
+                    "set `ca` in its hosts.toml or list it as an insecure registry"
+                ),
+                retry=False,
+            ) from None
+        except aiohttp.ClientSSLError as err:
+            self._tls_failed.add(host)
+            raise _HostFailure(
+                RegistryError(
+                    f"TLS handshake with registry {host.host} failed: {err.os_error}; if it speaks plain "
+                    "HTTP, list it as an insecure registry"
+                ),
+                retry=False,
+            ) from None
+        except _TRANSFER_ERRORS as err:
+            raise _HostFailure(
+                RegistryError(f"cannot reach registry {host.host}: {_connect_reason(err)}"), retry=True
+            ) from None
+
+        status = resp.status
+        if status in ok:
+            return resp
+        try:
+            detail = await _error_detail(resp)
+        finally:
+            resp.release()
+        suffix = f": {detail}" if detail else ""
+        if status == 404:
+            raise _HostFailure(not_found(detail), retry=False)
+        if status in (401, 403):
+            repository = scope.removeprefix("repository:").removesuffix(":pull")
+            raise _HostFailure(
+                AuthError(
+                    f"pull access denied for {repository} at {host.host}, "
+                    "repository does not exist "
+                    f"or may require 'docker login'{suffix}"
+                ),
+                retry=False,
+            )
+        if status in _RETRY_STATUSES:
+            after = _retry_after(resp.headers.get("Retry-After"))
+            if status == 429:
+                msg = f"registry {host.host} is rate limiting requests (429 Too Many Requests){suffix}"
+                if after is not None and after > MAX_RETRY_AFTER_S:
+                    msg += f"; it asks to wait {after:.0f} s"
+            else:
+                msg = (
+                    f"registry {host.host} answered {status} {resp.reason or ''}".rstrip()
+                    + f" for {what}{suffix}"
+                )
+            raise _HostFailure(RegistryError(msg), retry=True, retry_after=after)
+        raise _HostFailure(
+            RegistryError(
+                f"registry {host.host} answered {status} {resp.reason or ''}".rstrip()
+                + f" for {what}{suffix}"
+            ),
+            retry=False,
+        )
+
+    # ------------------------------------------------------------------------------------------ manifests
+
+    async def fetch_manifest(
+        self,
+        ref: ImageReference,
+        obj: str | None = None,
+        *,
+        accept: str = MANIFEST_ACCEPT,
+        expected: Descriptor | None = None,
+    ) -> tuple[Descriptor, bytes]:
+        """GET /manifests/<obj> (default: the reference's digest or tag) → (descriptor, verified bytes)."""
+        obj = obj or (expected.digest if expected else ref.object)
+        by_digest = ":" in obj
+        what = f"manifest {obj} of {ref.repository}" if expected else f"image {ref}"
+
+        def not_found(detail: str) -> RegistryError:
+            return ImageNotFoundError(f"{what} not found: {detail or 'manifest unknown'}")
+
+        async with self._open(
+            ref,
+            f"manifests/{obj}",
+            capability="pull" if by_digest else "resolve",
+            headers={"Accept": accept},
+            what=what,
+            not_found=not_found,
+        ) as resp:
+            length = resp.content_length
+            if length is not None and length > MAX_MANIFEST_SIZE:
+                raise RegistryError(f"{what} is {length} bytes, more than the {MAX_MANIFEST_SIZE} allowed")
+            body = await self._read_body(resp, MAX_MANIFEST_SIZE, what)
+            content_type = resp.headers.get("Content-Type")
+            header_digest = resp.headers.get("Docker-Content-Digest")
+        if by_digest:
+            verify_digest(body, obj, what)
+            digest = obj
+        else:
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            if header_digest and header_digest.startswith("sha256:") and header_digest != digest:
+                raise DigestMismatchError(
+                    f"{what}: the registry says its digest is {header_digest}, its bytes hash to {digest}"
+                )
+        if expected is not None and expected.size != len(body):
+            raise DigestMismatchError(f"{what} is {len(body)} bytes, its descriptor says {expected.size}")
+        media_type = (
+            expected.media_type if expected and expected.media_type else _media_type(content_type, body)
+        )
+        platform = expected.platform if expected else None
+        annotations = dict(expected.annotations) if expected else {}
+        return Descriptor(media_type, digest, len(body), annotations, platform), body
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what} is larger than the {limit} bytes allowed")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def resolve(self, ref: ImageReference, platform: Platform) -> ResolvedImage:
+        """Reference → index (if any) → the platform's manifest → config, each verified against its digest."""
+        target, body = await self.fetch_manifest(ref)
+        index_bytes: bytes | None = None
+        if target.media_type in SCHEMA1_TYPES:
+            raise RegistryError(
+                f"image {ref} uses the Docker schema 1 manifest format, which is no longer supported; "
+                "push it again with a current docker or buildkit"
+            )
+        if target.media_type in INDEX_TYPES:
+            index_bytes = body
+            entries = [Descriptor.from_json(m) for m in _json(body, f"index of {ref}").get("manifests") or []]
+            chosen = select_platform(entries, platform)
+            if chosen is None:
+                available = ", ".join(sorted({str(m.platform) for m in entries if m.platform})) or "none"
+                raise ImageNotFoundError(
+                    f"image {ref} has no manifest for platform {platform} (available: {available})"
+                )
+            manifest, manifest_bytes = await self.fetch_manifest(
+                ref, accept=f"{chosen.media_type or OCI_MANIFEST}, */*", expected=chosen
+            )
+        elif target.media_type in MANIFEST_TYPES:
+            manifest, manifest_bytes = target, body
+        else:
+            raise RegistryError(f"image {ref} is a {target.media_type}, not an image manifest or index")
+
+        doc = _json(manifest_bytes, f"manifest of {ref}")
+        try:
+            config = Descriptor.from_json(doc["config"])
+            layers = tuple(Descriptor.from_json(layer) for layer in doc.get("layers") or [])
+        except (KeyError, TypeError, ValueError):
+            raise RegistryError(
+                f"the manifest of image {ref} is malformed (no valid config or layers)"
+            ) from None
+        config_bytes = await self.fetch_blob_bytes(ref, config, max_size=MAX_CONFIG_SIZE)
+        cfg = _json(config_bytes, f"config of {ref}")
+        diff_ids = tuple(str(d) for d in (cfg.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(layers):
+            raise RegistryError(
+                f"image {ref} is malformed: its config lists {len(diff_ids)} diff IDs "
+                f"for {len(layers)} layers"
+            )
+        if cfg.get("os") and cfg.get("architecture"):
+            resolved_platform = Platform.from_json(cfg)
+        else:
+            resolved_platform = manifest.platform or platform
+        return ResolvedImage(
+            reference=ref,
+            target=target,
+            index_bytes=index_bytes,
+            manifest=manifest,
+            manifest_bytes=manifest_bytes,
+            config=config,
+            config_bytes=config_bytes,
+            layers=layers,
+            diff_ids=diff_ids,
+            platform=resolved_platform,
+            source_host=ref.hostname,
+            source_repository=ref.path,
+        )
+
+    async def fetch_referrers(self, ref: ImageReference, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers index of `digest` (SOCI v1 index discovery), or None where the registry has
+        no referrers API (distribution 2.8 answers 404). The caller filters by artifactType."""
+        what = f"referrers of {digest} in {ref.repository}"
+        try:
+            async with self._open(
+                ref,
+                f"referrers/{digest}",
+                capability="pull",
+                headers={"Accept": OCI_INDEX},
+                what=what,
+                not_found=lambda detail: ImageNotFoundError(f"{what} not found"),
+            ) as resp:
+                return await self._read_body(resp, MAX_MANIFEST_SIZE, what)
+        except ImageNotFoundError:
+            return None
+
+    # ------------------------------------------------------------------------------------------ blobs
+
+    def _blob_not_found(self, ref: ImageReference, desc: Descriptor) -> Callable[[str], RegistryError]:
+        def make(detail: str) -> RegistryError:
+            return RegistryError(
+                f"blob {desc.digest} of {ref.repository} not found: {detail or 'blob unknown'}"
+            )
+
+        return make
+
+    async def fetch_blob_bytes(
+        self, ref: ImageReference, desc: Descriptor, *, max_size: int = MAX_CONFIG_SIZE
+    ) -> bytes:
+        """A small blob (a config) read whole and verified against its digest and size."""
+        if desc.size > max_size:
+            raise RegistryError(
+                f"blob {desc.digest} of {ref.repository} is {desc.size} bytes, more than {max_size}"
+            )
+        data = bytearray()
+        async for chunk in self.fetch_blob(ref, desc):
+            data += chunk
+        blob = bytes(data)
+        verify_digest(blob, desc.digest, f"blob {desc.digest} of {ref.repository}")
+        return blob
+
+    async def fetch_blob(
+        self, ref: ImageReference, desc: Descriptor, offset: int = 0, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes [offset, size) of a blob. Resumes with Range after a dropped connection (each drop
+        counts as a retry). The caller hashes: the digest is not verified here."""
+        if not 0 <= offset <= desc.size:
+            raise ValueError(f"offset {offset} is outside blob {desc.digest} of {desc.size} bytes")
+        what = f"blob {desc.digest} of {ref.repository}"
+        pos = offset
+        drops = 0
+        while pos < desc.size:
+            headers = {"Accept": f"{desc.media_type}, */*" if desc.media_type else "*/*"}
+            if pos > 0:
+                headers["Range"] = f"bytes={pos}-"
+            try:
+                async with self._open(
+                    ref,
+                    f"blobs/{desc.digest}",
+                    capability="pull",
+                    headers=headers,
+                    what=what,
+                    not_found=self._blob_not_found(ref, desc),
+                    ok=(200, 206),
+                ) as resp:
+                    skip = self._check_resume(resp, pos, desc, what)
+                    async for chunk in resp.content.iter_chunked(chunk_size):
+                        if skip:
+                            # A registry that ignored Range sent the whole blob: drop what we already have.
+                            if len(chunk) <= skip:
+                                skip -= len(chunk)
+                                continue
+                            chunk = chunk[skip:]
+                            skip = 0
+                        if pos + len(chunk) > desc.size:
+                            raise DigestMismatchError(
+                                f"{what} is longer than the {desc.size} bytes its descriptor says"
+                            )
+                        pos += len(chunk)
+                        yield chunk
+                    if pos < desc.size:
+                        raise _Dropped()
+            except _RESUMABLE as err:
+                drops += 1
+                reason = "the response ended early" if isinstance(err, _Dropped) else _connect_reason(err)
+                if drops >= self._retries:
+                    raise RegistryError(
+                        f"download of {what} failed {drops} times, at byte {pos} of {desc.size}: {reason}"
+                    ) from None
+                log.debug("%s dropped at byte %d (%s); resuming", what, pos, reason)
+                await asyncio.sleep(self._backoff(drops - 1))
+
+    @staticmethod
+    def _check_resume(resp: aiohttp.ClientResponse, pos: int, desc: Descriptor, what: str) -> int:
+        """How many leading bytes of this response to discard (containerd's fetcher rules)."""
+        if resp.status == 206:
+            content_range = resp.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {pos}-"):
+                raise RegistryError(
+                    f"registry answered a resumed download of {what} from byte {pos} with {content_range!r}"
+                )
+            return 0
+        if resp.content_length is not None and resp.content_length != desc.size:
+            raise DigestMismatchError(
+                f"{what} is {resp.content_length} bytes at the registry, its descriptor says {desc.size}"
+            )
+        return pos  # a 200 carries the whole blob (Accept-Ranges is not trusted either way)
+
+    async def fetch_range(
+        self, ref: ImageReference, desc: Descriptor, start: int, end_inclusive: int
+    ) -> bytes:
+        """Bytes [start, end_inclusive] of a blob with one bounded Range request (SOCI span reads)."""
+        if not 0 <= start <= end_inclusive < desc.size:
+            raise ValueError(
+                f"range {start}-{end_inclusive} is outside blob {desc.digest} of {desc.size} bytes"
+            )
+        what = f"blob {desc.digest} of {ref.repository}"
+        want = end_inclusive - start + 1
+        reason = ""
+        for attempt in range(self._retries):
+            try:
+                async with self._open(
+                    ref,
+                    f"blobs/{desc.digest}",
+                    capability="pull",
+                    headers={"Range": f"bytes={start}-{end_inclusive}", "Accept": "*/*"},
+                    what=what,
+                    not_found=self._blob_not_found(ref, desc),
+                    ok=(200, 206),
+                ) as resp:
+                    if resp.status == 200:
+                        raise RangeNotSupportedError(
+                            f"registry for {ref.repository} does not serve byte ranges "
+                            "(it answered 200 to a Range request)"
+                        )
+                    content_range = resp.headers.get("Content-Range", "")
+                    if not content_range.startswith(f"bytes {start}-{end_inclusive}/"):
+                        raise RegistryError(
+                            f"registry answered a request for bytes {start}-{end_inclusive} of {what} with "
+                            f"range {content_range!r}"
+                        )
+                    data = await resp.read()
+                if len(data) == want:
+                    return data
+                reason = f"got {len(data)} of {want} bytes"
+            except _TRANSFER_ERRORS as err:
+                reason = _connect_reason(err)
+            if attempt + 1 < self._retries:
+                await asyncio.sleep(self._backoff(attempt))
+        raise RegistryError(
+            f"reading bytes {start}-{end_inclusive} of {what} failed {self._retries} times: {reason}"
+        )
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise RegistryError(f"the {what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"the {what} is not a JSON object")
+    return doc
