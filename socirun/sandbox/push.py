@@ -125,8 +125,20 @@ async def push_image(
             (image.config_digest, len(image.config_bytes), image.config_bytes)
         ]
         blobs += [(layer.digest, layer.size, layer.path) for layer in image.layers]
-        async with asyncio.TaskGroup() as group:
-            for digest, size, source in blobs:
-                group.create_task(one(digest, size, source))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for digest, size, source in blobs:
+                    group.create_task(one(digest, size, source))
+        except ExceptionGroup as failed:
+            # One sentence for the user: the first of our own errors, not the whole group.
+            ours = failed.subgroup(SandboxError)
+            if ours is None:
+                raise
+            raise _first(ours) from None
         await pusher.push_manifest(tag, image.manifest_bytes, image.manifest_digest)
     return f"{registry_host}/{name}:{tag}"
+
+
+def _first(group: BaseExceptionGroup[SandboxError]) -> SandboxError:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error

@@ -88,9 +88,12 @@ def sample_5(push_sample_5: Callable[..., str]) -> str:
 
 @pytest.fixture
 def short_tmp_path() -> Iterator[Path]:
-    """Like tmp_path, but directly under /tmp (for sandboxes and their unix sockets); removed afterwards."""
+    """Like tmp_path, but directly under /tmp (for sandboxes and their unix sockets); removed afterwards,
+    with `Sandbox.down()` first when a test left a sandbox there (so no daemon outlives its directory)."""
     path = short_tmp_dir()
     yield path
+    if (path / "sandbox.json").exists() or (path / "containerd.toml").exists():
+        Sandbox(path).down()
     shutil.rmtree(path, ignore_errors=True)
 
 

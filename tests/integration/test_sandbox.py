@@ -17,9 +17,9 @@ import pytest
 import socirun.sandbox.push as push_module
 from socirun.errors import SandboxError
 from socirun.oci import OCI_MANIFEST
-from socirun.sandbox.processes import mounts_under
+from socirun.sandbox.processes import free_port, mounts_under
 from socirun.sandbox.push import PushStats
-from socirun.sandbox.sample import SampleImage
+from socirun.sandbox.sample import SampleImage, push_sample
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo, start_registry
 
 SAMPLE_TEXT = "hello from the socirun sample"
@@ -110,6 +110,14 @@ def test_chunked_upload_assembles_the_same_blobs(
     )
     assert body == sample_5_image.manifest_bytes
     assert headers["Docker-Content-Digest"] == sample_5_image.manifest_digest
+
+
+def test_push_to_a_registry_nobody_serves_is_one_sentence(tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}"
+    with pytest.raises(SandboxError) as caught:
+        push_sample(host, "x/y", "v1", [0.1], cache_dir=tmp_path)
+    assert str(caught.value).startswith(f"cannot reach the registry at {host} ")
+    assert "\n" not in str(caught.value)
 
 
 def test_pull_through_mirror(
