@@ -146,7 +146,7 @@ class ContainerExited(Event):
 
 
 @dataclass(frozen=True)
-class Warning(Event):  # noqa: A001 - the event's name in the stream is "warning"
+class WarningMessage(Event):
     type_name: ClassVar[str] = "warning"
     message: str
 
@@ -172,7 +172,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ContainerCreated,
         ContainerStarted,
         ContainerExited,
-        Warning,
+        WarningMessage,
         Error,
     )
 }

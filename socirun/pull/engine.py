@@ -19,6 +19,7 @@ from socirun.containerd.client import (
     AlreadyExistsError,
     CommitMismatchError,
     ContainerdClient,
+    ContentWriter,
     Mount,
 )
 from socirun.errors import DigestMismatchError, PullError
@@ -114,21 +115,10 @@ class _Pull:
                     self._progress(layer, layer.size, force=True)
                     return
                 self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
-                                               detail=f"resuming at {offset} bytes" if offset else ""))
+                                               detail=_resume_detail(offset, layer.size)))
                 self._progress(layer, offset, force=True)
-                received = offset
                 if offset < layer.size:
-                    async for chunk in self.registry.fetch_blob(img.reference, layer, offset):
-                        received += len(chunk)
-                        if received > layer.size:
-                            await self.ctd.abort_ingest(ref)
-                            raise DigestMismatchError(
-                                f"layer {layer.digest} from {img.reference.domain} is larger than the "
-                                f"{layer.size} bytes its manifest declares; the registry's copy is corrupt."
-                            )
-                        await writer.write(chunk)
-                        self.fetched += len(chunk)
-                        self._progress(layer, received)
+                    await self._copy(img, layer, writer, offset)
                 try:
                     await writer.commit(labels)
                 except CommitMismatchError:
@@ -141,6 +131,22 @@ class _Pull:
             finally:
                 await writer.close()
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded"))
+
+    async def _copy(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
+        """Stream the blob from `offset` into the open ingest; containerd checks the digest at commit."""
+        received = offset
+        async with contextlib.aclosing(self.registry.fetch_blob(img.reference, layer, offset)) as stream:
+            async for chunk in stream:
+                received += len(chunk)
+                if received > layer.size:
+                    await self.ctd.abort_ingest(writer.ref)
+                    raise DigestMismatchError(
+                        f"layer {layer.digest} from {img.reference.domain} is larger than the "
+                        f"{layer.size} bytes its manifest declares; the registry's copy is corrupt."
+                    )
+                await writer.write(chunk)
+                self.fetched += len(chunk)
+                self._progress(layer, received)
 
     def _progress(self, layer: Descriptor, downloaded: int, *, force: bool = False, applied: int = 0) -> None:
         if force or self._throttle.due(layer.digest, time.monotonic()):
@@ -246,6 +252,14 @@ class _Pull:
                                   snapshotter=self.snapshotter, mode="standard", fetched=self.fetched,
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed)
+
+
+def _resume_detail(offset: int, size: int) -> str:
+    if offset == 0:
+        return ""
+    if offset >= size:
+        return "all bytes already in containerd's store"
+    return f"resuming at {offset} bytes"
 
 
 def _index_children(index_bytes: bytes) -> list[Descriptor]:

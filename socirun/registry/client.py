@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -681,7 +681,7 @@ class RegistryClient:
 
     async def fetch_blob(
         self, ref: ImageReference, desc: Descriptor, offset: int = 0, chunk_size: int = 1 << 20
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream bytes [offset, size) of a blob. Resumes with Range after a dropped connection (each drop
         counts as a retry). The caller hashes: the digest is not verified here."""
         if not 0 <= offset <= desc.size:

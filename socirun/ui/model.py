@@ -94,7 +94,7 @@ class PullModel:
                 self.finished = event
             case ev.Error():
                 self.error = event
-            case ev.Warning():
+            case ev.WarningMessage():
                 self.warnings.append(event.message)
             case _:
                 pass
@@ -164,7 +164,7 @@ def human_duration(seconds: float | None) -> str:
         return "?"
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

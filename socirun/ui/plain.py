@@ -52,12 +52,13 @@ class PlainRenderer:
                     f"{short_digest(event.layer_digest)}: fetched {human_bytes(event.length)} "
                     f"at {event.offset} ({event.reason}){' ' + event.path if event.path else ''}"
                 )
-            case ev.Warning():
+            case ev.WarningMessage():
                 self._line(f"warning: {event.message}")
             case ev.PullFinished():
                 self._line(summary_line(m, event))
             case ev.ContainerStarted():
-                self._line(f"container {event.container_id[:12]} started after {human_duration(event.since_command_start)}")
+                after = human_duration(event.since_command_start)
+                self._line(f"container {event.container_id[:12]} started after {after}")
             case ev.Error():
                 pass  # the CLI's single error handler prints the sentence
             case _:
