@@ -64,7 +64,8 @@ class PullLease:
     async def _finish(self) -> None:
         if not self._ok:
             await self._keep_partial_ingests()
-        await self.ctd.delete_lease(self.lease_id)
+        # After a failure, collect what the pull wrote before returning, so no partial record outlives it.
+        await self.ctd.delete_lease(self.lease_id, sync=not self._ok)
         if self._ok:
             await self._drop_stale_leases()
 

@@ -235,11 +235,15 @@ def test_corrupt_blob_is_refused_and_nothing_is_kept(
     assert ref not in image_names(ctr)
     after = set(snapshot_keys(ctr))
     assert not any(k.startswith("extract-") for k in after)
-    config = json.loads(ctr("content", "get", manifest["config"]["digest"]).stdout)
+    config_url = f"http://{sandbox.registry_host}/v2/corrupt/sample/blobs/{manifest['config']['digest']}"
+    with urllib.request.urlopen(config_url, timeout=10) as response:
+        config = json.loads(response.read())
     bad_chain = chain_ids(config["rootfs"]["diff_ids"])[-1]
     assert bad_chain not in after and after >= before
     assert lease_ids(ctr) == []
     assert not any(bad in line for line in ctr("content", "active").stdout.splitlines())
+    # Nothing of the failed pull is left in the content store once its lease is gone (GC collects it).
+    assert manifest["config"]["digest"] not in ctr("content", "ls", "-q").stdout.split()
 
 
 def test_image_that_does_not_exist(socirun: Callable[..., Result], sandbox: SandboxInfo) -> None:
