@@ -17,10 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from socirun.sandbox.sample import push_sample
+from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox
 
 NAMESPACE = "socirun-bench"
+SEED = 7
 
 
 def ctr(address: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,12 +55,21 @@ def main() -> None:
     parser.add_argument("--layers", default="64,96,128,192,320", help="data layer sizes, MB uncompressed")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default="/tmp/socirun-bench")
+    parser.add_argument("--keep", action="store_true", help="leave the sandbox running afterwards")
     args = parser.parse_args()
 
     box = Sandbox(Path(args.dir))
+    try:
+        run_rounds(box, args)
+    finally:
+        if not args.keep:
+            box.down()
+
+
+def run_rounds(box: Sandbox, args: argparse.Namespace) -> None:
     info = box.up()
     sizes = [float(s) for s in args.layers.split(",")]
-    ref = push_sample(info.registry_host, "bench/pull", "v1", sizes, seed=7)
+    ref = push_sample(info.registry_host, "bench/pull", "v1", sizes, seed=SEED)
     address = info.containerd_address
     env = dict(os.environ, CONTAINERD_ADDRESS=address, CONTAINERD_NAMESPACE=NAMESPACE)
     commands = {
@@ -68,11 +78,8 @@ def main() -> None:
     }
     empty_store(address, ref)
     timed(commands["socirun"], env)  # warm the page cache for the registry's files
-    compressed = sum(
-        int(line.split()[1]) for line in ctr(address, "content", "ls").stdout.splitlines()[1:] if line.split()
-    )
-    print(f"sample {ref}: {len(sizes) + 1} layers, {compressed / 1e6:.0f} MB in the content store",
-          file=sys.stderr)
+    sample = build_sample(default_cache_dir(), sizes, seed=SEED)
+    print(f"sample {ref}: {len(sample.layers)} layers, {sample.total_size / 1e6:.0f} MB compressed")
 
     times: dict[str, list[float]] = {"ctr": [], "socirun": []}
     for round_no in range(args.rounds):

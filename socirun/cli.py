@@ -15,15 +15,20 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from socirun import __version__
-from socirun.config import SocirunConfig, load_config
+from socirun.config import PROGRESS_MODES, SocirunConfig, load_config
 from socirun.errors import EXIT_INTERRUPTED, SocirunError, UsageError
-from socirun.progress import PROGRESS_MODES, Recorder, Renderer, make_renderer, progress_mode_for, rendering
+from socirun.progress import Recorder, Renderer, make_renderer, progress_mode_for, rendering
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad input as a UsageError (exit 125, like docker) instead of exiting 2."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("argument command: invalid choice"):
+            raise UsageError(
+                "running containers (`socirun IMAGE`, `socirun run`) is not in this version yet; "
+                "`socirun pull IMAGE` pulls an image. See 'socirun --help'."
+            )
         raise UsageError(f"{message}. See '{self.prog} --help'.")
 
 

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Protocol, TextIO
 
 from socirun import events as ev
+from socirun.config import PROGRESS_MODES
 from socirun.errors import UsageError
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.plain import PlainRenderer
 
-PROGRESS_MODES = ("auto", "tty", "plain", "json", "quiet")
 TICK_S = 1.0
 
 

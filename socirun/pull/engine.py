@@ -228,6 +228,8 @@ class _Pull:
                 if present[i]:
                     self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists",
                                                    detail="snapshot present"))
+                else:
+                    self.emit(ev.LayerStateChanged(digest=layer.digest, state="waiting"))
             downloads: dict[str, asyncio.Task[None]] = {}
             try:
                 for i, layer in enumerate(img.layers):

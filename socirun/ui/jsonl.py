@@ -7,7 +7,7 @@ from typing import TextIO
 
 from socirun import events as ev
 from socirun.ui.model import PullModel
-from socirun.ui.plain import summary_line
+from socirun.ui.plain import alias_line, summary_line
 
 
 class JsonRenderer:
@@ -31,6 +31,9 @@ class QuietRenderer:
 
     def handle(self, event: ev.Event) -> None:
         self.model.apply(event)
+        if isinstance(event, ev.Resolving) and event.expanded_from:
+            # Which image an alias stood for is always said, even in quiet mode.
+            self.out.write(alias_line(event) + "\n")
         if isinstance(event, ev.PullFinished):
             self.out.write(summary_line(self.model, event) + "\n")
             self.out.flush()

@@ -28,8 +28,9 @@ class PlainRenderer:
         m = self.model
         match event:
             case ev.Resolving():
-                via = f" (alias {event.expanded_from!r} expanded)" if event.expanded_from else ""
-                self._line(f"resolving {event.reference}{via}")
+                if event.expanded_from:
+                    self._line(alias_line(event))
+                self._line(f"resolving {event.reference}")
             case ev.ImageResolved():
                 self._line(
                     f"resolved {event.reference} to {event.manifest_digest} ({event.platform}): "
@@ -73,6 +74,10 @@ class PlainRenderer:
             return
         self._last_beat = now
         self._line(heartbeat_line(m, now))
+
+
+def alias_line(event: ev.Resolving) -> str:
+    return f"short name {event.expanded_from!r} expanded to {event.reference}"
 
 
 def heartbeat_line(m: PullModel, now: float) -> str:
