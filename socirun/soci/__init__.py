@@ -1,0 +1,1 @@
+"""SOCI snapshotter: its constants, its config file, and an observer of what it exposes."""

@@ -1,0 +1,67 @@
+"""The names SOCI defines (soci-contract.md §§1, 2, 4, 5), in one place for the plan, the engine, the observer
+and the sandbox's SOCI emulator."""
+
+from __future__ import annotations
+
+# -- Prepare labels (§1.1) and the labels SOCI puts on its snapshots (§1.2)
+SOCI_SIZE = "containerd.io/snapshot/remote/soci.size"
+SOCI_IMAGE_LAYERS_SIZE = "containerd.io/snapshot/remote/image.layers.size"
+SOCI_INDEX_DIGEST = "containerd.io/snapshot/remote/soci.index.digest"
+REMOTE = "containerd.io/snapshot/remote"
+REMOTE_VALUE = "remote snapshot"
+HAS_SOCI_INDEX = "containerd.io/snapshot/remote/has.soci.index.digest"
+REMOTE_NAMESPACE = "containerd.io/snapshot/remote/namespace"
+
+# -- index media types and annotations (§2)
+INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
+INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
+ZTOC_MEDIA_TYPE = "application/octet-stream"
+PREFETCH_MEDIA_TYPE = "application/vnd.amazon.soci.prefetch.v1+json"
+ANN_INDEX_DIGEST = "com.amazon.soci.index-digest"  # on a v2 image manifest
+ANN_IMAGE_MANIFEST_DIGEST = "com.amazon.soci.image-manifest-digest"  # on the OCI index entry of a v2 index
+ANN_LAYER_DIGEST = "com.amazon.soci.image-layer-digest"
+ANN_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
+ANN_SPAN_SIZE = "com.amazon.soci.span-size"
+ANN_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
+EMPTY_CONFIG_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+DEFAULT_SPAN_SIZE = 1 << 22
+DEFAULT_MIN_LAYER_SIZE = 10 << 20  # `soci create/convert` skip smaller layers (no zTOC)
+
+# -- daemon defaults (§4)
+DEFAULT_CONFIG_PATH = "/etc/soci-snapshotter-grpc/config.toml"
+CONFIG_ENV = "SOCI_SNAPSHOTTER_CONFIG"
+DEFAULT_ROOT = "/var/lib/soci-snapshotter-grpc/"
+DEFAULT_SOCKET = "/run/soci-snapshotter-grpc/soci-snapshotter-grpc.sock"
+SYSTEMD_UNIT = "soci-snapshotter"
+
+# -- metrics (§5.1)
+M_LAYER_FETCHED = "soci_fs_layer_fetched_size_bytes"
+M_LAYER_SIZE = "soci_fs_layer_size_bytes"
+M_OPERATION_COUNT = "soci_fs_operation_count"
+M_DURATION_MS = "soci_fs_operation_duration_milliseconds"
+M_BYTES_SERVED = "soci_fs_bytes_served"
+OP_ONDEMAND_FETCH = "synchronous_read_remote_registry_fetch_count"
+OP_SYNC_READ = "synchronous_read_count"
+OP_BG_SPAN = "background_span_fetch_count"
+OP_BG_SPAN_FAILURE = "background_span_fetch_failure_count"
+OP_BG_FETCH = "background_fetch"
+OP_FUSE_MOUNT_FAILURE = "fuse_mount_failure_count"
+OP_BYTES_SERVED = "synchronous_bytes_served"
+
+# -- per-layer state file directory (§5.2)
+STATE_DIR_NAME = ".soci-snapshotter"
+
+# -- log messages (§5.3)
+LOG_REMOTE_PREPARED = "remote snapshot successfully prepared."
+LOG_DEFER = "no valid SOCI index found; deferring to container runtime"
+LOG_PARALLEL = "preparing snapshot with parallel pull/unpack"
+LOG_PARALLEL_FALLBACK = "no SOCI index found; falling back to parallel pull/unpack"
+LOG_LOCAL = "preparing snapshot as local snapshot"
+LOG_LOCAL_PREPARED = "local snapshot successfully prepared"
+LOG_FETCHING_SPAN = "fetching span"
+LOG_FUSE_OPERATION = "FUSE operation"
+LOG_PREPARING = "preparing snapshot"
+LOG_NO_ZTOC = "skipping mounting layer as FUSE mount: no ztoc for layer"
+LOG_FETCH_ARTIFACT = "fetching artifact from remote"
+LOG_ARTIFACT_FETCHED = "Artifact successfully fetched from remote"
+LOG_LAYER_UNPACKED = "Layer successfully unpacked"
