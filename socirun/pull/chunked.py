@@ -1,0 +1,270 @@
+"""Chunked parallel download of one blob: bounded ranges over several connections, written in order.
+
+A blob of `size` bytes, of which containerd already holds `offset` (a resumed ingest), is split into ranges
+`bytes=a-b` of at most `chunk_size` bytes. Chunks are fetched concurrently and written strictly in order into
+the content writer, so containerd sees one ordinary sequential ingest and checks size and digest at commit.
+
+Two limits are shared by every layer of one pull (a `TransferBudget`):
+
+- `connections`: requests in flight at once (the per-image connection limit, not per layer);
+- `window`: chunks held in memory at once, from the moment a chunk is scheduled until its bytes are handed to
+  the writer. Memory for chunk data is therefore bounded by `window × chunk_size` whatever the number of layers.
+
+Which layer gets the next free window slot is the schedule: `in-order` (lower layer index first, so the
+unpacker, which must apply layers in order, can start early), `largest-first`, or `interleave` (round robin
+over layers, chunk by chunk).
+
+This module does no I/O of its own: the fetch function and the writer are passed in, so the scheduling and
+reassembly logic is tested with a fake source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from socirun.errors import (
+    AuthError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    PullError,
+    RegistryError,
+)
+
+MIB = 1 << 20
+Schedule = Literal["in-order", "largest-first", "interleave"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+DEFAULT_ATTEMPTS = 3
+
+# (start, end_inclusive) -> the bytes of that range. May raise RangeNotSupportedError (never retried).
+ChunkFetcher = Callable[[int, int], Awaitable[bytes]]
+ChunkWriter = Callable[[bytes], Awaitable[None]]
+
+
+class ShortReadError(Exception):
+    """A chunk arrived with fewer (or more) bytes than its range asked for."""
+
+
+class ChunkFetchError(PullError):
+    """A chunk kept failing after every retry."""
+
+
+def _never_retry(err: BaseException) -> bool:
+    # RangeNotSupportedError is a RegistryError; it means "fall back", not "try again".
+    from socirun.registry.client import RangeNotSupportedError
+
+    return isinstance(err, RangeNotSupportedError | DigestMismatchError | AuthError | ImageNotFoundError)
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (ShortReadError, OSError, TimeoutError, RegistryError)
+
+
+def plan_ranges(size: int, offset: int, chunk_size: int) -> list[tuple[int, int]]:
+    """The bounded ranges (start, end_inclusive) covering bytes [offset, size)."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk size must be positive, not {chunk_size}")
+    if not 0 <= offset <= size:
+        raise ValueError(f"offset {offset} is outside a blob of {size} bytes")
+    return [(start, min(start + chunk_size, size) - 1) for start in range(offset, size, chunk_size)]
+
+
+def chunk_priority(schedule: Schedule, layer_index: int, layer_size: int, chunk_index: int) -> tuple[int, ...]:
+    """Sort key for who gets the next free window slot (smaller first)."""
+    if schedule == "largest-first":
+        return (-layer_size, layer_index, chunk_index)
+    if schedule == "interleave":
+        return (chunk_index, layer_index)
+    return (layer_index, chunk_index)
+
+
+class TransferBudget:
+    """The limits one pull shares across its layers: connections in flight and chunks held in memory."""
+
+    def __init__(self, *, connections: int, window: int, chunk_size: int, schedule: Schedule = "in-order") -> None:
+        if connections < 1 or window < 1 or chunk_size < 1:
+            raise ValueError("connections, window and chunk size must all be at least 1")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        self.connections = connections
+        self.window = window
+        self.chunk_size = chunk_size
+        self.schedule: Schedule = schedule
+        self._connections = asyncio.Semaphore(connections)
+        self._free = window
+        self._waiters: list[tuple[tuple[int, ...], int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        # Observed figures, for tests and the benchmark.
+        self.slots_in_use = 0
+        self.peak_slots = 0
+        self.buffered_bytes = 0
+        self.peak_buffered_bytes = 0
+        self.requests_in_flight = 0
+        self.peak_requests = 0
+
+    @property
+    def memory_bound(self) -> int:
+        return self.window * self.chunk_size
+
+    async def acquire_slot(self, key: tuple[int, ...]) -> None:
+        """Wait for a window slot; when several wait, the smallest key gets the next one."""
+        # Invariant: free slots exist only while nobody waits (release hands a slot to a live waiter first).
+        if self._free > 0:
+            self._free -= 1
+            self._took_slot()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (key, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._took_slot()
+                self.release_slot()  # granted just as we were cancelled: pass it on
+            raise
+        self._took_slot()
+
+    def _took_slot(self) -> None:
+        self.slots_in_use += 1
+        self.peak_slots = max(self.peak_slots, self.slots_in_use)
+
+    def release_slot(self) -> None:
+        self.slots_in_use -= 1
+        while self._waiters:
+            _key, _seq, fut = heapq.heappop(self._waiters)
+            if not fut.done():  # a cancelled waiter's future is done: skip it
+                fut.set_result(None)
+                return
+        self._free += 1
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[None]:
+        async with self._connections:
+            self.requests_in_flight += 1
+            self.peak_requests = max(self.peak_requests, self.requests_in_flight)
+            try:
+                yield
+            finally:
+                self.requests_in_flight -= 1
+
+    def buffered(self, n: int) -> None:
+        self.buffered_bytes += n
+        self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
+
+
+@dataclass
+class ChunkStats:
+    """What one blob's chunked download did."""
+
+    chunks: int = 0
+    retries: int = 0
+    short_reads: int = 0
+    bytes_written: int = 0
+
+
+async def download_chunked(
+    fetch: ChunkFetcher,
+    write: ChunkWriter,
+    *,
+    size: int,
+    offset: int,
+    budget: TransferBudget,
+    layer_index: int = 0,
+    on_written: Callable[[int, int], None] | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = 0.2,
+    what: str = "blob",
+) -> ChunkStats:
+    """Fetch bytes [offset, size) in ranged chunks and `write` them strictly in order.
+
+    `on_written(position, n)` is called after each chunk is handed to the writer. A chunk that fails (an
+    error, or a short read) is fetched again, at most `attempts` times in all; RangeNotSupportedError is
+    raised at once so the caller can fall back to one stream. On any error or cancellation every chunk of
+    this blob still in flight is cancelled and its window slot given back.
+    """
+    ranges = plan_ranges(size, offset, budget.chunk_size)
+    stats = ChunkStats()
+    if not ranges:
+        return stats
+    queue: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue()
+    launched: list[asyncio.Task[bytes]] = []
+    held: set[int] = set()  # chunk indices holding a window slot
+    pending_bytes: dict[int, int] = {}  # chunk index -> bytes received and not yet written
+
+    async def fetch_one(index: int, start: int, end: int) -> bytes:
+        want = end - start + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with budget.connection():
+                    data = await fetch(start, end)
+                if len(data) != want:
+                    stats.short_reads += 1
+                    raise ShortReadError(f"got {len(data)} of {want} bytes")
+                pending_bytes[index] = len(data)
+                budget.buffered(len(data))
+                return data
+            except _RETRYABLE as err:
+                if _never_retry(err):
+                    raise
+                if attempt >= attempts:
+                    raise ChunkFetchError(
+                        f"bytes {start}-{end} of {what} failed {attempts} times: {err}"
+                    ) from err
+                stats.retries += 1
+                await asyncio.sleep(backoff * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    async def launch() -> None:
+        for index, (start, end) in enumerate(ranges):
+            await budget.acquire_slot(chunk_priority(budget.schedule, layer_index, size, index))
+            held.add(index)
+            task = asyncio.create_task(fetch_one(index, start, end))
+            launched.append(task)
+            queue.put_nowait(task)
+
+    launcher = asyncio.create_task(launch())
+    position = offset
+    try:
+        for index in range(len(ranges)):
+            task = await _next_task(queue, launcher)
+            data = await task
+            await write(data)
+            position += len(data)
+            stats.chunks += 1
+            stats.bytes_written += len(data)
+            budget.buffered(-pending_bytes.pop(index))
+            held.discard(index)
+            budget.release_slot()
+            del data
+            if on_written is not None:
+                on_written(position, stats.bytes_written)
+    finally:
+        launcher.cancel()
+        for task in launched:
+            task.cancel()
+        await asyncio.gather(launcher, *launched, return_exceptions=True)
+        for _ in held:
+            budget.release_slot()
+        for n in pending_bytes.values():
+            budget.buffered(-n)
+    return stats
+
+
+async def _next_task(queue: asyncio.Queue[asyncio.Task[bytes]], launcher: asyncio.Task[None]) -> asyncio.Task[bytes]:
+    """The next chunk task in order; raises the launcher's error if it died before queueing it."""
+    if not queue.empty():
+        return queue.get_nowait()
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        await asyncio.wait({getter, launcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    launcher.result()  # raises what killed it
+    return await queue.get()

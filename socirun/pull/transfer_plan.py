@@ -1,0 +1,195 @@
+"""How bytes reach an overlayfs (or other local-snapshotter) pull: pure decisions, no I/O.
+
+- `choose_overlay_transfer` picks "parallel" (ranged chunks over several connections) or "standard" (one stream
+  per layer) and says why in plain sentences; the plan (and `socirun plan`) shows those sentences.
+- `default_transfer_settings` sizes the parallel mode for a host the way SOCI's parallel pull is tuned: SOCI
+  defaults to 3 connections per image and whole-layer requests, and its tuning guide raises both connections
+  and chunk size on large hosts. socirun uses fewer connections and smaller chunks on small hosts, because
+  each connection costs CPU in Python and each chunk in flight costs memory.
+- `parse_size` reads sizes such as `16MiB`, `8MB`, `8mb` (SOCI's `concurrent_download_chunk_size` grammar
+  plus binary units).
+- `transfer_settings_from_config` reads the `[pull]` table of the socirun config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from socirun.errors import ConfigError, UsageError
+from socirun.pull.chunked import SCHEDULES, Schedule
+
+PullModeRequest = Literal["auto", "lazy", "parallel", "standard"]
+PULL_MODES: tuple[str, ...] = ("auto", "lazy", "parallel", "standard")
+OverlayTransfer = Literal["parallel", "standard"]
+
+MIB = 1 << 20
+GIB = 1 << 30
+MIN_CHUNK = 256 * 1024
+MAX_CHUNK = 1 * GIB
+# Local snapshotters unpack on the host; their bytes come through socirun's own downloader.
+LOCAL_SNAPSHOTTERS = frozenset({"overlayfs", "native", "btrfs", "zfs", "devmapper", "aufs"})
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    max_concurrent_downloads: int  # connections in flight for one image (all layers together)
+    chunk_size: int  # bytes per ranged request
+    window: int  # chunks held in memory at once; memory bound = window × chunk_size
+    schedule: Schedule = "in-order"
+
+    @property
+    def memory_bound(self) -> int:
+        return self.window * self.chunk_size
+
+
+def default_transfer_settings(cpus: int, memory_bytes: int | None = None) -> TransferSettings:
+    """Connections, chunk size and window for a host with `cpus` CPUs and `memory_bytes` of RAM."""
+    cpus = max(1, cpus)
+    if cpus == 1:
+        connections = 3  # SOCI's max_concurrent_downloads_per_image default
+    elif cpus <= 3:
+        connections = 8
+    elif cpus <= 7:
+        connections = 12
+    else:
+        connections = 20  # what SOCI's tuning guide suggests for large instances
+    small = cpus <= 2 or (memory_bytes is not None and memory_bytes < 8 * GIB)
+    chunk = 8 * MIB if small else 16 * MIB
+    # Twice the connections keeps every connection busy while the next chunk in order is still arriving.
+    return TransferSettings(max_concurrent_downloads=connections, chunk_size=chunk, window=2 * connections)
+
+
+def choose_overlay_transfer(
+    requested: str,
+    *,
+    snapshotter: str = "overlayfs",
+    cpus: int,
+    image_size: int | None = None,
+    chunk_size: int = 8 * MIB,
+) -> tuple[OverlayTransfer, tuple[str, ...]]:
+    """"parallel" or "standard" for a pull that socirun downloads itself, and why.
+
+    `requested` is the --pull-mode value. "lazy" is the SOCI planner's business: it calls this only when lazy
+    loading is not possible, so here it is treated like "auto".
+    """
+    if requested not in PULL_MODES:
+        raise UsageError(f'invalid --pull-mode "{requested}": use one of {", ".join(PULL_MODES)}')
+    if requested == "parallel":
+        return "parallel", ("--pull-mode parallel asks for ranged chunks over several connections",)
+    if requested == "standard":
+        return "standard", ("--pull-mode standard asks for one stream per layer",)
+    reasons: list[str] = []
+    if requested == "lazy":
+        reasons.append("lazy loading needs the soci snapshotter, so socirun downloads the image itself")
+    if snapshotter not in LOCAL_SNAPSHOTTERS:
+        reasons.append(f"the {snapshotter} snapshotter fetches layers itself, so one stream per layer is enough")
+        return "standard", tuple(reasons)
+    if cpus < 2:
+        reasons.append("this host has 1 CPU, which unpacking needs; parallel downloads would compete for it")
+        return "standard", tuple(reasons)
+    if image_size is not None and image_size <= 2 * chunk_size:
+        reasons.append(f"the image is only {image_size} bytes, so splitting it into chunks gains nothing")
+        return "standard", tuple(reasons)
+    reasons.append(
+        f"this host has {cpus} CPUs, enough to download ranged chunks over several connections while "
+        f"containerd unpacks into {snapshotter}"
+    )
+    return "parallel", tuple(reasons)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30,
+}  # fmt: skip
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """`16MiB` → 16777216, `8MB` / `8mb` → 8000000, `65536` → 65536."""
+    match = _SIZE.match(str(text))
+    unit = (match.group(2) or "").lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise UsageError(f'invalid {what} "{text}": give a number of bytes with an optional unit, e.g. 16MiB or 8MB')
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def check_chunk_size(size: int, what: str = "--chunk-size") -> int:
+    if not MIN_CHUNK <= size <= MAX_CHUNK:
+        raise UsageError(f"{what} must be between 256KiB and 1GiB, not {size} bytes")
+    return size
+
+
+def transfer_settings_from_config(raw: Mapping[str, Any], base: TransferSettings) -> TransferSettings:
+    """Apply a `[pull]` table:
+
+        [pull]
+        mode = "auto"                   # auto | lazy | parallel | standard
+        max_concurrent_downloads = 8    # connections per image
+        chunk_size = "16MiB"
+        window = 16                     # chunks in memory at once
+        schedule = "in-order"           # in-order | largest-first | interleave
+    """
+    table = raw.get("pull", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("[pull] in the configuration must be a table")
+    settings = base
+    try:
+        if "max_concurrent_downloads" in table:
+            settings = replace(settings, max_concurrent_downloads=_positive(table["max_concurrent_downloads"],
+                                                                            "pull.max_concurrent_downloads"))
+        if "chunk_size" in table:
+            settings = replace(settings, chunk_size=check_chunk_size(parse_size(str(table["chunk_size"]),
+                                                                                "pull.chunk_size"),
+                                                                     "pull.chunk_size"))
+        if "window" in table:
+            settings = replace(settings, window=_positive(table["window"], "pull.window"))
+    except UsageError as err:
+        raise ConfigError(err.message) from None
+    if "schedule" in table:
+        if table["schedule"] not in SCHEDULES:
+            raise ConfigError(f'pull.schedule = "{table["schedule"]}" is not one of {", ".join(SCHEDULES)}')
+        settings = replace(settings, schedule=table["schedule"])
+    return settings
+
+
+def config_pull_mode(raw: Mapping[str, Any]) -> str | None:
+    table = raw.get("pull", {})
+    mode = table.get("mode") if isinstance(table, Mapping) else None
+    if mode is None:
+        return None
+    if mode not in PULL_MODES:
+        raise ConfigError(f'pull.mode = "{mode}" is not one of {", ".join(PULL_MODES)}')
+    return str(mode)
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def resolve_transfer_settings(
+    *,
+    cpus: int,
+    memory_bytes: int | None,
+    raw_config: Mapping[str, Any],
+    max_concurrent_downloads: int | None = None,
+    chunk_size: str | None = None,
+) -> TransferSettings:
+    """Host defaults, then the `[pull]` table, then the flags. Unless `pull.window` is set, the window follows
+    the connection count (twice as many chunks as connections)."""
+    settings = transfer_settings_from_config(raw_config, default_transfer_settings(cpus, memory_bytes))
+    if max_concurrent_downloads is not None:
+        if max_concurrent_downloads < 1:
+            raise UsageError(f"--max-concurrent-downloads must be at least 1, not {max_concurrent_downloads}")
+        settings = replace(settings, max_concurrent_downloads=max_concurrent_downloads)
+    if chunk_size is not None:
+        settings = replace(settings, chunk_size=check_chunk_size(parse_size(chunk_size, "--chunk-size")))
+    table = raw_config.get("pull", {})
+    if not (isinstance(table, Mapping) and "window" in table):
+        settings = replace(settings, window=2 * settings.max_concurrent_downloads)
+    return settings

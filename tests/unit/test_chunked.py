@@ -1,0 +1,259 @@
+"""Chunk scheduling and in-order reassembly, driven by a fake chunk source (no network: pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+
+import pytest
+
+from socirun.pull.chunked import (
+    ChunkFetcher,
+    ChunkFetchError,
+    Schedule,
+    TransferBudget,
+    chunk_priority,
+    download_chunked,
+    plan_ranges,
+)
+from socirun.registry.client import RangeNotSupportedError
+
+
+def blob(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+class FakeSource:
+    """Serves ranges of `data` after a per-call delay; can fail or cut short chosen calls."""
+
+    def __init__(self, data: bytes, *, delays: dict[int, float] | None = None, seed: int = 0) -> None:
+        self.data = data
+        self.delays = delays or {}
+        self.rng = random.Random(seed)
+        self.calls: list[tuple[int, int]] = []
+        self.fail_once: set[int] = set()  # range starts that raise ConnectionResetError the first time
+        self.short_once: set[int] = set()  # range starts that return too few bytes the first time
+        self.always_fail: set[int] = set()
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.completed: list[int] = []  # range starts, in completion order
+        self.returned = 0  # bytes handed out
+
+    async def __call__(self, start: int, end: int) -> bytes:
+        self.calls.append((start, end))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delays.get(start, self.rng.uniform(0, 0.004)))
+            if start in self.always_fail:
+                raise ConnectionResetError("connection reset by peer")
+            if start in self.fail_once:
+                self.fail_once.discard(start)
+                raise ConnectionResetError("connection reset by peer")
+            piece = self.data[start : end + 1]
+            if start in self.short_once:
+                self.short_once.discard(start)
+                piece = piece[: len(piece) // 2]
+            self.completed.append(start)
+            self.returned += len(piece)
+            return piece
+        finally:
+            self.in_flight -= 1
+
+
+class Sink:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.parts: list[bytes] = []
+        self.delay = delay
+
+    async def write(self, data: bytes) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.parts.append(data)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def test_plan_ranges_are_bounded_and_cover_the_rest_of_the_blob() -> None:
+    assert plan_ranges(10, 0, 4) == [(0, 3), (4, 7), (8, 9)]
+    assert plan_ranges(10, 5, 4) == [(5, 8), (9, 9)]
+    assert plan_ranges(10, 10, 4) == []
+    assert plan_ranges(8, 0, 4) == [(0, 3), (4, 7)]
+    with pytest.raises(ValueError):
+        plan_ranges(10, 11, 4)
+    with pytest.raises(ValueError):
+        plan_ranges(10, 0, 0)
+
+
+async def test_out_of_order_arrival_is_written_in_order() -> None:
+    data = blob(10_000)
+    # Earlier chunks are the slowest: they arrive last, yet must be written first.
+    delays = {start: 0.05 - i * 0.005 for i, (start, _end) in enumerate(plan_ranges(10_000, 0, 1000))}
+    source = FakeSource(data, delays=delays)
+    sink = Sink()
+    budget = TransferBudget(connections=10, window=10, chunk_size=1000)
+    stats = await download_chunked(source, sink.write, size=len(data), offset=0, budget=budget)
+    assert source.completed[0] > source.completed[-1], "the fake did not deliver out of order"
+    assert sink.data == data
+    assert [len(p) for p in sink.parts] == [1000] * 10
+    assert stats.chunks == 10 and stats.retries == 0
+    assert budget.slots_in_use == 0 and budget.buffered_bytes == 0
+
+
+async def test_a_failed_chunk_is_retried_and_the_blob_is_intact() -> None:
+    data = blob(8_192, seed=2)
+    source = FakeSource(data)
+    source.fail_once = {2048, 6144}
+    sink = Sink()
+    budget = TransferBudget(connections=3, window=4, chunk_size=1024)
+    stats = await download_chunked(source, sink.write, size=len(data), offset=0, budget=budget, backoff=0)
+    assert sink.data == data
+    assert stats.retries == 2
+    assert source.calls.count((2048, 3071)) == 2
+
+
+async def test_a_short_read_is_detected_and_fetched_again() -> None:
+    data = blob(5_000, seed=3)
+    source = FakeSource(data)
+    source.short_once = {1000}
+    sink = Sink()
+    budget = TransferBudget(connections=2, window=2, chunk_size=1000)
+    stats = await download_chunked(source, sink.write, size=len(data), offset=0, budget=budget, backoff=0)
+    assert sink.data == data
+    assert stats.short_reads == 1 and stats.retries == 1
+    assert hashlib.sha256(sink.data).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_chunk_that_keeps_failing_stops_the_blob_and_frees_the_budget() -> None:
+    data = blob(6_000, seed=4)
+    source = FakeSource(data)
+    source.always_fail = {3000}
+    sink = Sink()
+    budget = TransferBudget(connections=2, window=3, chunk_size=1000)
+    with pytest.raises(ChunkFetchError, match="bytes 3000-3999 of layer x failed 3 times"):
+        await download_chunked(source, sink.write, size=len(data), offset=0, budget=budget, backoff=0,
+                               what="layer x")
+    assert source.calls.count((3000, 3999)) == 3
+    assert sink.data == data[:3000]  # everything before the bad chunk, in order, and nothing after
+    assert budget.slots_in_use == 0 and budget.buffered_bytes == 0 and budget.requests_in_flight == 0
+
+
+async def test_the_memory_window_is_never_exceeded() -> None:
+    chunk, window = 1000, 3
+    data = blob(40_000, seed=5)
+    # Many connections, fast source, slow writer: chunks pile up unless the window holds them back.
+    source = FakeSource(data, seed=5)
+    budget = TransferBudget(connections=16, window=window, chunk_size=chunk)
+    written = 0
+    peak_outside = 0
+
+    async def slow_write(part: bytes) -> None:
+        nonlocal written, peak_outside
+        # Bytes the source has handed out that the writer has not taken yet (this one included).
+        peak_outside = max(peak_outside, source.returned - written)
+        await asyncio.sleep(0.003)
+        written += len(part)
+
+    await download_chunked(source, slow_write, size=len(data), offset=0, budget=budget)
+    assert written == len(data)
+    assert budget.peak_slots == window
+    assert budget.peak_buffered_bytes <= budget.memory_bound == window * chunk
+    assert peak_outside <= window * chunk
+    assert source.peak_in_flight <= window
+
+
+async def test_the_connection_limit_is_shared_by_every_layer() -> None:
+    budget = TransferBudget(connections=3, window=12, chunk_size=500)
+    layers = [blob(6_000, seed=s) for s in range(4)]
+    sources = [FakeSource(d, seed=i) for i, d in enumerate(layers)]
+    in_flight = 0
+    peak = 0
+
+    def counting(source: FakeSource) -> ChunkFetcher:
+        async def fetch(start: int, end: int) -> bytes:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await source(start, end)
+            finally:
+                in_flight -= 1
+
+        return fetch
+
+    sinks = [Sink() for _ in layers]
+    await asyncio.gather(*(
+        download_chunked(counting(src), sink.write, size=len(d), offset=0, budget=budget, layer_index=i)
+        for i, (src, sink, d) in enumerate(zip(sources, sinks, layers, strict=True))
+    ))
+    assert [s.data for s in sinks] == layers
+    assert peak == 3 and budget.peak_requests == 3
+
+
+async def test_resume_fetches_only_what_containerd_does_not_hold() -> None:
+    data = blob(10_000, seed=6)
+    source = FakeSource(data)
+    sink = Sink()
+    budget = TransferBudget(connections=4, window=4, chunk_size=4096)
+    positions: list[int] = []
+    await download_chunked(source, sink.write, size=len(data), offset=3000, budget=budget,
+                           on_written=lambda pos, _n: positions.append(pos))
+    assert sink.data == data[3000:]
+    assert min(start for start, _ in source.calls) == 3000
+    assert positions == [7096, 10_000]
+
+
+async def test_a_registry_without_range_support_is_not_retried() -> None:
+    calls = 0
+
+    async def no_ranges(start: int, end: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        raise RangeNotSupportedError("registry for x does not serve byte ranges")
+
+    budget = TransferBudget(connections=1, window=1, chunk_size=100)
+    with pytest.raises(RangeNotSupportedError):
+        await download_chunked(no_ranges, Sink().write, size=1000, offset=0, budget=budget)
+    assert calls == 1
+    assert budget.slots_in_use == 0
+
+
+def test_schedules_order_chunks_as_described() -> None:
+    assert chunk_priority("in-order", 0, 10, 5) < chunk_priority("in-order", 1, 99, 0)
+    assert chunk_priority("largest-first", 3, 99, 0) < chunk_priority("largest-first", 0, 10, 0)
+    assert chunk_priority("interleave", 1, 10, 0) < chunk_priority("interleave", 0, 10, 1)
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    ("in-order", ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]),
+    ("interleave", ["a0", "b0", "a1", "b1", "a2", "b2", "b3"]),
+    ("largest-first", ["a0", "b0", "b1", "b2", "b3", "a1", "a2"]),
+])
+async def test_schedule_decides_which_layer_gets_the_next_slot(schedule: Schedule, expected: list[str]) -> None:
+    # One slot at a time, so the order chunks are fetched in is exactly the schedule's order. Layer a (3 chunks)
+    # asks first and gets the first slot; from then on both wait and the schedule picks.
+    budget = TransferBudget(connections=1, window=1, chunk_size=100, schedule=schedule)
+    order: list[str] = []
+    hold = asyncio.Event()
+
+    def source(name: str, data: bytes) -> ChunkFetcher:
+        async def fetch(start: int, end: int) -> bytes:
+            await hold.wait()
+            order.append(f"{name}{start // 100}")
+            return data[start : end + 1]
+
+        return fetch
+
+    a, b = blob(300, 7), blob(400, 8)
+    first = asyncio.create_task(download_chunked(source("a", a), Sink().write, size=len(a), offset=0,
+                                                 budget=budget, layer_index=0))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(download_chunked(source("b", b), Sink().write, size=len(b), offset=0,
+                                                  budget=budget, layer_index=1))
+    await asyncio.sleep(0.01)
+    hold.set()
+    await asyncio.gather(first, second)
+    assert order == expected

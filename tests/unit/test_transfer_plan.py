@@ -1,0 +1,96 @@
+"""The overlay transfer decision and the parallel-mode settings (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from socirun.errors import ConfigError, UsageError
+from socirun.pull.transfer_plan import (
+    MIB,
+    choose_overlay_transfer,
+    config_pull_mode,
+    default_transfer_settings,
+    parse_size,
+    resolve_transfer_settings,
+)
+
+
+def test_forced_modes_win_and_say_so() -> None:
+    mode, reasons = choose_overlay_transfer("parallel", cpus=1)
+    assert mode == "parallel" and "--pull-mode parallel" in reasons[0]
+    mode, reasons = choose_overlay_transfer("standard", cpus=64)
+    assert mode == "standard" and "one stream per layer" in reasons[0]
+
+
+def test_auto_picks_parallel_for_overlayfs_on_a_multi_cpu_host() -> None:
+    mode, reasons = choose_overlay_transfer("auto", snapshotter="overlayfs", cpus=2, image_size=1 << 30)
+    assert mode == "parallel"
+    assert "2 CPUs" in reasons[-1] and reasons[-1].endswith("overlayfs")
+
+
+def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
+    assert choose_overlay_transfer("auto", cpus=1)[0] == "standard"
+    mode, reasons = choose_overlay_transfer("auto", cpus=8, image_size=1_000_000, chunk_size=8 * MIB)
+    assert mode == "standard" and "1000000 bytes" in reasons[0]
+    mode, reasons = choose_overlay_transfer("auto", snapshotter="soci", cpus=8)
+    assert mode == "standard" and "soci" in reasons[0]
+
+
+def test_lazy_falls_back_like_auto_and_explains_why() -> None:
+    mode, reasons = choose_overlay_transfer("lazy", cpus=4)
+    assert mode == "parallel"
+    assert "soci snapshotter" in reasons[0] and len(reasons) == 2
+
+
+def test_unknown_mode_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--pull-mode"):
+        choose_overlay_transfer("fast", cpus=2)
+
+
+def test_defaults_follow_the_host_and_fewer_on_small_hosts() -> None:
+    one, two, big = default_transfer_settings(1), default_transfer_settings(2, 4 << 30), default_transfer_settings(
+        32, 256 << 30)
+    assert one.max_concurrent_downloads == 3  # SOCI's per-image default
+    assert one.max_concurrent_downloads < two.max_concurrent_downloads < big.max_concurrent_downloads
+    assert two.chunk_size == 8 * MIB and big.chunk_size == 16 * MIB
+    assert two.memory_bound == two.window * two.chunk_size <= 128 * MIB
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("16MiB", 16 * MIB), ("8MB", 8_000_000), ("8mb", 8_000_000), ("65536", 65536), ("1.5MiB", 3 * MIB // 2),
+    ("512KiB", 512 * 1024), ("1gb", 10**9),
+])
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "16 furlongs", "-1MB"])
+def test_parse_size_refuses_nonsense(text: str) -> None:
+    with pytest.raises(UsageError, match="invalid size"):
+        parse_size(text)
+
+
+def test_config_then_flags() -> None:
+    raw = {"pull": {"mode": "parallel", "max_concurrent_downloads": 5, "chunk_size": "4MiB", "schedule": "interleave"}}
+    assert config_pull_mode(raw) == "parallel"
+    s = resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config=raw)
+    assert (s.max_concurrent_downloads, s.chunk_size, s.window, s.schedule) == (5, 4 * MIB, 10, "interleave")
+    s = resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config=raw, max_concurrent_downloads=7,
+                                  chunk_size="16MiB")
+    assert (s.max_concurrent_downloads, s.chunk_size, s.window) == (7, 16 * MIB, 14)
+    s = resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={"pull": {"window": 3}},
+                                  max_concurrent_downloads=7)
+    assert s.window == 3 and s.memory_bound == 3 * s.chunk_size
+
+
+def test_bad_config_values_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"pull\.chunk_size"):
+        resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={"pull": {"chunk_size": "1KiB"}})
+    with pytest.raises(ConfigError, match=r"pull\.window"):
+        resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={"pull": {"window": 0}})
+    with pytest.raises(ConfigError, match=r"pull\.schedule"):
+        resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={"pull": {"schedule": "random"}})
+    with pytest.raises(ConfigError, match=r"pull\.mode"):
+        config_pull_mode({"pull": {"mode": "turbo"}})
+    with pytest.raises(UsageError, match="--chunk-size"):
+        resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={}, chunk_size="2GiB")
