@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, Protocol
 
 from socirun.errors import ConfigError, UsageError
 from socirun.pull.chunked import SCHEDULES, Schedule
@@ -62,42 +62,82 @@ def default_transfer_settings(cpus: int, memory_bytes: int | None = None) -> Tra
     return TransferSettings(max_concurrent_downloads=connections, chunk_size=chunk, window=2 * connections)
 
 
-def choose_overlay_transfer(
-    requested: str,
-    *,
-    snapshotter: str = "overlayfs",
-    cpus: int,
-    image_size: int | None = None,
-    chunk_size: int = 8 * MIB,
-) -> tuple[OverlayTransfer, tuple[str, ...]]:
-    """"parallel" or "standard" for a pull that socirun downloads itself, and why.
+class HostLike(Protocol):
+    """What the decision needs of a host profile (socirun.host.HostProfile has it)."""
 
-    `requested` is the --pull-mode value. "lazy" is the SOCI planner's business: it calls this only when lazy
-    loading is not possible, so here it is treated like "auto".
+    @property
+    def cpus(self) -> int: ...
+
+
+class LayerLike(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """A minimal host profile for callers without socirun.host's probe."""
+
+    cpus: int
+    memory_bytes: int | None = None
+    nic_speed_mbps: int | None = None
+
+
+class OverlayTransferChoice(NamedTuple):
+    """Unpacks as (mode, reasons)."""
+
+    mode: OverlayTransfer
+    reasons: tuple[str, ...]
+
+
+# Below this link speed one stream already fills the link (a single S3/CDN stream runs at ~25 MB/s).
+SLOW_LINK_MBPS = 200
+
+
+def choose_overlay_transfer(
+    host: HostLike,
+    layers: Sequence[LayerLike] = (),
+    *,
+    requested: str = "auto",
+    snapshotter: str = "overlayfs",
+    chunk_size: int = 8 * MIB,
+) -> OverlayTransferChoice:
+    """"parallel" or "standard" for the layers socirun downloads itself, and why, in plain sentences.
+
+    `requested` is the --pull-mode value. "lazy" is the SOCI planner's business: it asks this only for layers
+    that cannot be loaded lazily, so here it is treated like "auto".
     """
     if requested not in PULL_MODES:
         raise UsageError(f'invalid --pull-mode "{requested}": use one of {", ".join(PULL_MODES)}')
     if requested == "parallel":
-        return "parallel", ("--pull-mode parallel asks for ranged chunks over several connections",)
+        return OverlayTransferChoice(
+            "parallel", ("--pull-mode parallel asks for ranged chunks over several connections",)
+        )
     if requested == "standard":
-        return "standard", ("--pull-mode standard asks for one stream per layer",)
+        return OverlayTransferChoice("standard", ("--pull-mode standard asks for one stream per layer",))
     reasons: list[str] = []
     if requested == "lazy":
-        reasons.append("lazy loading needs the soci snapshotter, so socirun downloads the image itself")
+        reasons.append("lazy loading needs the soci snapshotter, so socirun downloads these layers itself")
+
+    def standard(reason: str) -> OverlayTransferChoice:
+        return OverlayTransferChoice("standard", (*reasons, reason))
+
     if snapshotter not in LOCAL_SNAPSHOTTERS:
-        reasons.append(f"the {snapshotter} snapshotter fetches layers itself, so one stream per layer is enough")
-        return "standard", tuple(reasons)
+        return standard(f"the {snapshotter} snapshotter fetches layers itself, so one stream per layer is enough")
+    cpus = host.cpus
     if cpus < 2:
-        reasons.append("this host has 1 CPU, which unpacking needs; parallel downloads would compete for it")
-        return "standard", tuple(reasons)
-    if image_size is not None and image_size <= 2 * chunk_size:
-        reasons.append(f"the image is only {image_size} bytes, so splitting it into chunks gains nothing")
-        return "standard", tuple(reasons)
+        return standard("this host has 1 CPU, which unpacking needs; parallel downloads would compete for it")
+    nic = getattr(host, "nic_speed_mbps", None)
+    if isinstance(nic, int) and 0 < nic < SLOW_LINK_MBPS:
+        return standard(f"the network link runs at {nic} Mb/s, which one stream per layer already fills")
+    biggest = max((layer.size for layer in layers), default=None)
+    if biggest is not None and biggest <= 2 * chunk_size:
+        return standard(f"the largest layer is only {biggest} bytes, so splitting it into chunks gains nothing")
     reasons.append(
         f"this host has {cpus} CPUs, enough to download ranged chunks over several connections while "
         f"containerd unpacks into {snapshotter}"
     )
-    return "parallel", tuple(reasons)
+    return OverlayTransferChoice("parallel", tuple(reasons))
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from socirun.errors import ConfigError, UsageError
 from socirun.pull.transfer_plan import (
     MIB,
+    HostFacts,
     choose_overlay_transfer,
     config_pull_mode,
     default_transfer_settings,
@@ -15,36 +18,46 @@ from socirun.pull.transfer_plan import (
 )
 
 
+@dataclass(frozen=True)
+class Layer:
+    size: int
+
+
+BIG = (Layer(1 << 20), Layer(400 << 20))
+
+
 def test_forced_modes_win_and_say_so() -> None:
-    mode, reasons = choose_overlay_transfer("parallel", cpus=1)
+    mode, reasons = choose_overlay_transfer(HostFacts(cpus=1), requested="parallel")
     assert mode == "parallel" and "--pull-mode parallel" in reasons[0]
-    mode, reasons = choose_overlay_transfer("standard", cpus=64)
-    assert mode == "standard" and "one stream per layer" in reasons[0]
+    choice = choose_overlay_transfer(HostFacts(cpus=64), BIG, requested="standard")
+    assert choice.mode == "standard" and "one stream per layer" in choice.reasons[0]
 
 
 def test_auto_picks_parallel_for_overlayfs_on_a_multi_cpu_host() -> None:
-    mode, reasons = choose_overlay_transfer("auto", snapshotter="overlayfs", cpus=2, image_size=1 << 30)
+    mode, reasons = choose_overlay_transfer(HostFacts(cpus=2), BIG, snapshotter="overlayfs")
     assert mode == "parallel"
     assert "2 CPUs" in reasons[-1] and reasons[-1].endswith("overlayfs")
 
 
 def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
-    assert choose_overlay_transfer("auto", cpus=1)[0] == "standard"
-    mode, reasons = choose_overlay_transfer("auto", cpus=8, image_size=1_000_000, chunk_size=8 * MIB)
+    assert choose_overlay_transfer(HostFacts(cpus=1), BIG).mode == "standard"
+    mode, reasons = choose_overlay_transfer(HostFacts(cpus=8), (Layer(1_000_000),), chunk_size=8 * MIB)
     assert mode == "standard" and "1000000 bytes" in reasons[0]
-    mode, reasons = choose_overlay_transfer("auto", snapshotter="soci", cpus=8)
+    mode, reasons = choose_overlay_transfer(HostFacts(cpus=8), BIG, snapshotter="soci")
     assert mode == "standard" and "soci" in reasons[0]
+    mode, reasons = choose_overlay_transfer(HostFacts(cpus=8, nic_speed_mbps=100), BIG)
+    assert mode == "standard" and "100 Mb/s" in reasons[0]
 
 
 def test_lazy_falls_back_like_auto_and_explains_why() -> None:
-    mode, reasons = choose_overlay_transfer("lazy", cpus=4)
+    mode, reasons = choose_overlay_transfer(HostFacts(cpus=4, nic_speed_mbps=10_000), BIG, requested="lazy")
     assert mode == "parallel"
     assert "soci snapshotter" in reasons[0] and len(reasons) == 2
 
 
 def test_unknown_mode_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="--pull-mode"):
-        choose_overlay_transfer("fast", cpus=2)
+        choose_overlay_transfer(HostFacts(cpus=2), requested="fast")
 
 
 def test_defaults_follow_the_host_and_fewer_on_small_hosts() -> None:
