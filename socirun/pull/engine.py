@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Literal
 
 from socirun import events as ev
 from socirun.containerd.client import (
@@ -25,9 +26,10 @@ from socirun.containerd.client import (
 from socirun.errors import DigestMismatchError, PullError
 from socirun.oci import Descriptor, Platform, chain_ids
 from socirun.pull import labels as lb
+from socirun.pull.chunked import Schedule, TransferBudget, download_chunked
 from socirun.pull.leases import PullLease
 from socirun.reference import ImageReference
-from socirun.registry.client import RegistryClient, ResolvedImage
+from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 
 PROGRESS_INTERVAL_S = 0.1
 DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
@@ -43,6 +45,13 @@ class PullRequest:
     snapshotter: str = "overlayfs"
     max_concurrent_downloads: int = DEFAULT_MAX_CONCURRENT_DOWNLOADS
     expanded_from: str | None = None
+    # "standard": one stream per layer; "parallel": ranged chunks over max_concurrent_downloads connections
+    # shared by all layers, at most chunk_window chunks in memory (0: twice the connections).
+    pull_mode: Literal["standard", "parallel"] = "standard"
+    chunk_size: int = 8 << 20
+    chunk_window: int = 0
+    schedule: Schedule = "in-order"
+    transfer_reasons: tuple[str, ...] = ()  # why this pull_mode, for the plan
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,11 @@ class _Pull:
         self.fetched = 0
         self._throttle = _Throttle()
         self._downloads = asyncio.Semaphore(max(1, request.max_concurrent_downloads))
+        self._budget: TransferBudget | None = None
+        if request.pull_mode == "parallel":
+            connections = max(1, request.max_concurrent_downloads)
+            self._budget = TransferBudget(connections=connections, window=request.chunk_window or 2 * connections,
+                                          chunk_size=request.chunk_size, schedule=request.schedule)
         self.lease: PullLease  # set once the image name is known
 
     # -- content -------------------------------------------------------------------------------------------
@@ -134,6 +148,14 @@ class _Pull:
 
     async def _copy(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
         """Stream the blob from `offset` into the open ingest; containerd checks the digest at commit."""
+        if self._budget is not None:
+            try:
+                await self._copy_chunked(img, layer, writer, offset)
+                return
+            except RangeNotSupportedError as err:
+                await writer.flush()
+                offset = writer.offset
+                self._range_fallback(layer, str(err))
         received = offset
         async with contextlib.aclosing(self.registry.fetch_blob(img.reference, layer, offset)) as stream:
             async for chunk in stream:
@@ -147,6 +169,43 @@ class _Pull:
                 await writer.write(chunk)
                 self.fetched += len(chunk)
                 self._progress(layer, received)
+
+    async def _copy_chunked(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
+        """Parallel mode: bounded ranged chunks over the pull's shared connections, written in order."""
+        assert self._budget is not None
+
+        async def fetch(start: int, end_inclusive: int) -> bytes:
+            return await self.registry.fetch_range(img.reference, layer, start, end_inclusive)
+
+        written = 0
+
+        def on_written(position: int, total_written: int) -> None:
+            nonlocal written
+            self.fetched += total_written - written
+            written = total_written
+            self._progress(layer, position)
+
+        await download_chunked(fetch, writer.write, size=layer.size, offset=offset, budget=self._budget,
+                               layer_index=img.layers.index(layer), on_written=on_written,
+                               what=f"layer {layer.digest}")
+
+    def _range_fallback(self, layer: Descriptor, why: str) -> None:
+        """The registry ignores Range: this and every later layer of the pull use one stream each."""
+        if self._budget is not None:  # say it once, not once per layer
+            self._budget = None
+            self.emit(ev.WarningMessage(message=f"{why}; falling back to one stream per layer (standard mode)"))
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
+                                       detail="registry does not serve byte ranges: one stream"))
+
+    def _plan_reasons(self) -> tuple[str, ...]:
+        req = self.request
+        if req.pull_mode == "parallel":
+            how = (f"socirun downloads ranged chunks of {req.chunk_size} bytes over {req.max_concurrent_downloads} "
+                   f"connections shared by all layers, written in order ({req.schedule})")
+        else:
+            how = f"socirun downloads each layer in one stream ({req.max_concurrent_downloads} at a time)"
+        return (*req.transfer_reasons,
+                f"{how}, and containerd unpacks each layer into {self.snapshotter} as soon as its parent is ready")
 
     def _progress(self, layer: Descriptor, downloaded: int, *, force: bool = False, applied: int = 0) -> None:
         if force or self._throttle.due(layer.digest, time.monotonic()):
@@ -211,15 +270,12 @@ class _Pull:
         self.emit(ev.ImageResolved(reference=str(img.reference), digest=img.target.digest,
                                    manifest_digest=img.manifest.digest, platform=str(img.platform),
                                    layer_count=len(img.layers), total_size=total))
-        self.emit(ev.PlanMade(mode="standard", snapshotter=self.snapshotter, reasons=(
-            f"socirun downloads each layer ({req.max_concurrent_downloads} at a time) and containerd "
-            f"unpacks it into {self.snapshotter} as soon as its parent is ready",
-        )))
+        self.emit(ev.PlanMade(mode=req.pull_mode, snapshotter=self.snapshotter, reasons=self._plan_reasons()))
         chain = chain_ids(list(img.diff_ids))
         present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
         for i, layer in enumerate(img.layers):
             self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
-                                      size=layer.size, mode="cached" if present[i] else "standard"))
+                                      size=layer.size, mode="cached" if present[i] else req.pull_mode))
 
         async with PullLease(self.ctd, str(img.reference)) as lease:
             self.lease = lease
@@ -251,7 +307,7 @@ class _Pull:
             lease.succeeded()
         elapsed = time.monotonic() - started
         self.emit(ev.PullFinished(reference=str(img.reference), manifest_digest=img.manifest.digest,
-                                  snapshotter=self.snapshotter, mode="standard", fetched=self.fetched,
+                                  snapshotter=self.snapshotter, mode=req.pull_mode, fetched=self.fetched,
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed)
 
