@@ -82,11 +82,12 @@ class UserChoice:
 class TransferChoice:
     """How socirun downloads the layers it downloads itself (socirun.pull.transfer_plan decides)."""
 
-    strategy: str  # "chunked" | "stream"
+    strategy: str  # "parallel" (ranged chunks over several connections) | "standard" (one stream per layer)
     reason: str
 
 
-ChooseTransfer = Callable[[HostProfile, tuple[LayerFact, ...]], TransferChoice]
+# (host, the layers socirun downloads itself, the --pull-mode asked for) → how.
+ChooseTransfer = Callable[[HostProfile, tuple[LayerFact, ...], str], TransferChoice]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class LayerPlan:
 @dataclass(frozen=True)
 class Plan:
     snapshotter: str
+    # lazy: SOCI lazy loading; parallel: SOCI's parallel pull (snapshotter soci) or socirun's ranged chunks
+    # (any other snapshotter); standard: one stream per layer
     mode: PlanMode
     layers: tuple[LayerPlan, ...]
     reasons: tuple[str, ...]
@@ -149,15 +152,17 @@ class Plan:
 # ------------------------------------------------------------------------------------------ transfer choice
 
 
-def _standin_transfer(host: HostProfile, layers: tuple[LayerFact, ...]) -> TransferChoice:
-    """Used only while socirun.pull.transfer_plan is absent: chunked ranges pay off on a fast link with
+def _standin_transfer(host: HostProfile, layers: tuple[LayerFact, ...], requested: str) -> TransferChoice:
+    """Used only when socirun.pull.transfer_plan is absent: chunked ranges pay off on a fast link with
     CPUs to spare, one stream per layer otherwise."""
+    if requested in ("parallel", "standard"):
+        return TransferChoice(requested, f"--pull-mode {requested} was chosen")
     biggest = max((layer.size for layer in layers), default=0)
     if host.cpus >= 4 and (host.nic_speed_mbps is None or host.nic_speed_mbps >= 1000) and biggest >= 64 << 20:
-        return TransferChoice("chunked", f"{host.cpus} CPUs and a {_speed(host)} link: big layers are "
-                                         "downloaded in parallel byte ranges")
-    return TransferChoice("stream", f"{host.cpus} CPUs and a {_speed(host)} link: one stream per layer "
-                                    "is enough")
+        return TransferChoice("parallel", f"{host.cpus} CPUs and a {_speed(host)} link: big layers are "
+                                          "downloaded in parallel byte ranges")
+    return TransferChoice("standard", f"{host.cpus} CPUs and a {_speed(host)} link: one stream per layer "
+                                      "is enough")
 
 
 def default_choose_transfer() -> ChooseTransfer:
@@ -173,11 +178,11 @@ def default_choose_transfer() -> ChooseTransfer:
 
 
 def _adapt(chooser: Callable[..., Any]) -> ChooseTransfer:
-    def choose(host: HostProfile, layers: tuple[LayerFact, ...]) -> TransferChoice:
+    def choose(host: HostProfile, layers: tuple[LayerFact, ...], requested: str) -> TransferChoice:
         try:
-            result = chooser(host, layers)
+            result = chooser(host, layers, requested=requested)
         except TypeError:
-            return _standin_transfer(host, layers)
+            return _standin_transfer(host, layers, requested)
         strategy = str(getattr(result, "strategy", getattr(result, "mode", result)))
         reason = str(getattr(result, "reason", "") or "")
         if not reason:
@@ -286,15 +291,16 @@ def decide(facts: PlanFacts, choose_transfer: ChooseTransfer | None = None) -> P
     def standard(snapshotter: str, why_layers: str) -> Plan:
         layers = _uniform(image, snapshotter, "standard", why_layers)
         todo = tuple(fact for fact, lp in zip(image.layers, layers, strict=True) if lp.mode == "standard")
-        transfer = choose(facts.host, todo) if todo else None
+        transfer = choose(facts.host, todo, mode_asked) if todo else None
         if transfer is not None:
             reasons.append(f"socirun's download: {transfer.strategy} — {transfer.reason}")
+        mode: PlanMode = "parallel" if transfer is not None and transfer.strategy == "parallel" else "standard"
         _disk_warning(facts, layers, warnings)
         blocker = ""
         if snapshotter not in sn.available and not (snapshotter == SOCI and soci_up):
             blocker = (f"containerd has no working snapshotter called {snapshotter} (it has: "
                        f"{', '.join(sn.available) or 'none'})")
-        return Plan(snapshotter, "standard", tuple(layers), tuple(reasons), tuple(warnings), tuple(fixes),
+        return Plan(snapshotter, mode, tuple(layers), tuple(reasons), tuple(warnings), tuple(fixes),
                     None, transfer, blocker)
 
     def soci_state() -> str:

@@ -47,6 +47,8 @@ ALL_OFF = replace(DEFAULTS, v2_enable=False, v1_enable=False)
 
 SMALL = HostProfile(cpus=2, memory_bytes=4 << 30, nic_speed_mbps=100, nic_name="eth0",
                     free_disk_bytes=1 << 30, disk_path="/var/lib/containerd")
+MID = HostProfile(cpus=4, memory_bytes=16 << 30, nic_speed_mbps=10_000, nic_name="eth0",
+                  free_disk_bytes=500 << 30, disk_path="/var/lib/containerd")
 LARGE = HostProfile(cpus=64, memory_bytes=512 << 30, nic_speed_mbps=100_000, nic_name="ens5",
                     free_disk_bytes=2 << 40, disk_path="/var/lib/containerd")
 
@@ -56,11 +58,13 @@ def image(v2: SociIndex | None = None, v1: SociIndex | None = None, explicit: So
     return ImageFacts("r.example/app:1", "sha256:" + "f" * 64, LAYERS, v2, v1, explicit, (), cached or {})
 
 
-def host_transfer(host: HostProfile, layers: tuple[LayerFact, ...]) -> TransferChoice:
+def host_transfer(host: HostProfile, layers: tuple[LayerFact, ...], requested: str) -> TransferChoice:
     """A deterministic chooser for the table (the real one lives in socirun.pull.transfer_plan)."""
+    if requested in ("parallel", "standard"):
+        return TransferChoice(requested, f"--pull-mode {requested}")
     if host.cpus >= 8:
-        return TransferChoice("chunked", f"{host.cpus} CPUs")
-    return TransferChoice("stream", f"only {host.cpus} CPUs")
+        return TransferChoice("parallel", f"{host.cpus} CPUs")
+    return TransferChoice("standard", f"only {host.cpus} CPUs")
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class Row:
     mode: str
     says: str  # must appear in the reasons, warnings or fixes
     layer_modes: tuple[str, ...] | None = None
-    host: HostProfile = LARGE
+    host: HostProfile = MID
     blocked: bool = False
 
 
@@ -126,11 +130,11 @@ ROWS = [
     Row("parallel-on-lazy-warns", SOCI_UP, PARALLEL, image(v2=V2), UserChoice(pull_mode="lazy"), "soci",
         "parallel", "skips lazy loading"),
     Row("parallel-forced-but-off", SOCI_UP, DEFAULTS, image(v2=V2), UserChoice(pull_mode="parallel"),
-        "overlayfs", "standard", "SOCI's parallel mode is off"),
+        "overlayfs", "parallel", "SOCI's parallel mode is off"),
     Row("parallel-forced-on", SOCI_UP, PARALLEL, image(), UserChoice(pull_mode="parallel"), "soci", "parallel",
         "enable = true"),
     Row("parallel-forced-no-soci", NO_SOCI, DEFAULTS, image(), UserChoice(pull_mode="parallel"), "overlayfs",
-        "standard", "SOCI's parallel pull"),
+        "parallel", "SOCI's parallel pull"),
     # user forcing snapshotter / standard
     Row("overlayfs-bypasses", SOCI_UP, DEFAULTS, image(v2=V2), UserChoice("overlayfs"), "overlayfs",
         "standard", "--snapshotter overlayfs was chosen"),
@@ -149,9 +153,9 @@ ROWS = [
         UserChoice(), "overlayfs", "standard", "no snapshotter called soci", ("cached", "standard", "standard")),
     # host profiles
     Row("small-host-stream", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "standard",
-        "stream — only 2 CPUs", host=SMALL),
-    Row("large-host-chunked", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "standard",
-        "chunked — 64 CPUs", host=LARGE),
+        "standard — only 2 CPUs", host=SMALL),
+    Row("large-host-chunked", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "parallel",
+        "parallel — 64 CPUs", host=LARGE),
     Row("small-disk-warns", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "standard",
         "are free on /var/lib/containerd", host=SMALL),
     Row("small-disk-lazy-no-warning", SOCI_UP, DEFAULTS, image(v2=V2), UserChoice(), "soci", "lazy",
@@ -205,5 +209,7 @@ def test_plan_json_and_text() -> None:
 def test_default_choose_transfer_is_callable() -> None:
     from socirun.plan import default_choose_transfer
 
-    choice = default_choose_transfer()(SMALL, LAYERS)
-    assert choice.strategy and choice.reason
+    choice = default_choose_transfer()(SMALL, LAYERS, "auto")
+    assert choice.strategy in ("parallel", "standard") and choice.reason
+    forced = default_choose_transfer()(SMALL, LAYERS, "parallel")
+    assert forced.strategy == "parallel"
