@@ -64,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--snapshotter", default=None, help="snapshotter to unpack for (default overlayfs)")
     pull.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES),
                       help="how to show progress (default auto)")
+    pull.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|standard",
+                      help="parallel: ranged chunks over several connections; standard: one stream per layer; "
+                           "auto (default, or [pull] mode): parallel when the host favours it")
     pull.add_argument("--max-concurrent-downloads", type=int, default=None, metavar="N",
-                      help="layers downloaded at once (default 4)")
+                      help="connections per image in parallel mode (default from the host: 8 on 2 CPUs), "
+                           "layers at once in standard mode (default 4)")
+    pull.add_argument("--chunk-size", default=None, metavar="SIZE",
+                      help="bytes per ranged request in parallel mode, e.g. 16MiB or 8MB (default from the host)")
     pull.add_argument("--record-events", default=None, metavar="FILE",
                       help="also write every event as JSON lines to FILE (replayable)")
     pull.add_argument("-q", "--quiet", action="store_true", help="same as --progress=quiet")
@@ -119,6 +125,7 @@ async def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
     from socirun.containerd.client import ContainerdClient, resolve_address, resolve_namespace
     from socirun.oci import host_platform, parse_platform
     from socirun.pull.engine import DEFAULT_MAX_CONCURRENT_DOWNLOADS, PullRequest, pull_image
+    from socirun.pull.transfer_plan import plan_overlay_pull, probe_host
     from socirun.reference import expand_alias, parse_reference
     from socirun.registry.client import RegistryClient
 
@@ -129,12 +136,23 @@ async def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
     address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
     namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
     snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter or "overlayfs"
+    transfer = plan_overlay_pull(
+        requested=getattr(args, "pull_mode", None), raw_config=config.raw, snapshotter=snapshotter,
+        host=probe_host(), max_concurrent_downloads=args.max_concurrent_downloads,
+        chunk_size=getattr(args, "chunk_size", None),
+    )
     request = PullRequest(
         reference=reference,
         platform=platform,
         snapshotter=snapshotter,
-        max_concurrent_downloads=args.max_concurrent_downloads or DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+        max_concurrent_downloads=transfer.settings.max_concurrent_downloads if transfer.mode == "parallel"
+        else args.max_concurrent_downloads or DEFAULT_MAX_CONCURRENT_DOWNLOADS,
         expanded_from=alias,
+        pull_mode=transfer.mode,
+        chunk_size=transfer.settings.chunk_size,
+        chunk_window=transfer.settings.window,
+        schedule=transfer.settings.schedule,
+        transfer_reasons=transfer.reasons,
     )
     insecure = [*config.insecure_registries, *args.insecure_registry]
     try:

@@ -233,3 +233,42 @@ def resolve_transfer_settings(
     if not (isinstance(table, Mapping) and "window" in table):
         settings = replace(settings, window=2 * settings.max_concurrent_downloads)
     return settings
+
+
+@dataclass(frozen=True)
+class OverlayPullPlan:
+    mode: OverlayTransfer
+    reasons: tuple[str, ...]
+    settings: TransferSettings
+
+
+def plan_overlay_pull(
+    *,
+    requested: str | None,
+    raw_config: Mapping[str, Any],
+    snapshotter: str,
+    host: HostFacts,
+    max_concurrent_downloads: int | None = None,
+    chunk_size: str | None = None,
+) -> OverlayPullPlan:
+    """What `socirun pull` does with --pull-mode / --max-concurrent-downloads / --chunk-size and `[pull]`:
+    the flag, then `pull.mode`, then auto."""
+    mode_asked = requested or config_pull_mode(raw_config) or "auto"
+    settings = resolve_transfer_settings(cpus=host.cpus, memory_bytes=host.memory_bytes, raw_config=raw_config,
+                                         max_concurrent_downloads=max_concurrent_downloads, chunk_size=chunk_size)
+    mode, reasons = choose_overlay_transfer(host, requested=mode_asked, snapshotter=snapshotter,
+                                            chunk_size=settings.chunk_size)
+    return OverlayPullPlan(mode, reasons, settings)
+
+
+def probe_host() -> HostFacts:
+    """CPUs this process may use and the machine's memory (the small part of the host profile needed here)."""
+    import os
+
+    import psutil
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return HostFacts(cpus=cpus, memory_bytes=int(psutil.virtual_memory().total))
