@@ -7,7 +7,6 @@ traceback is printed only with --debug.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import traceback
@@ -15,9 +14,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from socirun import __version__
+from socirun import events as ev
 from socirun.config import PROGRESS_MODES, SocirunConfig, load_config
 from socirun.errors import EXIT_INTERRUPTED, SocirunError, UsageError
-from socirun.progress import Recorder, Renderer, make_renderer, progress_mode_for, rendering
+from socirun.progress import Work, progress_mode_for, run_work
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--seed", type=int, default=0, help="changes the layers' bytes (and digests)")
     push.add_argument("--with-glibc", action="store_true", help="add the host's dynamic loader and libc")
 
+    replay = sub.add_parser("replay", help="show a recorded event stream (--record-events FILE) in any face")
+    replay.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES),
+                        help="how to show it (default auto)")
+    replay.add_argument("--speed", type=float, default=None, metavar="X",
+                        help="X times real time; 0 = no waiting (default: 1 for the TUI, 0 otherwise)")
+    replay.add_argument("file", metavar="FILE")
+
     demo = sub.add_parser("demo", help="bring the sandbox up, push a sample and pull it")
     demo.add_argument("--dir", default=None)
     demo.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES))
@@ -109,18 +116,18 @@ def _parse_layers(text: str) -> list[float]:
     return sizes
 
 
-def _renderer(requested: str | None, config: SocirunConfig, record: str | None) -> Renderer:
-    wanted = requested or os.environ.get("SOCIRUN_PROGRESS") or config.progress
-    mode = progress_mode_for(wanted)
-    if mode == "tty" and wanted == "auto":
-        mode = "plain"  # the TUI arrives with its own issue; until then auto means plain
-    renderer: Renderer = make_renderer(mode, sys.stderr)
-    if record:
-        renderer = Recorder(renderer, record)
-    return renderer
+def progress_mode(requested: str | None, config: SocirunConfig) -> str:
+    """The face to use: flag, then SOCIRUN_PROGRESS, then the config file; `auto` resolved against the TTYs."""
+    return progress_mode_for(requested or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
 
 
-async def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
+def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
+    mode = progress_mode("quiet" if args.quiet else args.progress, config)
+    return run_work(_pull_work(args, config), mode, record=args.record_events)
+
+
+def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
+    """The pull as `async (emit) -> int`, so any face (plain in asyncio.run, or the TUI's loop) can run it."""
     # Imported here so `socirun --help` stays fast and needs no gRPC.
     from socirun.containerd.client import ContainerdClient, resolve_address, resolve_namespace
     from socirun.oci import host_platform, parse_platform
@@ -132,7 +139,6 @@ async def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
     text, alias = expand_alias(args.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
-    renderer = _renderer("quiet" if args.quiet else args.progress, config, args.record_events)
     address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
     namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
     snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter or "overlayfs"
@@ -155,15 +161,23 @@ async def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
         transfer_reasons=transfer.reasons,
     )
     insecure = [*config.insecure_registries, *args.insecure_registry]
-    try:
+
+    async def work(emit: ev.Emit) -> int:
         async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(
             hosts_dir=args.hosts_dir or config.hosts_dir, insecure=insecure
-        ) as registry, rendering(renderer) as emit:
+        ) as registry:
             await pull_image(ctd, registry, request, emit)
-    finally:
-        if isinstance(renderer, Recorder):
-            renderer.close()
-    return 0
+        return 0
+
+    return work
+
+
+def _replay(args: argparse.Namespace, config: SocirunConfig) -> int:
+    from socirun.replay import replay
+
+    if args.speed is not None and args.speed < 0:
+        raise UsageError(f"invalid --speed {args.speed}: give 0 (no waiting) or a positive factor")
+    return replay(args.file, progress_mode(args.progress, config), speed=args.speed)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -215,7 +229,7 @@ def _demo(args: argparse.Namespace, config: SocirunConfig) -> int:
         max_concurrent_downloads=None, record_events=None, hosts_dir=None, insecure_registry=[],
         address=info.containerd_address, namespace="default",
     )
-    code = asyncio.run(_pull(pull_args, config))
+    code = _pull(pull_args, config)
     print(f"\nthe image is in the sandbox's containerd; look at it with:\n"
           f"  ctr -a {info.containerd_address} images ls\n"
           f"stop the sandbox with: socirun sandbox down", file=sys.stderr)
@@ -231,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()
         match args.command:
             case "pull":
-                return asyncio.run(_pull(args, config))
+                return _pull(args, config)
+            case "replay":
+                return _replay(args, config)
             case "sandbox":
                 return _sandbox(args)
             case "demo":

@@ -8,16 +8,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, TextIO
 
 from socirun import events as ev
 from socirun.config import PROGRESS_MODES
-from socirun.errors import UsageError
+from socirun.errors import SocirunError, UsageError
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.plain import PlainRenderer
 
 TICK_S = 1.0
+
+# What a command does, as a function of where its events go; `run_work` picks the face that receives them.
+Work = Callable[[ev.Emit], Awaitable[int]]
 
 
 class Renderer(Protocol):
@@ -87,3 +90,49 @@ def progress_mode_for(requested: str) -> str:
     return choose_progress(
         requested, stdin_tty=sys.stdin.isatty(), stderr_tty=sys.stderr.isatty(), env=os.environ
     )
+
+
+def run_work(work: Work, mode: str, *, record: str | None = None, out: TextIO | None = None,
+             detach: bool = False, foreground: bool = False) -> int:
+    """Run `work` with the face `mode` (already resolved: tty, plain, json or quiet) and return its code.
+
+    tty hands the terminal and the event loop to the Textual app (`socirun.ui.tui.run_with_tui`, imported only
+    here, so the plain path never loads textual); the other faces run the work under `asyncio.run` with
+    `rendering()`. `record` tees every event into a JSON-lines file, whatever the face. A SocirunError from the
+    work is also emitted as an `error` event (so JSON consumers and recordings see it) and re-raised for the
+    CLI's single handler. `detach` / `foreground` only matter to the TUI (see `run_with_tui`).
+    """
+    recording = open(record, "w", encoding="utf-8") if record else None  # noqa: SIM115 - closed below
+
+    def tee(emit: ev.Emit) -> ev.Emit:
+        if recording is None:
+            return emit
+
+        def both(event: ev.Event) -> None:
+            recording.write(json.dumps(ev.to_record(event), separators=(",", ":")) + "\n")
+            emit(event)
+
+        return both
+
+    async def with_error_event(emit: ev.Emit) -> int:
+        try:
+            return await work(emit)
+        except SocirunError as err:
+            emit(ev.Error(message=err.message, exit_code=err.exit_code))
+            raise
+
+    try:
+        if mode == "tty":
+            from socirun.ui.tui import run_with_tui
+
+            return run_with_tui(lambda emit: with_error_event(tee(emit)), detach=detach, foreground=foreground)
+        renderer = make_renderer(mode, out or sys.stderr)
+
+        async def main() -> int:
+            async with rendering(renderer) as emit:
+                return await with_error_event(tee(emit))
+
+        return asyncio.run(main())
+    finally:
+        if recording is not None:
+            recording.close()

@@ -60,6 +60,8 @@ class PlainRenderer:
             case ev.ContainerStarted():
                 after = human_duration(event.since_command_start)
                 self._line(f"container {event.container_id[:12]} started after {after}")
+            case ev.ContainerExited():
+                self._line(f"container {event.container_id[:12]} exited with code {event.exit_code}")
             case ev.Error():
                 pass  # the CLI's single error handler prints the sentence
             case _:

@@ -1,15 +1,18 @@
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from socirun import events as ev
 from socirun.errors import UsageError
 from socirun.progress import choose_progress
+from socirun.replay import dump_events, load_events, replay_lines
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.model import PullModel, human_bytes, human_duration
 from socirun.ui.plain import PlainRenderer
+from tests.unit import streams
 from tests.unit.streams import T0, standard_pull
 
 ANSI = re.compile(r"\x1b\[|\x1b\]|\r")
@@ -132,3 +135,32 @@ def test_human_units() -> None:
     assert human_duration(None) == "?"
     assert human_duration(75) == "1m15s"
     assert human_duration(3 * 3600 + 60) == "3h01m"
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_plain_and_json_golden_files_of_the_same_recorded_stream(tmp_path: Path) -> None:
+    """The lazy run (pull, start, on-demand fetches, exit) recorded to a file and replayed into both faces."""
+    recording = tmp_path / "events.jsonl"
+    dump_events(streams.lazy_run(), recording)
+    plain, json_out = io.StringIO(), io.StringIO()
+    replay_lines(load_events(recording), "plain", plain)
+    replay_lines(load_events(recording), "json", json_out)
+    assert plain.getvalue() == (GOLDEN / "lazy_run.plain.txt").read_text()
+    assert not ANSI.search(plain.getvalue())
+    assert json_out.getvalue() == (GOLDEN / "lazy_run.jsonl").read_text() == recording.read_text()
+    types = [json.loads(line)["type"] for line in json_out.getvalue().splitlines()]
+    assert {"fetch_log", "container_started", "container_exited"} <= set(types)
+
+
+def test_model_phase_and_lazy_totals() -> None:
+    model = PullModel()
+    phases = []
+    for event in streams.lazy_run():
+        model.apply(event)
+        phases.append(model.phase())
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        "resolving", "pulling", "pulled", "starting", "running", "exited"]
+    assert model.mode_badge() == "LAZY" and model.is_lazy()
+    assert model.fetched_so_far() == 30_000_000 + model.fetch_bytes and model.fetch_count == 46

@@ -1,0 +1,7 @@
+"""The Textual TUI (`--progress tty`). The only package that imports textual; loaded only when chosen."""
+
+from __future__ import annotations
+
+from socirun.ui.tui.runner import run_with_tui, run_with_tui_async
+
+__all__ = ["run_with_tui", "run_with_tui_async"]

@@ -1,0 +1,271 @@
+"""The Textual face of a pull (and of a run's pull and start): header, summary, layer table, fetch log, footer.
+
+The work (`async (emit) -> int`) runs as an asyncio task next to the app. `emit` only folds the event into the
+same pure `PullModel` the plain face uses and queues fetch-log lines; a 10 Hz timer applies what changed to the
+widgets in one batch, so a burst of thousands of progress events costs one repaint per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+from rich.text import Text
+from textual import events as tevents
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.widgets import Footer, Log, Static
+
+from socirun import events as ev
+from socirun.errors import EXIT_INTERRUPTED, SocirunError
+from socirun.ui.model import PullModel
+from socirun.ui.tui import format as fmt
+from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, columns_for
+
+Work = Callable[[ev.Emit], Awaitable[int]]
+
+TICK_S = 0.1
+FETCH_LOG_MAX = 500
+NOTHING_LAZY = "Nothing is fetched lazily: this pull downloads every layer whole before anything starts."
+NO_FETCHES_YET = "No lazy fetches yet: the snapshotter fetches parts of layers when the container reads them."
+
+
+class PullApp(App[int]):
+    """Shows one pull (and, for `run`, the container's start). See `runner.run_with_tui` for the lifecycle."""
+
+    CSS_PATH = "socirun.tcss"
+    TITLE = "socirun"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit_or_detach", "Quit", id="quit"),
+        Binding("l", "toggle_log", "Log", id="toggle_log"),
+        Binding("p", "plan", "Plan", id="plan"),
+        Binding("f", "toggle_follow", "Follow", id="follow"),
+        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("ctrl+c", "cancel", "Cancel", show=False, priority=True, id="cancel"),
+    ]
+
+    def __init__(
+        self,
+        work: Work | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interactive: bool = True,
+        detach: bool = False,
+        foreground: bool = False,
+        log_max: int = FETCH_LOG_MAX,
+    ) -> None:
+        super().__init__()
+        self.work = work
+        self.clock = clock
+        self.interactive = interactive
+        self.detach = detach
+        self.foreground = foreground
+        self.log_max = log_max
+        self.model = PullModel()
+        self.work_task: asyncio.Task[None] | None = None
+        self.work_code: int | None = None
+        self.work_error: BaseException | None = None
+        self.cancelled = False
+        self.detached = False
+        self.handed_off = False
+        self.closed = False
+        self.ticks = 0
+        self.tick_times: list[float] = []
+        self._t0 = clock()
+        self._pending_log: list[str] = []
+        self._waiting_for_key = False
+
+    # -- layout ---------------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        yield Static(id="summary")
+        yield LayerTable(id="layers")
+        with Vertical(id="logpane"):
+            yield Static(NOTHING_LAZY, id="log-note")
+            yield Log(max_lines=self.log_max, auto_scroll=True, id="fetchlog")
+        yield Static(id="error")
+        yield Static(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#logpane").border_title = "fetch log (following)"
+        self.query_one(LayerTable).use_columns(columns_for(self.size.width))
+        self._apply_size_classes()
+        self.set_interval(TICK_S, self.refresh_view)
+        if self.work is not None:
+            self.work_task = asyncio.create_task(self._run_work(self.work))
+        self.refresh_view()
+
+    def on_resize(self, event: tevents.Resize) -> None:
+        self._apply_size_classes()
+        table = self.query_one(LayerTable)
+        columns = columns_for(event.size.width)
+        if columns != table.layout_columns:
+            table.use_columns(columns)
+            self.refresh_view()
+
+    def _apply_size_classes(self) -> None:
+        # Below 80x24 the log pane gives its rows to the layer table, and the summary keeps one line.
+        self.screen.set_class(self.size.height < 22, "-short")
+        self.screen.set_class(self.size.width < 60, "-narrow")
+
+    # -- events in -----------------------------------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        """The work's `emit`: fold into the model; never touches a widget (the tick does)."""
+        if self.closed:
+            return
+        self.model.apply(event)
+        if isinstance(event, ev.FetchLogEntry):
+            self._pending_log.append(
+                fmt.fetch_line(self.model.started, event.time, event.layer_digest.split(":", 1)[-1][:12],
+                               event.reason, event.length, event.offset, event.path)
+            )
+        elif isinstance(event, ev.ContainerStarted) and self.foreground:
+            # Foreground run: the container gets the terminal as soon as it starts.
+            self.handed_off = True
+            self._close(0)
+
+    async def _run_work(self, work: Work) -> None:
+        try:
+            code = await work(self.emit)
+        except asyncio.CancelledError:
+            if not self.closed:
+                self._close(EXIT_INTERRUPTED)
+            raise
+        except Exception as err:
+            self.work_error = err
+            if self.closed:
+                return
+            if self.model.error is None:
+                message = err.message if isinstance(err, SocirunError) else f"{type(err).__name__}: {err}"
+                code = err.exit_code if isinstance(err, SocirunError) else 1
+                self.model.apply(ev.Error(message=message, exit_code=code))
+            self._show_error()
+            return
+        self.work_code = code
+        if self.closed:
+            return
+        if self.model.error is not None:
+            self._show_error()
+        elif self.detach and self.model.container_id:
+            self._status("container started; press q to leave (it keeps running)")
+        else:
+            self._close(code)
+
+    def _show_error(self) -> None:
+        error = self.model.error
+        assert error is not None
+        self.refresh_view()
+        if self.interactive:
+            self._waiting_for_key = True
+        else:
+            self._close(error.exit_code)
+
+    def _close(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.refresh_view()
+        self.exit(code, return_code=code)
+
+    def _status(self, message: str) -> None:
+        self.query_one("#status", Static).update(Text(message, style="bold"))
+
+    # -- the 10 Hz frame -----------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        m = self.model
+        if m.finished is not None and m.container_started is None:
+            return m.finished.elapsed
+        return max(m.elapsed(), self.clock() - self._t0)
+
+    def refresh_view(self) -> None:
+        self.ticks += 1
+        self.tick_times.append(time.perf_counter())
+        m = self.model
+        width = self.size.width
+        with self.batch_update():
+            self.query_one("#header", Static).update(fmt.header_text(m, self.elapsed()))
+            self.query_one("#summary", Static).update(fmt.summary_text(m, max(width - 2, 20)))
+            self.query_one(LayerTable).sync(m)
+            log = self.query_one("#fetchlog", Log)
+            if self._pending_log:
+                log.write_lines(self._pending_log)
+                self._pending_log = []
+            note = self.query_one("#log-note", Static)
+            has_fetches = m.fetch_count > 0
+            note.display = not has_fetches
+            log.display = has_fetches
+            if not has_fetches:
+                note.update(NO_FETCHES_YET if m.is_lazy() else NOTHING_LAZY)
+            if m.error is not None:
+                self._render_error(m.error)
+
+    def _render_error(self, error: ev.Error) -> None:
+        box = self.query_one("#error", Static)
+        if box.has_class("-shown"):
+            return
+        text = Text()
+        text.append("error: ", style="bold red")
+        text.append(error.message)
+        text.append(f" (exit code {error.exit_code})", style="dim")
+        if self.interactive and not self.closed:
+            text.append("\npress any key to exit", style="dim")
+        box.update(text)
+        box.add_class("-shown")
+
+    # -- keys ----------------------------------------------------------------------------------------------
+
+    def on_key(self, event: tevents.Key) -> None:
+        if self._waiting_for_key and self.model.error is not None:
+            event.stop()
+            self._close(self.model.error.exit_code)
+
+    def action_quit_or_detach(self) -> None:
+        if self._waiting_for_key and self.model.error is not None:
+            self._close(self.model.error.exit_code)
+        elif self.detach and self.model.container_id:
+            self.detached = True
+            if self.work_task is not None and not self.work_task.done():
+                self.work_task.cancel()
+            self._close(0)
+        elif self.work_task is not None and not self.work_task.done():
+            self.action_cancel()
+        else:
+            self._close(self.work_code or 0)
+
+    def action_cancel(self) -> None:
+        if self.work_task is not None and not self.work_task.done():
+            self.cancelled = True
+            self._status("cancelling: releasing the lease, nothing half-written is kept…")
+            self.work_task.cancel()
+        elif self.model.error is not None:
+            self._close(self.model.error.exit_code)
+        else:
+            self._close(self.work_code or 0)
+
+    def action_toggle_log(self) -> None:
+        pane = self.query_one("#logpane")
+        pane.display = not pane.display
+
+    def action_toggle_follow(self) -> None:
+        log = self.query_one("#fetchlog", Log)
+        log.auto_scroll = not log.auto_scroll
+        pane = self.query_one("#logpane")
+        if log.auto_scroll:
+            log.scroll_end(animate=False)
+            pane.border_title = "fetch log (following)"
+        else:
+            pane.border_title = "fetch log (not following; f follows)"
+
+    def action_plan(self) -> None:
+        self.push_screen(PlanScreen(self.model))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())

@@ -1,0 +1,205 @@
+"""Pure formatting for the TUI: model → rich Text cells. No Textual here, so it is cheap to test."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from socirun.ui.model import LayerRow, PullModel, human_bytes, human_duration
+
+FILL = "█"
+PARTIAL = " ▏▎▍▌▋▊▉"
+EMPTY = "░"
+
+GLYPHS = {
+    "waiting": "·",
+    "downloading": "↓",
+    "downloaded": "▪",
+    "unpacking": "↻",
+    "done": "✔",
+    "exists": "=",
+    "failed": "✖",
+}
+STATE_STYLE = {
+    "waiting": "dim",
+    "downloading": "cyan",
+    "downloaded": "cyan",
+    "unpacking": "yellow",
+    "done": "green",
+    "exists": "green",
+    "failed": "bold red",
+}
+BADGE_STYLE = {"LAZY": "bold black on magenta", "PARALLEL": "bold black on cyan", "STANDARD": "bold black on white"}
+PHASE_STYLE = {"failed": "bold red", "exited": "bold", "running": "bold green", "pulled": "bold green"}
+
+MEDIA_SHORT = (("zstd", "zstd"), ("gzip", "gzip"), ("soci", "soci"))
+
+
+def bar(fraction: float, width: int, style: str = "cyan") -> Text:
+    """A block bar with eighth-cell resolution; the empty part stays visible so rows keep their shape."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    text = Text(FILL * full, style=style)
+    rest = width - full
+    if part and rest > 0:
+        text.append(PARTIAL[part], style=style)
+        rest -= 1
+    text.append(EMPTY * rest, style="grey30")
+    return text
+
+
+def media_short(media_type: str) -> str:
+    for needle, label in MEDIA_SHORT:
+        if needle in media_type:
+            return label
+    return "tar"
+
+
+def layer_glyph(row: LayerRow) -> Text:
+    glyph = GLYPHS.get(row.state, "?")
+    if row.mode == "lazy" and row.state != "failed":
+        glyph = "◐"  # mounted (or being mounted) without its bytes: they arrive on demand
+    return Text(glyph, style=STATE_STYLE.get(row.state, ""))
+
+
+def layer_mode(row: LayerRow) -> str:
+    return {"snapshotter": "fetched by snapshotter"}.get(row.mode, row.mode)
+
+
+def layer_fraction(row: LayerRow) -> float:
+    if row.mode == "lazy":
+        return row.fetched / row.size if row.size else 0.0
+    if row.state in ("done", "exists"):
+        return 1.0
+    return row.downloaded / row.size if row.size else 0.0
+
+
+def layer_bytes(row: LayerRow) -> str:
+    if row.state == "exists":
+        return f"cached {human_bytes(row.size)}"
+    if row.mode == "lazy":
+        return f"{human_bytes(row.fetched)} lazy"
+    if row.state == "done":
+        return human_bytes(row.size)
+    return f"{human_bytes(row.downloaded)}/{human_bytes(row.size)}"
+
+
+def layer_rate(row: LayerRow) -> str:
+    if row.mode == "lazy" or row.state not in ("downloading", "downloaded"):
+        return ""
+    return f"{human_bytes(row.rate())}/s"
+
+
+def layer_eta(row: LayerRow) -> str:
+    if row.mode == "lazy" or row.state != "downloading":
+        return ""
+    return human_duration(row.eta())
+
+
+def layer_state(row: LayerRow) -> Text:
+    word = "cached" if row.state == "exists" else row.state
+    return Text(word, style=STATE_STYLE.get(row.state, ""))
+
+
+def bar_style(row: LayerRow) -> str:
+    if row.state == "failed":
+        return "red"
+    if row.state in ("done", "exists"):
+        return "green"
+    return "magenta" if row.mode == "lazy" else "cyan"
+
+
+def summary_text(m: PullModel, width: int) -> Text:
+    """The pinned summary: one bar by bytes (never by layer count), rate, ETA, counts; lazy: fetched / size."""
+    done, total = m.counts()
+    have, need = m.bytes_done(), m.total_size
+    if m.is_lazy():
+        # Lazy layers are mounted, not downloaded: the bar is what must arrive before the container can start.
+        eager = [r for r in m.layers.values() if r.mode != "lazy"]
+        need = sum(r.size for r in eager)
+        have = sum(r.size if r.state in ("done", "exists") else r.downloaded for r in eager)
+    fraction = 1.0 if m.finished is not None or need == 0 else have / need
+    tail = f" {fraction * 100:3.0f}%  {human_bytes(have)}/{human_bytes(need)}"
+    extra = ""
+    if m.finished is None and m.error is None:
+        rate = m.rate()
+        eta = 0.0 if have >= need else ((need - have) / rate if rate > 0 else None)
+        extra = f"  {human_bytes(rate)}/s  eta {human_duration(eta)}"
+    counts = f"  [{done}/{total} layers]"
+    bar_width = max(8, width - len(tail) - len(extra) - len(counts) - 2)
+    text = bar(fraction, bar_width, "green" if m.finished is not None else "cyan")
+    text.append(tail)
+    text.append(extra, style="bold")
+    text.append(counts, style="dim")
+    if m.is_lazy():
+        text.append("\n")
+        text.append("fetched so far ", style="dim")
+        text.append(f"{human_bytes(m.fetched_so_far())} / {human_bytes(m.total_size)} image size", style="bold magenta")
+        text.append(f"  ({m.fetch_count} on-demand/background fetches)", style="dim")
+    return text
+
+
+def header_text(m: PullModel, elapsed: float) -> Text:
+    """Two lines, never wrapped: badge, phase, elapsed, snapshotter, reference; then digest, platform, container.
+    The short, always-useful facts come first so a narrow terminal cuts only the end of the reference."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    badge = m.mode_badge()
+    if badge:
+        text.append(f" {badge} ", style=BADGE_STYLE.get(badge, "reverse"))
+        text.append(" ")
+    phase = m.phase()
+    text.append(phase, style=PHASE_STYLE.get(phase, "bold cyan"))
+    if m.exit_code is not None:
+        text.append(f" (exit code {m.exit_code})", style="bold")
+    text.append(f" {human_duration(elapsed)}", style="dim")
+    if m.snapshotter:
+        text.append(f"  {m.snapshotter}", style="dim")
+    text.append("  ")
+    text.append(m.reference or "…", style="bold")
+    text.append("\n")
+    if m.digest:
+        text.append(m.digest, style="dim")
+        if m.platform:
+            text.append(f"  {m.platform}", style="dim")
+    if m.container_id:
+        text.append(f"  container {m.container_id[:12]}", style="dim")
+    return text
+
+
+def plan_text(m: PullModel) -> Text:
+    text = Text()
+    if not m.mode:
+        text.append("No plan yet: the image is still being resolved.")
+        return text
+    text.append(f"Mode: {m.mode}  (snapshotter {m.snapshotter})\n\n", style="bold")
+    for reason in m.reasons or ("no reasons were given",):
+        text.append(f"• {reason}\n")
+    return text
+
+
+def fetch_line(started: float | None, time: float, short: str, reason: str, length: int, offset: int,
+               path: str) -> str:
+    """One fetch-log line, time relative to the start of the pull (deterministic for replays)."""
+    at = time - started if started is not None else 0.0
+    where = f" {path}" if path else ""
+    return f"+{at:7.3f}s {short} {reason:<10} {human_bytes(length):>9} @{offset}{where}"
+
+
+def summary_lines(m: PullModel) -> list[str]:
+    """What stays on stderr when the TUI hands the terminal to a started container."""
+    from socirun.ui.plain import summary_line
+
+    lines = [summary_line(m, m.finished)] if m.finished is not None else []
+    if m.container_started is not None:
+        after = human_duration(m.container_started.since_command_start)
+        lines.append(f"container {m.container_started.container_id[:12]} started after {after}")
+    return lines
+
+
+def recap_lines(m: PullModel) -> list[str]:
+    """The final state, left in the scrollback after the TUI closes: one line per layer, then the summary."""
+    lines = []
+    for row in m.layers.values():
+        word = "cached" if row.state == "exists" else row.state
+        lines.append(f"{row.short}: {word} ({human_bytes(row.size)}, {layer_mode(row)})")
+    return lines + summary_lines(m)

@@ -1,0 +1,105 @@
+"""`run_with_tui`: run a piece of work (`async (emit) -> int`) with the TUI owning the terminal.
+
+Lifecycle (what `socirun pull` and `socirun run` rely on):
+
+- pull (default): the TUI closes when the work returns; the layer rows and the summary line are then printed to
+  stderr so the final state stays in the scrollback; returns the work's code.
+- `foreground=True` (run, attached): the TUI closes as soon as `ContainerStarted` is emitted; the summary line is
+  printed to stderr and the work keeps running with the terminal restored (the container owns it); returns the
+  work's code (the container's exit code).
+- `detach=True` (run -d): after `ContainerStarted` the TUI keeps showing lazy fetches until `q`; then the work is
+  cancelled if still running (the container keeps running), the container ID goes to stdout, returns 0.
+- errors: a SocirunError (or an `Error` event) is shown in the TUI; the app exits after a key press, or at once
+  when stdin is not interactive; the error is then re-raised for the CLI's single handler.
+- Ctrl-C (or `q` during a pull): the work task is cancelled (the engine rolls back under its lease) and
+  `Interrupted` (exit 130) is raised once it has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO
+
+from textual.pilot import Pilot
+
+from socirun.errors import Interrupted, SocirunError
+from socirun.ui.tui import format as fmt
+from socirun.ui.tui.app import PullApp, Work
+
+
+def run_with_tui(
+    work: Work,
+    *,
+    detach: bool = False,
+    foreground: bool = False,
+    interactive: bool | None = None,
+    headless: bool = False,
+    size: tuple[int, int] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    err: TextIO | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Synchronous entry point: owns the event loop (asyncio.run) for the whole work, TUI or not."""
+    return asyncio.run(
+        run_with_tui_async(work, detach=detach, foreground=foreground, interactive=interactive, headless=headless,
+                           size=size, clock=clock, err=err, out=out)
+    )
+
+
+async def run_with_tui_async(
+    work: Work,
+    *,
+    detach: bool = False,
+    foreground: bool = False,
+    interactive: bool | None = None,
+    headless: bool = False,
+    size: tuple[int, int] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    err: TextIO | None = None,
+    out: TextIO | None = None,
+    auto_pilot: Callable[[Pilot[object]], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """As `run_with_tui`, inside a running loop; `auto_pilot` drives the app with keys (tests, benchmarks)."""
+    err = err or sys.stderr
+    out = out or sys.stdout
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    app = PullApp(work, clock=clock, interactive=interactive, detach=detach, foreground=foreground)
+    try:
+        await app.run_async(headless=headless, size=size, auto_pilot=auto_pilot)
+    finally:
+        task = app.work_task
+        if task is not None and not task.done() and not app.handed_off:
+            # The app closed while the work still ran (q, Ctrl-C, detach, or a crash): cancel it and wait, so
+            # the engine's cleanup (lease release, ingest abort) completes before we return.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    model = app.model
+    if app.handed_off:
+        for line in fmt.summary_lines(model):
+            print(line, file=err)
+        err.flush()
+        assert app.work_task is not None
+        await app.work_task
+        if app.work_error is not None:
+            raise app.work_error
+        return app.work_code or 0
+    if app.work_error is not None:
+        raise app.work_error
+    if model.error is not None:
+        raise SocirunError(model.error.message, exit_code=model.error.exit_code)
+    if app.cancelled or (app.work_task is not None and app.work_task.cancelled() and not app.detached):
+        raise Interrupted("interrupted; nothing half-written was kept, and a rerun resumes the download")
+    for line in fmt.recap_lines(model):
+        print(line, file=err)
+    err.flush()
+    if app.detached or (detach and model.container_id):
+        print(model.container_id, file=out)
+        out.flush()
+        return 0
+    return app.work_code or 0

@@ -1,0 +1,221 @@
+"""Pilot tests: the TUI driven by replayed streams (no containerd), keys, and the run_with_tui lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Log
+
+from socirun import events as ev
+from socirun.errors import SocirunError
+from socirun.replay import replay_work
+from socirun.ui.tui import run_with_tui_async
+from socirun.ui.tui.app import NOTHING_LAZY, PullApp
+from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen
+from tests.tui.conftest import app_with
+from tests.unit import streams
+from tests.unit.streams import L2, T0, A, B, C
+
+
+def row(app: PullApp, digest: str) -> dict[str, str]:
+    table = app.query_one(LayerTable)
+    return dict(zip([c.key for c in table.layout_columns], table.row_text(digest), strict=True))
+
+
+async def test_rows_appear_in_order_and_bytes_advance() -> None:
+    app = PullApp(None, clock=lambda: 0.0)
+    stream = streams.standard_pull()
+    async with app.run_test(size=(120, 30)) as pilot:
+        table = app.query_one(LayerTable)
+        seen: list[tuple[str, str]] = []
+        for event in stream:
+            app.emit(event)
+            app.refresh_view()
+            await pilot.pause()
+            if B in app.model.layers:
+                seen.append((row(app, B)["bytes"], row(app, B)["bar"]))
+        assert [key.value for key in table.rows] == [A, B, C]
+        byte_texts = [b for b, _ in seen]
+        assert byte_texts[0] == "0 B/20.0 MB" and "10.0 MB/20.0 MB" in byte_texts and byte_texts[-1] == "20.0 MB"
+        filled = [bar.count("█") for _, bar in seen]
+        assert filled == sorted(filled) and filled[0] == 0 and filled[-1] == len(seen[-1][1])
+        cached = row(app, A)
+        assert cached["mode"] == "cached" and cached["glyph"] == "=" and cached["bytes"].startswith("cached")
+        assert row(app, C)["state"] == "done"
+
+
+async def test_updates_are_batched_per_tick() -> None:
+    """A thousand progress events between two ticks change each cell at most once."""
+    app = app_with(streams.until(streams.standard_pull(), 0.3))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        table = app.query_one(LayerTable)
+        for i in range(1, 1001):
+            app.emit(ev.LayerProgress(digest=B, downloaded=i * 10_000, total=20_000_000, time=T0 + 0.3 + i / 1000))
+        assert row(app, B)["bytes"] == "0 B/20.0 MB"  # nothing touches a widget until the tick
+        assert table.sync(app.model) <= len(table.layout_columns)
+        assert row(app, B)["bytes"] == "10.0 MB/20.0 MB"
+
+
+async def test_fetch_log_fills_stays_bounded_and_follows_only_at_the_bottom() -> None:
+    app = app_with(streams.until(streams.lazy_run(), 2.8), log_max=50)
+    async with app.run_test(size=(100, 40)) as pilot:
+        log = app.query_one("#fetchlog", Log)
+        for i in range(200):
+            app.emit(ev.FetchLogEntry(layer_digest=L2, offset=i, length=4096, reason="on-demand",
+                                      path=f"/f{i}", time=T0 + 3 + i / 100))
+        app.refresh_view()
+        await pilot.pause()
+        assert log.line_count == 50
+        assert log.lines[-1].endswith("/f199") and "/f150" in log.lines[0]
+        assert log.scroll_y == log.max_scroll_y > 0  # following the tail
+        log.scroll_home(animate=False)
+        await pilot.pause()
+        app.emit(ev.FetchLogEntry(layer_digest=L2, offset=1, length=1, reason="on-demand", path="/late", time=T0 + 9))
+        app.refresh_view()
+        await pilot.pause()
+        assert log.scroll_y == 0  # the user scrolled up: new lines do not drag the view down
+        await pilot.press("f")
+        assert not log.auto_scroll and "not following" in str(app.query_one("#logpane").border_title)
+        await pilot.press("f")
+        await pilot.pause()
+        assert log.auto_scroll and log.scroll_y == log.max_scroll_y
+
+
+async def test_nothing_lazy_explains_the_empty_log() -> None:
+    app = app_with(streams.standard_pull())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        note = app.query_one("#log-note")
+        assert note.display and not app.query_one("#fetchlog").display
+        assert str(note.render()) == NOTHING_LAZY
+
+
+async def test_keys_do_what_the_footer_says() -> None:
+    app = app_with(streams.until(streams.lazy_run(), 1.9))
+    async with app.run_test(size=(80, 24)) as pilot:
+        footer_keys = {b.key for _, b, enabled, _ in app.active_bindings.values() if b.show and enabled}
+        assert {"q", "l", "p", "f", "question_mark"} <= footer_keys
+        pane = app.query_one("#logpane")
+        await pilot.press("l")
+        assert not pane.display
+        await pilot.press("l")
+        assert pane.display
+        await pilot.press("p")
+        assert isinstance(app.screen, PlanScreen)
+        assert "SOCI index" in str(app.screen.query_one("#plan-text").render())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, PlanScreen)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "fetch log" in str(app.screen.query_one("#help-text").render())
+        await pilot.press("escape")
+        await pilot.press("q")  # no work in flight, nothing failed: leave with 0
+    assert app.return_code == 0
+
+
+async def test_small_terminal_keeps_the_table() -> None:
+    app = app_with(streams.until(streams.standard_pull(), 5.3))
+    async with app.run_test(size=(50, 14)) as pilot:
+        await pilot.pause()
+        assert not app.query_one("#logpane").display  # the log pane gives its rows to the layers
+        assert [c.key for c in app.query_one(LayerTable).layout_columns] == ["glyph", "layer", "bar", "bytes"]
+        assert app.query_one(LayerTable).size.height >= 4
+
+
+# -- run_with_tui lifecycle --------------------------------------------------------------------------------
+
+
+async def test_finished_pull_closes_and_leaves_the_rows_in_scrollback() -> None:
+    err = io.StringIO()
+    code = await run_with_tui_async(replay_work(streams.standard_pull(), speed=0), headless=True, err=err,
+                                    interactive=True)
+    assert code == 0
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "aaaaaaaaaaaa: cached (10.0 MB, cached)"
+    assert lines[-1].startswith("pulled 127.0.0.1:5000/demo/sample:latest (standard, overlayfs)")
+
+
+async def test_error_without_a_terminal_exits_at_once_with_its_code() -> None:
+    with pytest.raises(SocirunError, match="does not match its digest") as caught:
+        await run_with_tui_async(replay_work(streams.failed_pull(), speed=0), headless=True, interactive=False,
+                                 err=io.StringIO())
+    assert caught.value.exit_code == 125
+
+
+async def test_error_waits_for_a_key_when_interactive() -> None:
+    async def pilot(p: Pilot[object]) -> None:
+        await p.pause(0.3)
+        assert p.app.is_running and "does not match" in str(p.app.query_one("#error").render())
+        await p.press("x")
+
+    with pytest.raises(SocirunError) as caught:
+        await run_with_tui_async(replay_work(streams.failed_pull(), speed=0), headless=True, interactive=True,
+                                 err=io.StringIO(), auto_pilot=pilot)
+    assert caught.value.exit_code == 125
+
+
+@pytest.mark.parametrize("key", ["ctrl+c", "q"])
+async def test_cancel_during_a_pull_rolls_back_and_exits_130(key: str) -> None:
+    cleaned = asyncio.Event()
+
+    async def work(emit: ev.Emit) -> int:
+        for event in streams.until(streams.standard_pull(), 5.3):
+            emit(event)
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.05)  # cleanup that itself awaits, like releasing the lease
+            cleaned.set()
+        return 0
+
+    async def pilot(p: Pilot[object]) -> None:
+        await p.pause(0.2)
+        await p.press(key)
+
+    with pytest.raises(SocirunError) as caught:
+        await run_with_tui_async(work, headless=True, interactive=True, err=io.StringIO(), auto_pilot=pilot)
+    assert caught.value.exit_code == 130 and cleaned.is_set()
+
+
+async def test_foreground_run_hands_the_terminal_over_when_the_container_starts() -> None:
+    err = io.StringIO()
+    closed_at_start: list[bool] = []
+    stream = streams.lazy_run()
+    started = next(i for i, e in enumerate(stream) if isinstance(e, ev.ContainerStarted))
+
+    async def work(emit: ev.Emit) -> int:
+        for event in stream[: started + 1]:
+            emit(event)
+        await asyncio.sleep(0.2)  # the container runs; the TUI must be gone by now
+        closed_at_start.append("started after" in err.getvalue())
+        return 7  # the container's exit code
+
+    code = await run_with_tui_async(work, foreground=True, headless=True, interactive=True, err=err)
+    assert code == 7 and closed_at_start == [True]
+    assert err.getvalue().splitlines()[-1] == "container c0ffeec0ffee started after 2.7s"
+
+
+async def test_detached_run_keeps_showing_fetches_until_q_then_prints_the_id() -> None:
+    err, out = io.StringIO(), io.StringIO()
+    stream = streams.lazy_run()[:-1]  # everything but the exit: the container keeps running
+
+    async def work(emit: ev.Emit) -> int:
+        for event in stream:
+            emit(event)
+        await asyncio.sleep(3600)  # keeps watching the snapshotter's fetches until the user leaves
+        return 0
+
+    async def pilot(p: Pilot[object]) -> None:
+        await p.pause(0.3)
+        app = p.app
+        assert isinstance(app, PullApp) and app.is_running and app.model.phase() == "running"
+        assert app.query_one("#fetchlog", Log).line_count == 46
+        await p.press("q")
+
+    code = await run_with_tui_async(work, detach=True, headless=True, interactive=True, err=err, out=out,
+                                    auto_pilot=pilot)
+    assert code == 0 and out.getvalue() == "c0ffee" * 10 + "abcd\n"
