@@ -1,0 +1,130 @@
+"""The TUI in a real terminal: `socirun pull --progress tty` inside tmux, read back with `capture-pane`
+while the (throttled) pull runs and after it has finished."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from socirun.sandbox.sample import push_sample
+from socirun.sandbox.sandbox import SandboxInfo
+
+ROW = re.compile(r"^\s*\S\s+[0-9a-f]{12}\s", re.MULTILINE)
+RECAP = re.compile(r"^[0-9a-f]{12}: done \(", re.MULTILINE)
+# Four data layers and the base; random bytes, so gzip cannot shrink them and the throttle decides the time.
+LAYERS_MB = (2.0, 2.0, 2.0, 2.0)
+
+
+class Tmux:
+    """A private tmux server (its own socket) running one command in a detached session of a fixed size."""
+
+    def __init__(self, directory: Path, *, width: int = 100, height: int = 30) -> None:
+        self.socket = str(directory / "tmux.sock")
+        self.marker = directory / "exited"
+        self.width, self.height = width, height
+
+    def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tmux", "-u", "-S", self.socket, *args], capture_output=True, text=True,
+                              timeout=30, check=True)
+
+    def start(self, argv: Sequence[str], env: dict[str, str]) -> None:
+        """Run `argv`; when it ends, "<code> <start> <end>" (epoch seconds) is written to the marker file and
+        the pane stays open so its final screen can be read. argv travels as arguments, never as shell text."""
+        # COLUMNS / LINES inherited from the test process would pin the app to their size instead of the pane's.
+        wrapper = ('unset COLUMNS LINES; s=$(date +%s.%N); "$@"; rc=$?; e=$(date +%s.%N); '
+                   'echo "$rc $s $e" > "$MARKER"; echo "socirun exited $rc"; sleep 600')
+        env_args = [arg for key, value in {**env, "MARKER": str(self.marker)}.items()
+                    for arg in ("-e", f"{key}={value}")]
+        self._tmux("new-session", "-d", "-s", "main", "-x", str(self.width), "-y", str(self.height), *env_args,
+                   "sh", "-c", wrapper, "sh", *argv)
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", "main").stdout
+
+    def result(self) -> tuple[int, float] | None:
+        """(exit code, seconds the command ran), once it has ended."""
+        if not self.marker.exists():
+            return None
+        text = self.marker.read_text().split()
+        if len(text) < 3:
+            return None
+        return int(text[0]), float(text[2]) - float(text[1])
+
+    def wait(self, timeout: float) -> tuple[int, float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.result()
+            if done is not None:
+                return done
+            time.sleep(0.05)
+        raise AssertionError(f"the command did not end within {timeout}s; screen:\n{self.screen()}")
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30, check=False)
+
+
+def socirun_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "socirun", *args]
+
+
+@pytest.fixture
+def tmux(short_tmp_path: Path) -> Iterator[Tmux]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    session = Tmux(short_tmp_path)
+    try:
+        yield session
+    finally:
+        session.kill()
+
+
+@pytest.fixture
+def slow_registry(sandbox: SandboxInfo) -> Iterator[str]:
+    """The sandbox registry behind a proxy capped at 2 MB/s in all, so a ~9 MB pull lasts a few seconds."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", sandbox.registry_host,
+         "--rate", "2MB", "--total", "2MB"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    host = proc.stdout.readline().strip()
+    try:
+        yield host
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_tui_pull_in_a_real_terminal(sandbox: SandboxInfo, slow_registry: str, tmux: Tmux) -> None:
+    pushed = push_sample(sandbox.registry_host, "tui/sample", "v1", LAYERS_MB, seed=404)
+    ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
+    tmux.start(socirun_argv("pull", "--progress", "tty", ref),
+               {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+
+    # While it runs: the header, the mode badge and one row per layer, some of them still transferring.
+    mid = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and tmux.result() is None:
+        screen = tmux.screen()
+        if "pulling" in screen and len(ROW.findall(screen)) == 5 and re.search(r"\d MB/\d", screen):
+            mid = screen
+            break
+        time.sleep(0.1)
+    assert mid, f"never saw the pull in progress; last screen:\n{tmux.screen()}"
+    assert re.search(r"\b(STANDARD|PARALLEL)\b", mid) and "tui/sample:v1" in mid and "q Quit" in mid
+    assert "Nothing is fetched lazily" in mid
+
+    code, _ = tmux.wait(120)
+    after = tmux.screen()
+    assert code == 0, after
+    # After: the TUI has given the screen back and left the final state in the scrollback.
+    assert len(RECAP.findall(after)) == 5, after
+    assert re.search(r"^pulled .*tui/sample:v1 \((standard|parallel), overlayfs\): fetched", after, re.MULTILINE), after
+    assert "socirun exited 0" in after
