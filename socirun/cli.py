@@ -24,11 +24,6 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad input as a UsageError (exit 125, like docker) instead of exiting 2."""
 
     def error(self, message: str) -> NoReturn:
-        if message.startswith("argument command: invalid choice"):
-            raise UsageError(
-                "running containers (`socirun IMAGE`, `socirun run`) is not in this version yet; "
-                "`socirun pull IMAGE` pulls an image. See 'socirun --help'."
-            )
         raise UsageError(f"{message}. See '{self.prog} --help'.")
 
 
@@ -236,10 +231,53 @@ def _demo(args: argparse.Namespace, config: SocirunConfig) -> int:
     return code
 
 
+_GLOBAL_VALUE_FLAGS = {"--address": "address", "-a": "address", "--namespace": "namespace", "-n": "namespace"}
+
+
+def _split_global_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The leading global flags (--address/-a, --namespace/-n, --debug) and the rest of argv."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, value = arg.partition("=")
+        if key in _GLOBAL_VALUE_FLAGS and key.startswith("--") and eq:
+            found[_GLOBAL_VALUE_FLAGS[key]] = value
+        elif arg in _GLOBAL_VALUE_FLAGS and i + 1 < len(argv):
+            found[_GLOBAL_VALUE_FLAGS[arg]] = argv[i + 1]
+            i += 1
+        elif arg == "--debug":
+            found["debug"] = "1"
+        else:
+            break
+        i += 1
+    return found, list(argv[i:])
+
+
+def _run_argv(parser: argparse.ArgumentParser, rest: list[str]) -> list[str] | None:
+    """docker's `run` arguments when argv is `run ...` or a bare `[OPTIONS] IMAGE ...`; None for subcommands."""
+    if not rest or rest[0] in ("-h", "--help", "--version"):
+        return None
+    if rest[0] == "run":
+        return rest[1:]
+    known: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            known.update(action.choices)
+    return None if rest[0] in known else rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
+        global_flags, rest = _split_global_flags(argv)
+        run_argv = _run_argv(build_parser(), rest)
+        if run_argv is not None:
+            from socirun.run import run_command
+
+            return run_command(run_argv, load_config(), address=global_flags.get("address"),
+                               namespace=global_flags.get("namespace"))
         args = build_parser().parse_args(argv)
         debug = bool(getattr(args, "debug", False))
         config = load_config()

@@ -1,0 +1,500 @@
+"""`socirun run` (and bare `socirun [OPTIONS] IMAGE`): docker run's behaviour over containerd's gRPC API.
+
+resolve the image per --pull (pulling with the engine and its progress face when needed) → rw snapshot under a
+lease → volumes, GPUs, network namespace + CNI → spec (pure) → Containers.Create → task with FIFOs → wait →
+the container's exit code; teardown (task, CNI DEL, netns; with --rm container, snapshot, anonymous volumes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from socirun import events as ev
+from socirun.config import SocirunConfig
+from socirun.containerd.client import ContainerdClient, Mount, resolve_address, resolve_namespace
+from socirun.errors import EXIT_DAEMON, ImageNotFoundError, SocirunError, UsageError
+from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids, host_platform, parse_platform
+from socirun.options import RunOptions, help_text, parse_run_args
+from socirun.progress import Renderer, make_renderer, progress_mode_for, rendering
+from socirun.reference import ImageReference, expand_alias, parse_reference
+from socirun.runtime import cni
+from socirun.runtime.gpus import GpuInjection, host_device_numbers, plan_gpus
+from socirun.runtime.lifecycle import ContainerState, Runtime, cni_ipam_dir, teardown
+from socirun.runtime.spec import (
+    ImageConfig,
+    SpecDevice,
+    SpecInputs,
+    SpecMount,
+    build_spec,
+    hosts_file,
+    resolv_conf,
+)
+from socirun.runtime.stdio import TaskIO
+from socirun.runtime.tty import raw_mode, terminal_size
+from socirun.runtime.volumes import resolve_volumes
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+OUTPUT_DRAIN_S = 10.0
+_SKIP_DEV_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev", "console"}
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def run_command(argv: Sequence[str], config: SocirunConfig, *, address: str | None = None,
+                namespace: str | None = None, debug: bool = False) -> int:  # fmt: skip
+    """The CLI's entry: parse docker-run argv, run the container, return the exit code."""
+    opts = parse_run_args(argv, read_file=lambda p: Path(p).read_text(encoding="utf-8"))
+    if opts.help:
+        sys.stdout.write(help_text())
+        return 0
+    opts.address = opts.address or address or ""
+    opts.namespace = opts.namespace or namespace or ""
+    return asyncio.run(run_container(opts, config))
+
+
+def data_root_for(opts: RunOptions, config: SocirunConfig) -> str:
+    return opts.data_root or os.environ.get("SOCIRUN_DATA_ROOT") or config.data_root
+
+
+# ---------------------------------------------------------------------------------------------- image
+
+
+async def _read_json(ctd: ContainerdClient, digest: str) -> Any:
+    return json.loads(await ctd.read_content(digest))
+
+
+async def local_image(ctd: ContainerdClient, name: str, platform: Platform) -> tuple[ImageConfig, str] | None:
+    """(image config, top chainID) of image record `name` for `platform`, or None when it is not there."""
+    record = await ctd.image_get(name)
+    if record is None:
+        return None
+    target: Descriptor = record.target
+    try:
+        doc = await _read_json(ctd, target.digest)
+        if target.media_type in INDEX_TYPES or "manifests" in doc:
+            chosen = None
+            for entry in doc.get("manifests") or []:
+                desc = Descriptor.from_json(entry)
+                if desc.platform is None or platform.matches(desc.platform):
+                    chosen = desc
+                    break
+            if chosen is None:
+                return None
+            doc = await _read_json(ctd, chosen.digest)
+        config_blob = await _read_json(ctd, str(doc["config"]["digest"]))
+    except (SocirunError, KeyError, ValueError):
+        return None  # content missing or unreadable: treat as not present, a pull repairs it
+    diff_ids = list((config_blob.get("rootfs") or {}).get("diff_ids") or [])
+    if not diff_ids:
+        raise SocirunError(f"image {name} has no layers; socirun cannot run it")
+    return ImageConfig.from_blob(config_blob), chain_ids(diff_ids)[-1]
+
+
+def _renderer(opts: RunOptions, config: SocirunConfig) -> Renderer:
+    wanted = "quiet" if opts.quiet else (opts.progress or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
+    mode = progress_mode_for(wanted)
+    if mode == "tty":
+        mode = "plain"  # run keeps the terminal for the container; the TUI is for pulls
+    renderer = make_renderer(mode, sys.stderr)
+    return renderer if mode == "json" else _PullOnly(renderer)
+
+
+class _PullOnly:
+    """Plain and quiet faces show the pull only: once the container runs, stderr belongs to it (as docker)."""
+
+    def __init__(self, inner: Renderer) -> None:
+        self.inner = inner
+
+    def handle(self, event: ev.Event) -> None:
+        if not isinstance(event, ev.ContainerCreated | ev.ContainerStarted | ev.ContainerExited):
+            self.inner.handle(event)
+
+    def tick(self, now: float) -> None:
+        self.inner.tick(now)
+
+
+async def ensure_image(
+    ctd: ContainerdClient, opts: RunOptions, config: SocirunConfig, snapshotter: str, renderer: Renderer
+) -> tuple[ImageReference, ImageConfig, str, Platform]:
+    text, alias = expand_alias(opts.image, config.aliases)
+    reference = parse_reference(text)
+    platform = parse_platform(opts.platform) if opts.platform else host_platform()
+    name = str(reference)
+    found = None if opts.pull == "always" else await local_image(ctd, name, platform)
+    if found is not None and await ctd.snapshot_stat(snapshotter, found[1]) is not None:
+        return reference, found[0], found[1], platform
+    if opts.pull == "never":
+        raise ImageNotFoundError(f"No such image: {reference.familiar()} (--pull=never)")
+    if found is None and opts.pull == "missing" and not opts.quiet:
+        print(f"Unable to find image '{reference.familiar()}' locally", file=sys.stderr)
+    from socirun.pull.engine import PullRequest, pull_image
+    from socirun.registry.client import RegistryClient
+
+    request = PullRequest(reference=reference, platform=platform, snapshotter=snapshotter, expanded_from=alias)
+    async with RegistryClient(hosts_dir=config.hosts_dir, insecure=config.insecure_registries) as registry, \
+            rendering(renderer) as emit:  # fmt: skip
+        await pull_image(ctd, registry, request, emit)
+    found = await local_image(ctd, name, platform)
+    if found is None:
+        raise SocirunError(f"the pull of {name} finished but containerd has no usable image record for it")
+    return reference, found[0], found[1], platform
+
+
+# ---------------------------------------------------------------------------------------------- rootfs lookups
+
+
+def read_rootfs_file(mounts: Sequence[Mount], path: str) -> str | None:
+    """Read `path` from a snapshot's mounts without mounting: a bind source, or overlay upper then lowers."""
+    dirs: list[str] = []
+    for m in mounts:
+        if m.type == "bind" or "bind" in m.options or "rbind" in m.options:
+            dirs.append(m.source)
+        elif m.type == "overlay":
+            opts = dict(o.split("=", 1) for o in m.options if "=" in o)
+            if "upperdir" in opts:
+                dirs.append(opts["upperdir"])
+            dirs += [d for d in opts.get("lowerdir", "").split(":") if d]
+    for d in dirs:
+        candidate = os.path.join(d, path.lstrip("/"))
+        if os.path.lexists(candidate):
+            try:
+                return Path(candidate).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- host lookups
+
+
+def find_init_binary() -> str:
+    for name in ("docker-init", "tini", "tini-static"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise UsageError("--init needs tini or docker-init on the host (Debian/Ubuntu: apt-get install tini)")
+
+
+def host_devices(root: str = "/dev") -> list[SpecDevice]:
+    """Every device node under /dev (one level of subdirectories), for --privileged (containerd's HostDevices)."""
+    out: list[SpecDevice] = []
+    for entry in sorted(os.listdir(root)):
+        if entry in _SKIP_DEV_DIRS:
+            continue
+        path = os.path.join(root, entry)
+        paths = [os.path.join(path, e) for e in sorted(os.listdir(path))] if os.path.isdir(path) and not \
+            os.path.islink(path) else [path]  # fmt: skip
+        for p in paths:
+            if os.path.islink(p):
+                continue
+            found = host_device_numbers(p)
+            if found is not None:
+                out.append(SpecDevice(p, found[0], found[1], found[2]))
+    return out
+
+
+def device_for(host_path: str, container_path: str, permissions: str) -> SpecDevice:
+    found = host_device_numbers(host_path)
+    if found is None:
+        raise UsageError(f'error gathering device information while adding custom device "{host_path}": '
+                         "not a device node")  # fmt: skip
+    return SpecDevice(container_path, found[0], found[1], found[2], permissions=permissions)
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+
+def container_labels(opts: RunOptions, image: ImageConfig, *, name: str, namespace: str, hostname: str,
+                     state_dir: str, platform: Platform, mounts: list[dict[str, object]],
+                     anonymous: list[str]) -> dict[str, str]:  # fmt: skip
+    """nerdctl's labels (reference docker-run-cli.md §4.1), so `nerdctl ps` shows socirun's containers."""
+    labels: dict[str, str] = dict(image.labels)
+    labels.update({
+        "nerdctl/namespace": namespace,
+        "nerdctl/name": name,
+        "nerdctl/hostname": hostname,
+        "nerdctl/state-dir": state_dir,
+        "nerdctl/networks": json.dumps([opts.network if opts.network != "container"
+                                        else f"container:{opts.network_container}"]),
+        "nerdctl/platform": str(platform),
+        "nerdctl/extraHosts": json.dumps([f"{h}:{ip}" for h, ip in opts.add_hosts]),
+        "nerdctl/ipc": json.dumps({"mode": opts.ipc, "victimContainerId": opts.ipc_container,
+                                   "shmSize": str(opts.shm_size)}),
+        "nerdctl/auto-remove": str(opts.rm).lower(),
+        "io.containerd.image.config.stop-signal": opts.stop_signal if opts.stop_signal != "SIGTERM" or
+        not image.stop_signal else image.stop_signal,
+    })  # fmt: skip
+    if opts.privileged:
+        labels["nerdctl/privileged"] = "true"
+    if opts.user or image.user:
+        labels["nerdctl/user"] = opts.user or image.user
+    if opts.stop_timeout is not None:
+        labels["nerdctl/stop-timeout"] = str(opts.stop_timeout)
+    if anonymous:
+        labels["nerdctl/anonymous-volumes"] = json.dumps(anonymous)
+    for i, record in enumerate(mounts):
+        labels[f"nerdctl/mounts.{i}"] = json.dumps(record)
+    labels.update(opts.labels)
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+async def _check_name(rt: Runtime, name: str) -> None:
+    taken = await rt.list_containers([f'labels."nerdctl/name"=={name}'])
+    if taken:
+        raise SocirunError(
+            f'Conflict. The container name "/{name}" is already in use by container "{taken[0].id}". '
+            "You have to remove (or rename) that container to be able to reuse that name."
+        )
+
+
+async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
+    found = await rt.find_container(target)
+    if found is None:
+        raise SocirunError(f"No such container: {target}")
+    task = await rt.get_task(str(found.id))
+    if task is None or task[1] != "RUNNING":
+        raise SocirunError(f"cannot join the {kind} namespace of {target}: it is not running")
+    return f"/proc/{task[0]}/ns/{kind}"
+
+
+async def run_container(opts: RunOptions, config: SocirunConfig) -> int:
+    address = resolve_address(opts.address or config.address, os.environ)
+    namespace = resolve_namespace(opts.namespace or config.namespace, os.environ)
+    snapshotter = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter or "overlayfs"
+    data_root = os.path.abspath(data_root_for(opts, config))
+    if opts.cidfile and os.path.exists(opts.cidfile):
+        raise SocirunError(f"Container ID file found, make sure the other container isn't running or delete "
+                           f"{opts.cidfile}")  # fmt: skip
+    gpu: GpuInjection | None = plan_gpus(opts.gpus) if opts.gpus is not None else None
+    bridge = cni.BridgeNetwork.from_config(config.raw)
+    renderer = _renderer(opts, config)
+    async with await ContainerdClient.connect(address, namespace) as ctd:
+        rt = Runtime(ctd)
+        reference, image, top_chain, platform = await ensure_image(ctd, opts, config, snapshotter, renderer)
+        container_id = secrets.token_hex(32)
+        name = opts.name or f"{os.path.basename(reference.path)}-{container_id[:5]}"
+        await _check_name(rt, name)
+        state_dir = os.path.join(data_root, "containers", namespace, container_id)
+        os.makedirs(state_dir, mode=0o700)
+        state = ContainerState(
+            id=container_id, name=name, namespace=namespace, address=address, snapshotter=snapshotter,
+            data_root=data_root, state_dir=state_dir, rm=opts.rm, network=opts.network,
+        )
+        created = False
+        try:
+            # One lease from Prepare to Containers.Create: once the record references the snapshot the lease
+            # can go; ending it earlier lets containerd's GC remove the unreferenced snapshot.
+            async with ctd.lease():
+                spec, labels, rootfs = await _prepare(rt, opts, image, top_chain, platform, state, gpu, bridge)
+                await rt.create_container(container_id, image=str(reference), runtime=opts.runtime,
+                                          runtime_binary=opts.runtime_binary, spec=spec, snapshotter=snapshotter,
+                                          labels=labels)  # fmt: skip
+            created = True
+            renderer.handle(ev.ContainerCreated(container_id=container_id, name=name))
+            if opts.cidfile:
+                Path(opts.cidfile).write_text(container_id, encoding="utf-8")
+        except BaseException:
+            if not created:
+                await teardown(rt, state, remove=True)
+            raise
+        if opts.detach:
+            return await _run_detached(rt, opts, state, rootfs, renderer)
+        return await _run_foreground(rt, opts, state, rootfs, renderer)
+
+
+async def _prepare(rt: Runtime, opts: RunOptions, image: ImageConfig, top_chain: str, platform: Platform,
+                   state: ContainerState, gpu: GpuInjection | None, bridge: cni.BridgeNetwork,
+                   ) -> tuple[dict[str, Any], dict[str, str], list[Mount]]:  # fmt: skip
+    """Snapshot, volumes, network and files; returns the spec, the labels and the rootfs mounts."""
+    ctd = rt.ctd
+    rootfs = await ctd.snapshot_prepare(state.snapshotter, state.id, top_chain, {})
+    hostname = opts.hostname or state.id[:12]
+    volumes = resolve_volumes(opts.volumes, image.volumes, state.data_root, state.namespace, os.getcwd())
+    state.anonymous_volumes = volumes.anonymous
+    inputs = SpecInputs(container_id=state.id, namespace=state.namespace, hostname=hostname,
+                        passwd=read_rootfs_file(rootfs, "/etc/passwd"),
+                        group=read_rootfs_file(rootfs, "/etc/group"))  # fmt: skip
+    inputs.mounts += volumes.mounts
+    if gpu is not None:
+        inputs.devices += gpu.devices
+        inputs.mounts += gpu.mounts
+        inputs.env += gpu.env
+        for stage, hooks in gpu.hooks.items():
+            inputs.hooks.setdefault(stage, []).extend(hooks)
+    for dev in opts.devices:
+        if dev.cdi_name:
+            raise UsageError(f"CDI device injection failed: unresolvable CDI devices {dev.cdi_name}; "
+                             "use --gpus for NVIDIA GPUs")  # fmt: skip
+        inputs.devices.append(device_for(dev.host_path, dev.container_path, dev.permissions))
+    if opts.privileged:
+        inputs.devices += host_devices()
+    if opts.init:
+        inputs.init_binary = find_init_binary()
+    if opts.ipc == "container":
+        inputs.ipc_ns_path = await _joined_ns(rt, opts.ipc_container, "ipc")
+    container_ip: str | None = None
+    if opts.network == "container":
+        inputs.netns_path = await _joined_ns(rt, opts.network_container, "net")
+    elif opts.network in ("bridge", "none"):
+        ns_name = cni.netns_name(state.id)
+        netns_path = cni.create_netns(ns_name)
+        state.netns = ns_name
+        inputs.netns_path = netns_path
+        if opts.network == "bridge":
+            state.bridge = asdict(bridge)
+            state.ports = [asdict(p) for p in opts.publish]
+            state.save()
+            plugins = cni.Cni(cni.find_plugin_dir(), bridge, cni_ipam_dir(state.data_root))
+            container_ip = plugins.add(state.id, netns_path, opts.publish) or None
+            with open(os.path.join(state.state_dir, "network-config.json"), "w", encoding="utf-8") as f:
+                json.dump({"portMappings": cni.port_mappings(opts.publish)}, f)
+        else:
+            cni.Cni(cni.find_plugin_dir(), bridge, cni_ipam_dir(state.data_root)).loopback(state.id, netns_path)
+    state.save()
+    etc = _write_etc_files(opts, state.state_dir, hostname, container_ip)
+    inputs.mounts = [*etc, *inputs.mounts]
+    spec = build_spec(opts, image, inputs)
+    labels = container_labels(opts, image, name=state.name, namespace=state.namespace, hostname=hostname,
+                              state_dir=state.state_dir, platform=platform, mounts=volumes.records,
+                              anonymous=volumes.anonymous)  # fmt: skip
+    return spec, labels, rootfs
+
+
+def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | None) -> list[SpecMount]:
+    host_resolv = ""
+    with contextlib.suppress(OSError):
+        host_resolv = Path("/etc/resolv.conf").read_text(encoding="utf-8")
+    files = {
+        "hostname": hostname + "\n",
+        "hosts": hosts_file(hostname, ip, opts.add_hosts),
+        "resolv.conf": resolv_conf(host_resolv, opts.dns, opts.dns_search, opts.dns_options,
+                                   host_network=opts.network == "host"),
+    }  # fmt: skip
+    mounts = []
+    for name, text in files.items():
+        path = os.path.join(state_dir, name)
+        Path(path).write_text(text, encoding="utf-8")
+        mounts.append(SpecMount(f"/etc/{name}", "bind", path, ("rbind", "rprivate", "rw")))
+    return mounts
+
+
+async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
+                        renderer: Renderer) -> int:  # fmt: skip
+    log = f"file://{os.path.join(state.state_dir, 'container.log')}"
+    try:
+        pid = await rt.create_task(state.id, rootfs, ("", log, log), False)
+        await rt.start_task(state.id)
+    except SocirunError:
+        await teardown(rt, state, remove=opts.rm)
+        raise
+    renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid))
+    # No daemon: a reaper process waits for the exit and does the teardown (network; with --rm everything).
+    subprocess.Popen(
+        [sys.executable, "-m", "socirun.runtime.reaper", state.state_dir],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        close_fds=True,
+    )
+    print(state.id, flush=True)
+    return 0
+
+
+async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
+                          renderer: Renderer) -> int:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    fifo_dir = os.path.join(state.state_dir, "fifo")
+    io = TaskIO(fifo_dir, state.id, stdin=opts.interactive, stderr=not opts.tty)
+    io.create()
+    io.start_output("stdout", sys.stdout.fileno())
+    if not opts.tty:
+        io.start_output("stderr", sys.stderr.fileno())
+    started_at = time.monotonic()
+    exit_code = EXIT_DAEMON
+    tty_fd = sys.stdin.fileno()
+    try:
+        try:
+            pid = await rt.create_task(state.id, rootfs, io.paths, opts.tty)
+        except BaseException:
+            io.unblock()
+            raise
+        wait = asyncio.ensure_future(rt.wait_task(state.id))
+        if opts.interactive:
+
+            def stdin_eof() -> None:
+                loop.call_soon_threadsafe(lambda: _background(rt.close_stdin(state.id)))
+
+            io.start_input(sys.stdin.fileno(), stdin_eof)
+        with raw_mode(tty_fd) if (opts.tty and opts.interactive) else contextlib.nullcontext():
+            try:
+                await rt.start_task(state.id)
+            except BaseException:
+                wait.cancel()
+                raise
+            renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid,
+                                                since_command_start=time.monotonic() - started_at))  # fmt: skip
+            installed = _install_signal_handlers(loop, rt, opts, state.id)
+            try:
+                exit_code = await wait
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+        await asyncio.to_thread(io.wait_output, OUTPUT_DRAIN_S)
+        renderer.handle(ev.ContainerExited(container_id=state.id, exit_code=exit_code))
+    finally:
+        io.close()
+        with contextlib.suppress(ValueError, OSError):
+            sys.stdout.flush()
+        errors = await teardown(rt, state, remove=opts.rm)
+        for err in errors:
+            print(f"socirun: cleanup: {err}", file=sys.stderr)
+    return exit_code
+
+
+_pending: set[asyncio.Future[None]] = set()
+
+
+def _background(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a fire-and-forget RPC (signal forwarding, resize, CloseIO), keeping a reference until it is done."""
+    fut = asyncio.ensure_future(coro)
+    _pending.add(fut)
+    fut.add_done_callback(_pending.discard)
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop, rt: Runtime, opts: RunOptions,
+                             container_id: str) -> list[int]:  # fmt: skip
+    installed: list[int] = []
+
+    def resize() -> None:
+        size = terminal_size(sys.stdin.fileno()) or terminal_size(sys.stdout.fileno())
+        if size is not None:
+            _background(rt.resize_pty(container_id, size[0], size[1]))
+
+    if opts.tty:
+        resize()
+        loop.add_signal_handler(signal.SIGWINCH, resize)
+        installed.append(signal.SIGWINCH)
+    if opts.sig_proxy:
+        for sig in FORWARDED_SIGNALS:
+
+            def forward(s: int = int(sig)) -> None:
+                _background(rt.kill_task(container_id, s))
+
+            loop.add_signal_handler(sig, forward)
+            installed.append(sig)
+    return installed

@@ -1,0 +1,193 @@
+"""Bridge networking through the CNI plugins (Debian containernetworking-plugins): socirun's own bridge and
+subnet (config `[network] bridge = "...", subnet = "..."`), a network namespace per container under
+/run/netns, `loopback` + the `bridge`/`host-local`/`portmap`/`firewall` chain, and DEL + netns removal on exit.
+
+The conflist is built by a pure function; the plugins are called as the CNI spec says: env CNI_COMMAND etc.,
+the network config on stdin, the result JSON on stdout, each plugin getting the previous one's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from socirun.errors import SocirunError
+from socirun.options import PortMapping
+
+CNI_VERSION = "1.0.0"
+DEFAULT_BRIDGE = "socirun0"
+DEFAULT_SUBNET = "10.213.0.0/24"
+DEFAULT_NETWORK_NAME = "socirun"
+PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni")
+NETNS_DIR = "/run/netns"
+PLUGIN_TIMEOUT_S = 30
+
+
+class NetworkError(SocirunError):
+    """CNI could not set up or tear down a container's network (exit 125)."""
+
+
+@dataclass(frozen=True)
+class BridgeNetwork:
+    name: str = DEFAULT_NETWORK_NAME
+    bridge: str = DEFAULT_BRIDGE
+    subnet: str = DEFAULT_SUBNET
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> BridgeNetwork:
+        """The `[network]` table of socirun's config (unknown keys ignored; values checked)."""
+        table = raw.get("network") or {}
+        net = cls(
+            name=str(table.get("name", DEFAULT_NETWORK_NAME)),
+            bridge=str(table.get("bridge", DEFAULT_BRIDGE)),
+            subnet=str(table.get("subnet", DEFAULT_SUBNET)),
+        )
+        try:
+            ipaddress.ip_network(net.subnet)
+        except ValueError:
+            raise NetworkError(f'[network] subnet "{net.subnet}" in the socirun config is not a network') from None
+        if not 0 < len(net.bridge) <= 15:
+            raise NetworkError(f'[network] bridge "{net.bridge}" must be 1 to 15 characters (a Linux interface name)')
+        return net
+
+
+def conflist(net: BridgeNetwork, ipam_dir: str) -> dict[str, Any]:
+    """nerdctl's default bridge chain with socirun's bridge, subnet and IPAM directory."""
+    gateway = str(next(ipaddress.ip_network(net.subnet).hosts()))
+    return {
+        "cniVersion": CNI_VERSION,
+        "name": net.name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": net.bridge,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": net.subnet, "gateway": gateway}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": ipam_dir,
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "firewall"},
+        ],
+    }
+
+
+def port_mappings(ports: Sequence[PortMapping]) -> list[dict[str, Any]]:
+    """CNI portMappings runtime config (and nerdctl's network-config.json content)."""
+    return [
+        {"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol, "hostIP": p.host_ip}
+        for p in ports
+    ]
+
+
+def find_plugin_dir(dirs: Sequence[str] = PLUGIN_DIRS) -> str:
+    env = os.environ.get("CNI_PATH")
+    for d in ([env] if env else []) + list(dirs):
+        if os.path.isfile(os.path.join(d, "bridge")):
+            return d
+    raise NetworkError(
+        "the CNI plugins are not installed (looked for bridge in " + ", ".join(dirs) + "); install "
+        "containernetworking-plugins, or use --network host or none"
+    )
+
+
+def netns_name(container_id: str) -> str:
+    return f"socirun-{container_id[:16]}"
+
+
+def create_netns(name: str) -> str:
+    _ip("netns", "add", name)
+    return os.path.join(NETNS_DIR, name)
+
+
+def delete_netns(name: str) -> None:
+    if os.path.exists(os.path.join(NETNS_DIR, name)):
+        _ip("netns", "delete", name)
+
+
+def _ip(*args: str) -> None:
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    done = subprocess.run([ip, *args], capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise NetworkError(f"`ip {' '.join(args)}` failed: {done.stderr.strip() or done.returncode}")
+
+
+class Cni:
+    """Calls the plugins of `conflist` for one container."""
+
+    def __init__(self, plugin_dir: str, net: BridgeNetwork, ipam_dir: str) -> None:
+        self.plugin_dir = plugin_dir
+        self.net = net
+        self.conf = conflist(net, ipam_dir)
+
+    def _exec(self, command: str, plugin: Mapping[str, Any], container_id: str, netns: str, ifname: str,
+              name: str, prev: Any, ports: Sequence[PortMapping]) -> Any:  # fmt: skip
+        conf: dict[str, Any] = {"cniVersion": CNI_VERSION, "name": name, **plugin}
+        if prev is not None:
+            conf["prevResult"] = prev
+        if plugin.get("capabilities", {}).get("portMappings"):
+            conf["runtimeConfig"] = {"portMappings": port_mappings(ports)}
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": self.plugin_dir,
+            "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin",
+        }
+        binary = os.path.join(self.plugin_dir, str(plugin["type"]))
+        try:
+            done = subprocess.run([binary], input=json.dumps(conf), env=env, capture_output=True, text=True,
+                                  timeout=PLUGIN_TIMEOUT_S, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise NetworkError(f"CNI plugin {plugin['type']} could not run: {err}") from None
+        if done.returncode != 0:
+            detail = done.stdout.strip() or done.stderr.strip()
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(detail)
+                detail = f"{parsed.get('msg', '')} {parsed.get('details', '')}".strip()
+            raise NetworkError(f"CNI plugin {plugin['type']} failed to {command} the network: {detail}")
+        if command == "ADD" and done.stdout.strip():
+            return json.loads(done.stdout)
+        return prev
+
+    def loopback(self, container_id: str, netns: str) -> None:
+        self._exec("ADD", {"type": "loopback"}, container_id, netns, "lo", "lo", None, ())
+
+    def add(self, container_id: str, netns: str, ports: Sequence[PortMapping]) -> str:
+        """Set up lo and eth0 in `netns`; returns the container's IPv4 address."""
+        self.loopback(container_id, netns)
+        result: Any = None
+        try:
+            for plugin in self.conf["plugins"]:
+                result = self._exec("ADD", plugin, container_id, netns, "eth0", self.net.name, result, ports)
+        except NetworkError:
+            self.delete(container_id, netns, ports)
+            raise
+        for ip in (result or {}).get("ips") or []:
+            address = str(ip.get("address", ""))
+            if address and ":" not in address:
+                return address.split("/")[0]
+        return ""
+
+    def delete(self, container_id: str, netns: str, ports: Sequence[PortMapping]) -> list[str]:
+        """DEL in reverse order; every plugin is called even if one fails. Returns the failures."""
+        errors: list[str] = []
+        for plugin in reversed(self.conf["plugins"]):
+            try:
+                self._exec("DEL", plugin, container_id, netns, "eth0", self.net.name, None, ports)
+            except NetworkError as err:
+                errors.append(err.message)
+        return errors

@@ -1,0 +1,408 @@
+"""The OCI runtime spec, built by a pure function from the options, the image config and lookups already made
+in the rootfs (`/etc/passwd`, `/etc/group`) and on the host (devices, mounts, namespace paths).
+
+Layering, as containerd and nerdctl do it (shared/reference/containerd-client.md §9, docker-run-cli.md §3.5):
+containerd's Linux defaults, then nerdctl's changes (no /run tmpfs, a ro cgroup mount, rlimits inherited,
+NoNewPrivileges off), then the image's Env/Entrypoint/Cmd/WorkingDir/User, then the flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from socirun.errors import SocirunError, UsageError
+from socirun.options import CAPABILITIES, SIGNALS, RunOptions
+
+OCI_VERSION = "1.0.2-dev"
+DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)  # fmt: skip
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+)  # fmt: skip
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# oci.WithDefaultUnixDevices: (major, minor) allowed in the device cgroup; -1 is "*".
+DEFAULT_DEVICE_RULES = ((1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (136, -1), (5, 2))
+INIT_PATH_IN_CONTAINER = "/sbin/docker-init"
+CPU_PERIOD = 100_000
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of an image config (`config` object of the config blob) a run uses."""
+
+    env: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    volumes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_blob(cls, blob: Mapping[str, Any]) -> ImageConfig:
+        cfg = blob.get("config") or {}
+        return cls(
+            env=tuple(cfg.get("Env") or ()),
+            entrypoint=tuple(cfg.get("Entrypoint") or ()),
+            cmd=tuple(cfg.get("Cmd") or ()),
+            working_dir=str(cfg.get("WorkingDir") or ""),
+            user=str(cfg.get("User") or ""),
+            labels=dict(cfg.get("Labels") or {}),
+            stop_signal=str(cfg.get("StopSignal") or ""),
+            volumes=tuple(sorted((cfg.get("Volumes") or {}).keys())),
+        )
+
+
+@dataclass(frozen=True)
+class SpecMount:
+    destination: str
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"destination": self.destination, "type": self.type, "source": self.source,
+                "options": list(self.options)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SpecDevice:
+    """A device node to create in the container (and allow in the device cgroup)."""
+
+    path: str
+    type: str  # "c" | "b"
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+    permissions: str = "rwm"
+
+
+@dataclass(frozen=True)
+class Hook:
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+
+@dataclass
+class SpecInputs:
+    """What the caller looked up on the host and in the rootfs; the builder itself does no I/O."""
+
+    container_id: str
+    namespace: str
+    hostname: str
+    netns_path: str | None = None  # joined network namespace; None with --network host
+    ipc_ns_path: str | None = None  # for --ipc container:<c>
+    passwd: str | None = None  # contents of the rootfs's /etc/passwd
+    group: str | None = None
+    mounts: list[SpecMount] = field(default_factory=list)  # volumes, /etc files, GPU libraries, init
+    devices: list[SpecDevice] = field(default_factory=list)  # --device, --privileged host devices, GPUs
+    env: list[str] = field(default_factory=list)  # from the GPU injection (NVIDIA_VISIBLE_DEVICES, ...)
+    hooks: dict[str, list[Hook]] = field(default_factory=dict)  # "prestart", "createRuntime", ...
+    init_binary: str | None = None  # host path of tini / docker-init for --init
+
+
+# ------------------------------------------------------------------------------------------------ users
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...]
+    name: str = ""
+
+
+def _entries(text: str | None) -> list[list[str]]:
+    if not text:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(spec: str, passwd: str | None, group: str | None, extra_groups: Sequence[str] = ()) -> ResolvedUser:
+    """containerd's WithUser + WithAdditionalGIDs (§9): `name`, `uid`, `user:group`, numeric or looked up."""
+    users = [e for e in _entries(passwd) if len(e) >= 4]
+    groups = [e for e in _entries(group) if len(e) >= 3]
+    user_part, sep, group_part = (spec or "0").partition(":")
+    name = ""
+    if user_part.isdigit():
+        uid = int(user_part)
+        match = next((u for u in users if u[2] == user_part), None)
+        gid = int(match[3]) if match and match[3].isdigit() else 0
+        name = match[0] if match else ""
+    else:
+        match = next((u for u in users if u[0] == user_part), None)
+        if match is None:
+            raise SocirunError(f'unable to find user {user_part}: no matching entries in passwd file')
+        uid, gid, name = int(match[2]), int(match[3]), match[0]
+    if sep:
+        gid = _group_id(group_part, groups)
+    additional: list[int] = [gid]
+    if name:
+        for g in groups:
+            members = g[3].split(",") if len(g) > 3 else []
+            if name in members and g[0] != name and g[2].isdigit():
+                additional.append(int(g[2]))
+    for extra in extra_groups:
+        additional.append(_group_id(extra, groups))
+    return ResolvedUser(uid, gid, tuple(dict.fromkeys(additional)), name)
+
+
+def _group_id(text: str, groups: list[list[str]]) -> int:
+    if text.isdigit():
+        return int(text)
+    match = next((g for g in groups if g[0] == text), None)
+    if match is None or not match[2].isdigit():
+        raise SocirunError(f"unable to find group {text}: no matching entries in group file")
+    return int(match[2])
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def merge_env(base: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """replaceOrAppendEnvValues: later entries replace earlier ones by key; `KEY` alone unsets KEY."""
+    out: dict[str, str | None] = {}
+    for item in base:
+        key, sep, value = item.partition("=")
+        out[key] = value if sep else None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep:
+            out[key] = value  # in place, as Go's replaceOrAppendEnvValues
+        else:
+            out.pop(key, None)
+    return [f"{k}={v}" for k, v in out.items() if v is not None]
+
+
+def process_args(opts: RunOptions, image: ImageConfig) -> list[str]:
+    """docker's rule: --entrypoint replaces the image's and drops its Cmd; a command replaces Cmd."""
+    entrypoint = list(image.entrypoint) if opts.entrypoint is None else list(opts.entrypoint)
+    if opts.command:
+        cmd = list(opts.command)
+    elif opts.entrypoint is None:
+        cmd = list(image.cmd)
+    else:
+        cmd = []
+    args = entrypoint + cmd
+    if not args:
+        raise SocirunError("no command specified: the image has no Entrypoint or Cmd; give a command after IMAGE")
+    return args
+
+
+def capabilities(opts: RunOptions) -> list[str]:
+    if opts.privileged:
+        return list(CAPABILITIES)
+    caps = list(DEFAULT_CAPS)
+    if "ALL" in opts.cap_add:
+        caps = list(CAPABILITIES)
+    else:
+        caps += [c for c in opts.cap_add if c not in caps]
+    if "ALL" in opts.cap_drop:
+        caps = [c for c in opts.cap_add if c != "ALL"]
+    else:
+        caps = [c for c in caps if c not in opts.cap_drop]
+    return caps
+
+
+def default_mounts(opts: RunOptions) -> list[SpecMount]:
+    shm_kib = opts.shm_size // 1024
+    mounts = [
+        SpecMount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
+        SpecMount("/dev", "tmpfs", "tmpfs", ("nosuid", "strictatime", "mode=755", "size=65536k")),
+        SpecMount("/dev/pts", "devpts", "devpts",
+                  ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5")),
+        SpecMount("/dev/shm", "tmpfs", "shm", ("nosuid", "noexec", "nodev", "mode=1777", f"size={shm_kib}k")),
+        SpecMount("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
+        SpecMount("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "rw" if opts.privileged else "ro")),
+        SpecMount("/sys/fs/cgroup", "cgroup", "cgroup",
+                  ("nosuid", "noexec", "nodev", "relatime", "rw" if opts.privileged else "ro")),
+    ]  # fmt: skip
+    if opts.ipc == "host":
+        # The host's IPC namespace: its /dev/shm and /dev/mqueue too; --shm-size has no effect (as docker).
+        mounts = [m for m in mounts if m.destination not in ("/dev/shm", "/dev/mqueue")]
+        mounts += [
+            SpecMount("/dev/shm", "bind", "/dev/shm", ("rbind", "nosuid", "noexec", "nodev")),
+            SpecMount("/dev/mqueue", "bind", "/dev/mqueue", ("rbind", "nosuid", "noexec", "nodev")),
+        ]
+    return mounts
+
+
+def _device_json(d: SpecDevice) -> dict[str, Any]:
+    return {"path": d.path, "type": d.type, "major": d.major, "minor": d.minor, "fileMode": d.file_mode,
+            "uid": d.uid, "gid": d.gid}  # fmt: skip
+
+
+def _rule(type_: str, major: int, minor: int, access: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"allow": True, "type": type_, "access": access}
+    if major >= 0:
+        rule["major"] = major
+    if minor >= 0:
+        rule["minor"] = minor
+    return rule
+
+
+def _namespaces(opts: RunOptions, inputs: SpecInputs) -> list[dict[str, str]]:
+    ns: list[dict[str, str]] = [{"type": "mount"}]
+    if not opts.pid_host:
+        ns.append({"type": "pid"})
+    if opts.ipc == "container" and inputs.ipc_ns_path:
+        ns.append({"type": "ipc", "path": inputs.ipc_ns_path})
+    elif opts.ipc != "host":
+        ns.append({"type": "ipc"})
+    if not opts.uts_host:
+        ns.append({"type": "uts"})
+    if opts.network != "host":
+        net: dict[str, str] = {"type": "network"}
+        if inputs.netns_path:
+            net["path"] = inputs.netns_path
+        ns.append(net)
+    return ns
+
+
+def _resources(opts: RunOptions, devices: Sequence[SpecDevice]) -> dict[str, Any]:
+    rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    if opts.privileged:
+        rules = [{"allow": True, "access": "rwm"}]
+    else:
+        rules += [_rule("c", major, minor, "rwm") for major, minor in DEFAULT_DEVICE_RULES]
+        rules += [_rule(d.type, d.major, d.minor, d.permissions) for d in devices]
+    res: dict[str, Any] = {"devices": rules}
+    if opts.memory:
+        res["memory"] = {"limit": opts.memory}
+    if opts.cpus:
+        res["cpu"] = {"quota": int(opts.cpus * CPU_PERIOD), "period": CPU_PERIOD}
+    if opts.pids_limit:
+        res["pids"] = {"limit": opts.pids_limit}
+    return res
+
+
+def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict[str, Any]:
+    """The runtime spec (as JSON-ready dicts) for one container. Raises SocirunError for impossible input."""
+    user = resolve_user(opts.user or image.user, inputs.passwd, inputs.group, opts.group_add)
+    env_base = list(image.env) if any(e.startswith("PATH=") for e in image.env) else [DEFAULT_PATH_ENV, *image.env]
+    extra = list(inputs.env)
+    if opts.tty:
+        extra.append("TERM=xterm")
+    env = merge_env(env_base, [*extra, *opts.env])
+    if not any(e.startswith("HOSTNAME=") for e in opts.env):
+        env = merge_env(env, [f"HOSTNAME={inputs.hostname}"])
+    args = process_args(opts, image)
+    mounts = default_mounts(opts)
+    if inputs.init_binary:
+        args = [INIT_PATH_IN_CONTAINER, "--", *args]
+        mounts.append(SpecMount(INIT_PATH_IN_CONTAINER, "bind", inputs.init_binary, ("bind", "ro")))
+    # Later mounts over the same destination win in runc's order; drop the earlier ones to keep it clear.
+    for m in inputs.mounts:
+        mounts = [x for x in mounts if x.destination != m.destination]
+        mounts.append(m)
+    caps = capabilities(opts)
+    process: dict[str, Any] = {
+        "terminal": opts.tty,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},
+        "args": args,
+        "env": env,
+        "cwd": opts.workdir or image.working_dir or "/",
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": opts.no_new_privileges,
+    }
+    if opts.ulimits:
+        process["rlimits"] = [
+            {"type": f"RLIMIT_{u.name.upper()}", "soft": _rlimit(u.soft), "hard": _rlimit(u.hard)} for u in opts.ulimits
+        ]
+    linux: dict[str, Any] = {
+        "resources": _resources(opts, inputs.devices),
+        "cgroupsPath": f"/{inputs.namespace}/{inputs.container_id}",
+        "namespaces": _namespaces(opts, inputs),
+        "devices": [_device_json(d) for d in inputs.devices],
+    }
+    if not opts.privileged:
+        linux["maskedPaths"] = list(MASKED_PATHS)
+        linux["readonlyPaths"] = list(READONLY_PATHS)
+    sysctls = dict(opts.sysctls)
+    if opts.network != "host" and opts.network != "container":
+        # nerdctl: let non-root users bind low ports inside their own network namespace.
+        sysctls.setdefault("net.ipv4.ip_unprivileged_port_start", "0")
+    if sysctls:
+        linux["sysctl"] = sysctls
+    spec: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": "rootfs", "readonly": opts.read_only},
+        "mounts": [m.to_json() for m in mounts],
+        "linux": linux,
+    }
+    if not opts.uts_host:
+        spec["hostname"] = inputs.hostname
+    if inputs.hooks:
+        spec["hooks"] = {
+            stage: [{"path": h.path, "args": list(h.args), **({"env": list(h.env)} if h.env else {})} for h in hooks]
+            for stage, hooks in inputs.hooks.items()
+        }
+    return spec
+
+
+def _rlimit(value: int) -> int:
+    # -1 means unlimited: RLIM_INFINITY as the unsigned 64-bit value runc expects.
+    return (1 << 64) - 1 if value < 0 else value
+
+
+def stop_signal_number(name: str) -> int:
+    key = name.upper().removeprefix("SIG")
+    if key.isdigit():
+        return int(key)
+    if key not in SIGNALS:
+        raise UsageError(f"invalid stop signal {name}")
+    return SIGNALS[key]
+
+
+def hosts_file(hostname: str, ip: str | None, extra: Sequence[tuple[str, str]]) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if ip:
+        lines.append(f"{ip}\t{hostname}")
+    else:
+        lines.append(f"127.0.1.1\t{hostname}")
+    lines += [f"{addr}\t{name}" for name, addr in extra]
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(host_text: str, dns: Sequence[str], search: Sequence[str], options: Sequence[str],
+                *, host_network: bool) -> str:
+    """The container's resolv.conf: the host's, minus loopback nameservers off the host network (docker),
+    with --dns/--dns-search/--dns-option replacing their parts."""
+    servers: list[str] = []
+    searches: list[str] = []
+    opts: list[str] = []
+    for line in host_text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "nameserver" and len(words) > 1:
+            servers.append(words[1])
+        elif words[0] in ("search", "domain"):
+            searches = words[1:]
+        elif words[0] == "options":
+            opts += words[1:]
+    if not host_network:
+        servers = [s for s in servers if not s.startswith("127.") and s != "::1"]
+        if not servers:
+            servers = ["8.8.8.8", "8.8.4.4"]  # docker's fallback when only loopback resolvers remain
+    servers = list(dns) or servers
+    searches = list(search) or searches
+    opts = list(options) or opts
+    out = [f"nameserver {s}" for s in servers]
+    if searches:
+        out.append("search " + " ".join(searches))
+    if opts:
+        out.append("options " + " ".join(opts))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,81 @@
+"""Volumes under socirun's data root, nerdctl's layout: `<data-root>/volumes/<namespace>/<name>/_data`.
+
+-v/--mount/--tmpfs specs become spec mounts here: named volumes are created on first use, anonymous ones get a
+random 64-hex name (recorded so --rm removes them), bind sources are made absolute (and, for -v, created as a
+directory when missing, as docker does).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from socirun.errors import SocirunError
+from socirun.options import VolumeSpec
+from socirun.runtime.spec import SpecMount
+
+
+@dataclass
+class ResolvedVolumes:
+    mounts: list[SpecMount] = field(default_factory=list)
+    anonymous: list[str] = field(default_factory=list)  # names of volumes created for this container
+    records: list[dict[str, object]] = field(default_factory=list)  # nerdctl/mounts.N label values
+
+
+def volumes_dir(data_root: str, namespace: str) -> str:
+    return os.path.join(data_root, "volumes", namespace)
+
+
+def volume_path(data_root: str, namespace: str, name: str) -> str:
+    return os.path.join(volumes_dir(data_root, namespace), name, "_data")
+
+
+def resolve_volumes(
+    specs: Sequence[VolumeSpec], image_volumes: Sequence[str], data_root: str, namespace: str, cwd: str
+) -> ResolvedVolumes:
+    out = ResolvedVolumes()
+    targets = {s.target for s in specs}
+    # The image's VOLUME entries become anonymous volumes unless a flag mounts something there.
+    all_specs = [*specs, *(VolumeSpec("volume", "", v) for v in image_volumes if v not in targets)]
+    for spec in all_specs:
+        if spec.kind == "tmpfs":
+            opts = ("nosuid", "noexec", "nodev", *spec.options)
+            out.mounts.append(SpecMount(spec.target, "tmpfs", "tmpfs", opts))
+            out.records.append({"Type": "tmpfs", "Destination": spec.target, "RW": True})
+            continue
+        propagation = [o for o in spec.options if o.endswith(("private", "shared", "slave"))] or ["rprivate"]
+        bind = "bind" if "bind" in spec.options else "rbind"
+        opts_list = [bind, *propagation]
+        if spec.readonly:
+            opts_list.append("ro")
+        if spec.kind == "bind":
+            source = spec.source if os.path.isabs(spec.source) else os.path.join(cwd, spec.source)
+            if not os.path.exists(source):
+                # docker creates a missing -v source directory; --mount type=bind does not (options can't tell
+                # the two apart here, so both create it, as nerdctl's -v does).
+                os.makedirs(source, mode=0o755, exist_ok=True)
+            out.mounts.append(SpecMount(spec.target, "bind", source, tuple(opts_list)))
+            out.records.append({"Type": "bind", "Source": source, "Destination": spec.target,
+                                "RW": not spec.readonly})  # fmt: skip
+            continue
+        name = spec.source
+        if not name:
+            name = secrets.token_hex(32)
+            out.anonymous.append(name)
+        path = volume_path(data_root, namespace, name)
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise SocirunError(f"cannot create volume {name} under {data_root}: {err.strerror or err}") from None
+        out.mounts.append(SpecMount(spec.target, "bind", path, tuple(opts_list)))
+        out.records.append({"Type": "volume", "Name": name, "Source": path, "Destination": spec.target,
+                            "Driver": "local", "RW": not spec.readonly})  # fmt: skip
+    return out
+
+
+def remove_volumes(data_root: str, namespace: str, names: Sequence[str]) -> None:
+    for name in names:
+        shutil.rmtree(os.path.join(volumes_dir(data_root, namespace), name), ignore_errors=True)

@@ -1,0 +1,175 @@
+"""The pure OCI spec builder: containerd defaults, image config, flags, users from /etc/passwd and /etc/group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from socirun.errors import SocirunError
+from socirun.options import parse_run_args
+from socirun.runtime.spec import (
+    DEFAULT_CAPS,
+    DEFAULT_PATH_ENV,
+    ImageConfig,
+    SpecDevice,
+    SpecInputs,
+    SpecMount,
+    build_spec,
+    merge_env,
+    resolv_conf,
+    resolve_user,
+)
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nprobe:x:1234:4321::/:/bin/sh\n"
+GROUP = "root:x:0:\napp:x:1000:\nprobeg:x:4321:\nextra:x:777:probe,app\nprobe:x:999:probe\n"
+IMAGE = ImageConfig(env=("PATH=/img/bin", "LANG=C"), entrypoint=("/entry",), cmd=("serve", "--port", "80"),
+                    working_dir="/app", user="", labels={"org.x": "y"})  # fmt: skip
+
+
+def spec_for(*flags: str, image: ImageConfig = IMAGE, command: tuple[str, ...] = (), **inputs: Any) -> Any:
+    opts = parse_run_args([*flags, "img", *command], environ={})
+    base = SpecInputs(container_id="c" * 64, namespace="default", hostname="cccccccccccc", passwd=PASSWD,
+                      group=GROUP, netns_path="/run/netns/x")  # fmt: skip
+    for key, value in inputs.items():
+        setattr(base, key, value)
+    return build_spec(opts, image, base)
+
+
+def mount(spec: Any, dest: str) -> dict[str, Any]:
+    found = [m for m in spec["mounts"] if m["destination"] == dest]
+    assert len(found) == 1, f"{dest}: {found}"
+    return dict(found[0])
+
+
+def test_defaults_follow_containerd_and_nerdctl() -> None:
+    spec = spec_for()
+    proc = spec["process"]
+    assert proc["args"] == ["/entry", "serve", "--port", "80"]
+    assert proc["cwd"] == "/app"
+    assert proc["env"] == ["PATH=/img/bin", "LANG=C", "HOSTNAME=cccccccccccc"]
+    assert proc["user"] == {"uid": 0, "gid": 0, "additionalGids": [0]}
+    assert proc["capabilities"]["bounding"] == list(DEFAULT_CAPS)
+    assert proc["noNewPrivileges"] is False and "rlimits" not in proc
+    assert [m["destination"] for m in spec["mounts"]] == [
+        "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup",
+    ]  # fmt: skip
+    assert "size=65536k" in mount(spec, "/dev/shm")["options"]
+    linux = spec["linux"]
+    assert linux["cgroupsPath"] == "/default/" + "c" * 64
+    assert {"type": "network", "path": "/run/netns/x"} in linux["namespaces"]
+    assert {n["type"] for n in linux["namespaces"]} == {"mount", "pid", "ipc", "uts", "network"}
+    assert linux["resources"]["devices"][0] == {"allow": False, "access": "rwm"}
+    assert "/proc/kcore" in linux["maskedPaths"] and "/proc/sys" in linux["readonlyPaths"]
+    assert spec["hostname"] == "cccccccccccc" and spec["root"] == {"path": "rootfs", "readonly": False}
+
+
+def test_image_without_path_gets_the_default_path() -> None:
+    spec = spec_for(image=ImageConfig(cmd=("sh",)))
+    assert spec["process"]["env"][0] == DEFAULT_PATH_ENV
+
+
+def test_command_replaces_cmd_and_entrypoint_flag_drops_cmd() -> None:
+    assert spec_for(command=("x", "y"))["process"]["args"] == ["/entry", "x", "y"]
+    assert spec_for("--entrypoint", "/bin/sh")["process"]["args"] == ["/bin/sh"]
+    assert spec_for("--entrypoint", "", command=("ls",))["process"]["args"] == ["ls"]
+    with pytest.raises(SocirunError, match="no command specified"):
+        spec_for("--entrypoint", "", image=ImageConfig())
+
+
+def test_env_flags_override_the_image_by_key() -> None:
+    env = spec_for("-e", "LANG=de", "-e", "NEW=1", "-t")["process"]["env"]
+    assert env == ["PATH=/img/bin", "LANG=de", "TERM=xterm", "NEW=1", "HOSTNAME=cccccccccccc"]
+    assert merge_env(["A=1", "B=2"], ["A"]) == ["B=2"]
+
+
+def test_workdir_user_and_groups() -> None:
+    spec = spec_for("-w", "/srv", "-u", "probe", "--group-add", "app")
+    assert spec["process"]["cwd"] == "/srv"
+    assert spec["process"]["user"] == {"uid": 1234, "gid": 4321, "additionalGids": [4321, 777, 1000]}
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("app", (1000, 1000, (1000, 777))),
+        ("1000", (1000, 1000, (1000, 777))),
+        ("4242", (4242, 0, (0,))),
+        ("app:probeg", (1000, 4321, (4321, 777))),
+        ("5:6", (5, 6, (6,))),
+    ],
+)
+def test_resolve_user(user: str, expected: tuple[int, int, tuple[int, ...]]) -> None:
+    got = resolve_user(user, PASSWD, GROUP)
+    assert (got.uid, got.gid, got.additional_gids) == expected
+
+
+def test_unknown_user_name_is_an_error() -> None:
+    with pytest.raises(SocirunError, match="unable to find user nobody"):
+        resolve_user("nobody", PASSWD, GROUP)
+    with pytest.raises(SocirunError, match="unable to find group nogroup"):
+        resolve_user("app:nogroup", PASSWD, GROUP)
+
+
+def test_ipc_host_and_shm_size() -> None:
+    spec = spec_for("--shm-size", "256m")
+    assert "size=262144k" in mount(spec, "/dev/shm")["options"]
+    spec = spec_for("--ipc", "host")
+    assert "ipc" not in {n["type"] for n in spec["linux"]["namespaces"]}
+    assert mount(spec, "/dev/shm")["source"] == "/dev/shm" and mount(spec, "/dev/shm")["type"] == "bind"
+    spec = spec_for("--ipc", "container:x", ipc_ns_path="/proc/9/ns/ipc")
+    assert {"type": "ipc", "path": "/proc/9/ns/ipc"} in spec["linux"]["namespaces"]
+
+
+def test_host_network_pid_uts() -> None:
+    spec = spec_for("--network", "host", "--pid", "host", "--uts", "host", netns_path=None)
+    assert {n["type"] for n in spec["linux"]["namespaces"]} == {"mount", "ipc"}
+    assert "hostname" not in spec and "sysctl" not in spec["linux"]
+
+
+def test_privileged_caps_and_limits() -> None:
+    spec = spec_for("--privileged")
+    assert "CAP_SYS_ADMIN" in spec["process"]["capabilities"]["bounding"]
+    assert spec["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    assert "maskedPaths" not in spec["linux"]
+    caps = spec_for("--cap-add", "NET_ADMIN", "--cap-drop", "chown")["process"]["capabilities"]["effective"]
+    assert "CAP_NET_ADMIN" in caps and "CAP_CHOWN" not in caps
+    assert spec_for("--cap-drop", "ALL", "--cap-add", "KILL")["process"]["capabilities"]["bounding"] == ["CAP_KILL"]
+    spec = spec_for("--ulimit", "nofile=10:20", "--ulimit", "core=-1", "-m", "64m", "--cpus", "0.5",
+                    "--pids-limit", "9", "--read-only", "--sysctl", "net.core.somaxconn=5")  # fmt: skip
+    assert spec["process"]["rlimits"] == [
+        {"type": "RLIMIT_NOFILE", "soft": 10, "hard": 20},
+        {"type": "RLIMIT_CORE", "soft": 2**64 - 1, "hard": 2**64 - 1},
+    ]
+    res = spec["linux"]["resources"]
+    assert res["memory"] == {"limit": 64 << 20} and res["cpu"] == {"quota": 50000, "period": 100000}
+    assert res["pids"] == {"limit": 9} and spec["root"]["readonly"] is True
+    assert spec["linux"]["sysctl"]["net.core.somaxconn"] == "5"
+
+
+def test_devices_mounts_hooks_and_init() -> None:
+    dev = SpecDevice("/dev/nvidia0", "c", 195, 0)
+    spec = spec_for("--init", "--security-opt", "no-new-privileges", devices=[dev],
+                    mounts=[SpecMount("/data", "bind", "/host", ("rbind", "ro")),
+                            SpecMount("/dev/shm", "tmpfs", "tmpfs", ())],
+                    env=["NVIDIA_VISIBLE_DEVICES=0"], init_binary="/usr/bin/tini")  # fmt: skip
+    assert spec["process"]["args"][:2] == ["/sbin/docker-init", "--"]
+    assert mount(spec, "/sbin/docker-init")["source"] == "/usr/bin/tini"
+    assert mount(spec, "/data")["options"] == ["rbind", "ro"]
+    assert mount(spec, "/dev/shm")["type"] == "tmpfs"  # a later mount replaces the default one
+    assert spec["linux"]["devices"][0]["path"] == "/dev/nvidia0"
+    assert {"allow": True, "type": "c", "major": 195, "minor": 0, "access": "rwm"} in spec["linux"]["resources"][
+        "devices"
+    ]
+    assert "NVIDIA_VISIBLE_DEVICES=0" in spec["process"]["env"] and spec["process"]["noNewPrivileges"] is True
+
+
+def test_resolv_conf_drops_loopback_resolvers_off_the_host_network() -> None:
+    host = "nameserver 127.0.0.53\nsearch lan\noptions edns0\n"
+    assert resolv_conf(host, [], [], [], host_network=False) == (
+        "nameserver 8.8.8.8\nnameserver 8.8.4.4\nsearch lan\noptions edns0\n"
+    )
+    assert resolv_conf(host, [], [], [], host_network=True).startswith("nameserver 127.0.0.53\n")
+    assert resolv_conf(host, ["1.1.1.1"], ["x"], ["ndots:1"], host_network=False) == (
+        "nameserver 1.1.1.1\nsearch x\noptions ndots:1\n"
+    )
