@@ -74,10 +74,10 @@ class PullApp(App[int]):
         self.handed_off = False
         self.closed = False
         self.ticks = 0
-        self.tick_times: list[float] = []
         self._t0 = clock()
         self._pending_log: list[str] = []
         self._waiting_for_key = False
+        self._mounted = False
 
     # -- layout ---------------------------------------------------------------------------------------------
 
@@ -93,8 +93,19 @@ class PullApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#logpane").border_title = "fetch log (following)"
-        self.query_one(LayerTable).use_columns(columns_for(self.size.width))
+        # Kept, not queried per frame: queries run against the active screen, which is a modal while help or
+        # the plan is open.
+        self.header_w = self.query_one("#header", Static)
+        self.summary_w = self.query_one("#summary", Static)
+        self.table_w = self.query_one(LayerTable)
+        self.log_w = self.query_one("#fetchlog", Log)
+        self.note_w = self.query_one("#log-note", Static)
+        self.pane_w = self.query_one("#logpane")
+        self.error_w = self.query_one("#error", Static)
+        self.status_w = self.query_one("#status", Static)
+        self._mounted = True
+        self.pane_w.border_title = "fetch log (following)"
+        self.table_w.use_columns(columns_for(self.size.width))
         self._apply_size_classes()
         self.set_interval(TICK_S, self.refresh_view)
         if self.work is not None:
@@ -102,8 +113,10 @@ class PullApp(App[int]):
         self.refresh_view()
 
     def on_resize(self, event: tevents.Resize) -> None:
+        if not self._mounted:
+            return
         self._apply_size_classes()
-        table = self.query_one(LayerTable)
+        table = self.table_w
         columns = columns_for(event.size.width)
         if columns != table.layout_columns:
             table.use_columns(columns)
@@ -175,7 +188,8 @@ class PullApp(App[int]):
         self.exit(code, return_code=code)
 
     def _status(self, message: str) -> None:
-        self.query_one("#status", Static).update(Text(message, style="bold"))
+        if self._mounted:
+            self.status_w.update(Text(message, style="bold"))
 
     # -- the 10 Hz frame -----------------------------------------------------------------------------------
 
@@ -186,19 +200,20 @@ class PullApp(App[int]):
         return max(m.elapsed(), self.clock() - self._t0)
 
     def refresh_view(self) -> None:
+        if not self._mounted:
+            return
         self.ticks += 1
-        self.tick_times.append(time.perf_counter())
         m = self.model
         width = self.size.width
         with self.batch_update():
-            self.query_one("#header", Static).update(fmt.header_text(m, self.elapsed()))
-            self.query_one("#summary", Static).update(fmt.summary_text(m, max(width - 2, 20)))
-            self.query_one(LayerTable).sync(m)
-            log = self.query_one("#fetchlog", Log)
+            self.header_w.update(fmt.header_text(m, self.elapsed()))
+            self.summary_w.update(fmt.summary_text(m, max(width - 2, 20)))
+            self.table_w.sync(m)
+            log = self.log_w
             if self._pending_log:
                 log.write_lines(self._pending_log)
                 self._pending_log = []
-            note = self.query_one("#log-note", Static)
+            note = self.note_w
             has_fetches = m.fetch_count > 0
             note.display = not has_fetches
             log.display = has_fetches
@@ -208,7 +223,7 @@ class PullApp(App[int]):
                 self._render_error(m.error)
 
     def _render_error(self, error: ev.Error) -> None:
-        box = self.query_one("#error", Static)
+        box = self.error_w
         if box.has_class("-shown"):
             return
         text = Text()
@@ -251,13 +266,12 @@ class PullApp(App[int]):
             self._close(self.work_code or 0)
 
     def action_toggle_log(self) -> None:
-        pane = self.query_one("#logpane")
-        pane.display = not pane.display
+        self.pane_w.display = not self.pane_w.display
 
     def action_toggle_follow(self) -> None:
-        log = self.query_one("#fetchlog", Log)
+        log = self.log_w
         log.auto_scroll = not log.auto_scroll
-        pane = self.query_one("#logpane")
+        pane = self.pane_w
         if log.auto_scroll:
             log.scroll_end(animate=False)
             pane.border_title = "fetch log (following)"
