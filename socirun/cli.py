@@ -46,6 +46,13 @@ def _add_registry_flags(p: argparse.ArgumentParser) -> None:
                    help="allow plain HTTP / unverified TLS for HOST (repeatable)")
 
 
+def _add_soci_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--soci-index-digest", default=None, metavar="DIGEST",
+                   help="use this SOCI index (skips SOCI's discovery), as nerdctl's flag")
+    p.add_argument("--soci-log", default=None, metavar="FILE",
+                   help="follow SOCI's JSON log in FILE for the fetch log (default: journalctl -u soci-snapshotter)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="socirun", description="Fast, visible cold starts for big container images.")
     parser.add_argument("--version", action="version", version=f"socirun {__version__}")
@@ -70,7 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--record-events", default=None, metavar="FILE",
                       help="also write every event as JSON lines to FILE (replayable)")
     pull.add_argument("-q", "--quiet", action="store_true", help="same as --progress=quiet")
+    _add_soci_flags(pull)
     pull.add_argument("image")
+
+    plan = sub.add_parser("plan", help="say which snapshotter and pull mode an image would get, and why")
+    _add_connection_flags(plan, top_level=False)
+    _add_registry_flags(plan)
+    plan.add_argument("--platform", default=None)
+    plan.add_argument("--snapshotter", default=None)
+    plan.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|standard")
+    plan.add_argument("--soci-index-digest", default=None, metavar="DIGEST")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
+    plan.add_argument("image")
+
+    doctor = sub.add_parser("doctor", help="check containerd, snapshotters, SOCI, CNI, GPUs, credentials")
+    _add_connection_flags(doctor, top_level=False)
+    _add_registry_flags(doctor)
+    doctor.add_argument("--soci-log", default=None, metavar="FILE", help="SOCI's log file, if not in journald")
+    doctor.add_argument("image", nargs="?", default=None, help="also check registry credentials for IMAGE")
 
     sandbox = sub.add_parser("sandbox", help="a private containerd + registry for demos, tests and benchmarks")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", parser_class=_Parser, required=True)
@@ -79,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sandbox_sub.add_parser(name, help=text)
         sp.add_argument("--dir", default=None, help="state directory (default $SOCIRUN_SANDBOX_DIR or "
                         "/var/lib/socirun/sandbox)")
+        if name == "up":
+            sp.add_argument("--soci", action="store_true",
+                            help="also start the SOCI emulator, registered in containerd as the snapshotter soci")
     push = sandbox_sub.add_parser("push-sample", help="build a sample OCI image and push it to the sandbox")
     push.add_argument("--dir", default=None)
     push.add_argument("--name", required=True, help="repository name, e.g. demo/sample")
@@ -87,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="uncompressed sizes of the data layers on top of the busybox base, in MB")
     push.add_argument("--seed", type=int, default=0, help="changes the layers' bytes (and digests)")
     push.add_argument("--with-glibc", action="store_true", help="add the host's dynamic loader and libc")
+    push.add_argument("--soci", default="none", choices=("v2", "v1", "none"),
+                      help="attach a SOCI index (placeholder zTOCs, for the SOCI emulator): v2 binds by manifest "
+                           "annotation, v1 by subject")
 
     replay = sub.add_parser("replay", help="show a recorded event stream (--record-events FILE) in any face")
     replay.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES),
@@ -126,17 +156,21 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
     # Imported here so `socirun --help` stays fast and needs no gRPC.
     from socirun.containerd.client import ContainerdClient, resolve_address, resolve_namespace
     from socirun.oci import host_platform, parse_platform
+    from socirun.plan import UserChoice
     from socirun.pull.engine import DEFAULT_MAX_CONCURRENT_DOWNLOADS, PullRequest, pull_image
+    from socirun.pull.remote import make_planner
     from socirun.pull.transfer_plan import plan_overlay_pull, probe_host
     from socirun.reference import expand_alias, parse_reference
     from socirun.registry.client import RegistryClient
+    from socirun.soci.commands import pull_mode_choice
 
     text, alias = expand_alias(args.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
     address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
     namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
-    snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter or "overlayfs"
+    chosen_snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
+    snapshotter = chosen_snapshotter or "overlayfs"
     transfer = plan_overlay_pull(
         requested=getattr(args, "pull_mode", None), raw_config=config.raw, snapshotter=snapshotter,
         host=probe_host(), max_concurrent_downloads=args.max_concurrent_downloads,
@@ -154,6 +188,9 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
         chunk_window=transfer.settings.window,
         schedule=transfer.settings.schedule,
         transfer_reasons=transfer.reasons,
+        planner=make_planner(UserChoice(chosen_snapshotter, pull_mode_choice(args, config)),
+                             soci_index_digest=getattr(args, "soci_index_digest", None) or ""),
+        soci_index_digest=getattr(args, "soci_index_digest", None) or "",
     )
     insecure = [*config.insecure_registries, *args.insecure_registry]
 
@@ -181,7 +218,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     box = Sandbox(args.dir or default_dir())
     match args.sandbox_command:
         case "up":
-            info = box.up()
+            info = box.up(soci=args.soci)
             print(f"sandbox up in {info.dir}: containerd {info.containerd_address} (pid {info.containerd_pid}), "
                   f"registry {info.registry_host} (pid {info.registry_pid})", file=sys.stderr)
             print("run `eval \"$(socirun sandbox env)\"` to point socirun and ctr at it", file=sys.stderr)
@@ -206,7 +243,7 @@ def _sandbox(args: argparse.Namespace) -> int:
             if running is None:
                 raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
             print(push_sample(running.registry_host, args.name, args.tag, _parse_layers(args.layers),
-                              seed=args.seed, with_glibc=args.with_glibc))
+                              seed=args.seed, with_glibc=args.with_glibc, soci=args.soci))
     return 0
 
 
@@ -282,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = bool(getattr(args, "debug", False))
         config = load_config()
         match args.command:
+            case "plan" | "doctor":
+                from socirun.soci.commands import doctor_command, plan_command
+
+                return plan_command(args, config) if args.command == "plan" else doctor_command(args, config)
             case "pull":
                 return _pull(args, config)
             case "replay":

@@ -87,6 +87,17 @@ class LayerStateChanged(Event):
 
 
 @dataclass(frozen=True)
+class LayerClassified(Event):
+    """What the snapshotter actually did with a layer, once known (from its committed snapshot's labels, or
+    because it deferred the layer to socirun): may differ from the LayerPlanned expectation."""
+
+    type_name: ClassVar[str] = "layer_classified"
+    digest: str
+    mode: LayerMode
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class LayerProgress(Event):
     """Bytes of the compressed blob in the content store (`downloaded`) and already unpacked (`applied`)."""
 
@@ -166,6 +177,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PlanMade,
         LayerPlanned,
         LayerStateChanged,
+        LayerClassified,
         LayerProgress,
         FetchLogEntry,
         PullFinished,

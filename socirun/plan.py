@@ -187,7 +187,7 @@ def _adapt(chooser: Callable[..., Any]) -> ChooseTransfer:
         reason = str(getattr(result, "reason", "") or "")
         if not reason:
             reasons = getattr(result, "reasons", ())
-            reason = " ".join(str(r) for r in reasons) if reasons else f"socirun's transfer plan chose {strategy}"
+            reason = "; ".join(str(r) for r in reasons) if reasons else f"socirun's transfer plan chose {strategy}"
         return TransferChoice(strategy, reason)
 
     return choose

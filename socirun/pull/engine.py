@@ -28,6 +28,7 @@ from socirun.oci import Descriptor, Platform, chain_ids
 from socirun.pull import labels as lb
 from socirun.pull.chunked import Schedule, TransferBudget, download_chunked
 from socirun.pull.leases import PullLease
+from socirun.pull.remote import Planner, classify, plan_events, planned_mode, soci_prepare_labels
 from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 
@@ -52,6 +53,10 @@ class PullRequest:
     chunk_window: int = 0
     schedule: Schedule = "in-order"
     transfer_reasons: tuple[str, ...] = ()  # why this pull_mode, for the plan
+    # Decides snapshotter and per-layer modes once the image is resolved (socirun.pull.remote.make_planner);
+    # None: `snapshotter` as given, every layer downloaded by socirun.
+    planner: Planner | None = None
+    soci_index_digest: str = ""  # --soci-index-digest, passed to SOCI as a Prepare label
 
 
 @dataclass(frozen=True)
@@ -226,20 +231,40 @@ class _Pull:
                 key = lb.unpack_key(chain_id)
         raise PullError(f"could not prepare a snapshot for layer {chain_id}: its key kept colliding")
 
-    async def _unpack(self, img: ResolvedImage, index: int, chain: list[str]) -> None:
+    async def _unpack(self, img: ResolvedImage, index: int, chain: list[str],
+                      downloads: dict[str, asyncio.Task[None]]) -> None:
+        """Prepare, then (only when the snapshotter returned mounts) download, apply and commit this layer.
+
+        A local snapshotter's layer is downloaded before its Prepare, as before. A remote snapshotter (SOCI)
+        is asked first: ALREADY_EXISTS means it committed the layer itself (lazily, whole, or in parallel —
+        the snapshot's labels say which); mounts mean it deferred, and socirun downloads this layer only."""
         layer, chain_id = img.layers[index], chain[index]
         parent = chain[index - 1] if index else ""
         labels = {lb.SNAPSHOT_REF: chain_id}
-        if self.snapshotter not in LOCAL_SNAPSHOTTERS:
-            labels |= lb.remote_snapshot_labels(str(img.reference), img.manifest.digest, img.layers, index)
+        remote = self.snapshotter not in LOCAL_SNAPSHOTTERS
+        if remote:
+            labels |= soci_prepare_labels(str(img.reference), img.manifest.digest, img.layers, index,
+                                          self.request.soci_index_digest)
+        else:
+            await self._ensure_download(img, layer, downloads)
         key = lb.unpack_key(chain_id)
         mounts = await self._prepare(key, parent, labels, chain_id)
         if mounts is None:
-            self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists", detail="snapshot present"))
+            info = await self.ctd.snapshot_stat(self.snapshotter, chain_id) if remote else None
+            if info is None:
+                self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists", detail="snapshot present"))
+                return
+            mode, detail = classify(info.labels)
+            self.emit(ev.LayerClassified(digest=layer.digest, mode=mode, detail=detail))
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="done", detail=detail))
             return
-        self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
         committed = False
         try:
+            if remote:
+                self.emit(ev.LayerClassified(digest=layer.digest, mode="standard",
+                                             detail=f"{self.snapshotter} deferred it: socirun downloads it"))
+                await self._ensure_download(img, layer, downloads)
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
             applied = await self.ctd.diff_apply(layer, mounts)
             if applied.digest != img.diff_ids[index]:
                 raise DigestMismatchError(
@@ -259,6 +284,12 @@ class _Pull:
         self._progress(layer, layer.size, force=True, applied=layer.size)
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="done"))
 
+    async def _ensure_download(self, img: ResolvedImage, layer: Descriptor,
+                               downloads: dict[str, asyncio.Task[None]]) -> None:
+        if layer.digest not in downloads:
+            downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
+        await downloads[layer.digest]
+
     # -- the whole pull ------------------------------------------------------------------------------------
 
     async def run(self) -> PullResult:
@@ -270,12 +301,20 @@ class _Pull:
         self.emit(ev.ImageResolved(reference=str(img.reference), digest=img.target.digest,
                                    manifest_digest=img.manifest.digest, platform=str(img.platform),
                                    layer_count=len(img.layers), total_size=total))
-        self.emit(ev.PlanMade(mode=req.pull_mode, snapshotter=self.snapshotter, reasons=self._plan_reasons()))
+        plan = await req.planner(self.ctd, self.registry, img) if req.planner is not None else None
+        if plan is None:
+            self.emit(ev.PlanMade(mode=req.pull_mode, snapshotter=self.snapshotter, reasons=self._plan_reasons()))
+        else:
+            self.snapshotter = plan.snapshotter
+            for event in plan_events(plan, req.pull_mode, self._plan_reasons()):
+                self.emit(event)
+            if plan.blocker:
+                raise PullError(f"{plan.blocker}; " + "; ".join(plan.fixes or ("see `socirun doctor`",)))
         chain = chain_ids(list(img.diff_ids))
         present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
         for i, layer in enumerate(img.layers):
             self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
-                                      size=layer.size, mode="cached" if present[i] else req.pull_mode))
+                                      size=layer.size, mode=planned_mode(plan, i, present[i], req.pull_mode)))
 
         async with PullLease(self.ctd, str(img.reference)) as lease:
             self.lease = lease
@@ -289,13 +328,16 @@ class _Pull:
             downloads: dict[str, asyncio.Task[None]] = {}
             try:
                 for i, layer in enumerate(img.layers):
-                    if not present[i] and layer.digest not in downloads:
+                    # Up front only what socirun will surely download: with a remote snapshotter, layers the
+                    # plan expects it to take stay untouched unless it defers them (then only that one).
+                    upfront = self.snapshotter in LOCAL_SNAPSHOTTERS or (
+                        plan is not None and plan.layers[i].mode == "standard")
+                    if not present[i] and upfront and layer.digest not in downloads:
                         downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
-                for i, layer in enumerate(img.layers):
+                for i in range(len(img.layers)):
                     if present[i]:
                         continue
-                    await downloads[layer.digest]
-                    await self._unpack(img, i, chain)
+                    await self._unpack(img, i, chain, downloads)
             except BaseException:
                 for task in downloads.values():
                     task.cancel()
@@ -307,7 +349,9 @@ class _Pull:
             lease.succeeded()
         elapsed = time.monotonic() - started
         self.emit(ev.PullFinished(reference=str(img.reference), manifest_digest=img.manifest.digest,
-                                  snapshotter=self.snapshotter, mode=req.pull_mode, fetched=self.fetched,
+                                  snapshotter=self.snapshotter,
+                                  mode=plan.mode if plan is not None and self.snapshotter == "soci" else req.pull_mode,
+                                  fetched=self.fetched,
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed)
 

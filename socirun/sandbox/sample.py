@@ -453,10 +453,14 @@ def push_sample(
     with_glibc: bool = False,
     cache_dir: Path | None = None,
     stats: PushStats | None = None,
+    soci: str = "none",
+    ztoc_min_layer_size: int = 10 << 20,
 ) -> str:
     """Build (or take from the cache) a sample image and push it; returns "HOST/NAME:TAG".
 
-    Safe to call from inside a running event loop: the push runs on its own loop in a worker thread.
+    `soci` "v1" or "v2" also attaches a SOCI index with placeholder zTOCs for layers of at least
+    `ztoc_min_layer_size` bytes (socirun.sandbox.soci_emulator.sample_index). Safe to call from inside a running
+    event loop: the push runs on its own loop in a worker thread.
     """
     image = build_sample(
         cache_dir if cache_dir is not None else default_cache_dir(),
@@ -466,4 +470,12 @@ def push_sample(
         with_glibc=with_glibc,
     )
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, push_image(registry_host, name, tag, image, stats=stats)).result()
+        reference = pool.submit(asyncio.run, push_image(registry_host, name, tag, image, stats=stats)).result()
+        if soci in ("v1", "v2"):
+            from socirun.sandbox.soci_emulator.sample_index import attach_soci_index
+
+            pool.submit(asyncio.run, attach_soci_index(registry_host, name, tag, image, soci,  # type: ignore[arg-type]
+                                                       ztoc_min_layer_size)).result()
+        elif soci != "none":
+            raise SandboxError(f'unknown SOCI index version "{soci}": use v1, v2 or none.')
+        return reference

@@ -37,6 +37,7 @@ from socirun.sandbox.processes import (
 )
 from socirun.sandbox.registry_server import CONFIG_NAME as REGISTRY_CONFIG_NAME
 from socirun.sandbox.registry_server import RegistryProcess, registry_answers, start_registry
+from socirun.sandbox.soci_emulator import process as soci_emu
 
 DEFAULT_DIR = "/var/lib/socirun/sandbox"
 DIR_ENV = "SOCIRUN_SANDBOX_DIR"
@@ -61,10 +62,13 @@ class SandboxInfo:
     registry_host: str  # "127.0.0.1:PORT"
     containerd_pid: int
     registry_pid: int
+    soci_address: str = ""  # the SOCI emulator's socket when started with soci=True (`up --soci`)
+    soci_pid: int = 0
 
 
-def containerd_config(dir: Path) -> str:
-    """containerd's config (version 2) with every path under `dir`. Strings are JSON strings, valid TOML."""
+def containerd_config(dir: Path, soci_socket: Path | None = None) -> str:
+    """containerd's config (version 2) with every path under `dir`. Strings are JSON strings, valid TOML.
+    With `soci_socket`, the SOCI emulator is registered as the proxy snapshotter `soci`."""
 
     def q(name: str) -> str:
         return json.dumps(str(dir / name))
@@ -92,6 +96,7 @@ def containerd_config(dir: Path) -> str:
             '[plugins."io.containerd.internal.v1.opt"]',
             f"  path = {q('opt')}",
             "",
+            *(soci_emu.proxy_plugin_lines(soci_socket) if soci_socket is not None else []),
         ]
     )
 
@@ -104,11 +109,13 @@ class Sandbox:
         self.containerd_log_path = self.dir / CONTAINERD_LOG_NAME
         self.socket_path = self.dir / SOCKET_NAME
         self.registry_config_path = self.dir / REGISTRY_CONFIG_NAME
+        self.soci = soci_emu.EmulatorPaths(self.dir)
 
     # -- public API ---------------------------------------------------------------------------------------
 
-    def up(self) -> SandboxInfo:
-        """Start containerd and the registry, or reuse them when the recorded ones still run and answer."""
+    def up(self, *, soci: bool = False) -> SandboxInfo:
+        """Start containerd and the registry (and with `soci` the SOCI emulator, registered as the proxy
+        snapshotter `soci`), or reuse them when the recorded ones still run and answer."""
         if len(str(self.socket_path) + ".ttrpc") > _MAX_SOCKET_PATH:
             raise SandboxError(
                 f"the sandbox directory {self.dir} is too long for a unix socket path; "
@@ -121,13 +128,16 @@ class Sandbox:
         with self._lock():
             running = self._running()
             if running is not None:
+                if soci and not running.soci_address:
+                    raise SandboxError(f"the sandbox in {self.dir} runs without the SOCI emulator; "
+                                       "stop it with `socirun sandbox down`, then `socirun sandbox up --soci`.")
                 return running
             previous = self._read_state()
             # Whatever is left of an earlier start (one daemon died, or stopped answering) goes first.
             self._stop_daemons(previous)
             previous_port = _port_of(str(previous.get("registry_host", ""))) if previous else None
 
-            self.containerd_config_path.write_text(containerd_config(self.dir))
+            self.containerd_config_path.write_text(containerd_config(self.dir, self.soci.socket if soci else None))
             marker = str(self.containerd_config_path)
             pid = spawn([containerd, "--config", marker], self.containerd_log_path, cwd=self.dir)
             try:
@@ -140,6 +150,7 @@ class Sandbox:
                     log_path=self.containerd_log_path,
                 )
                 registry = start_registry(self.dir, port=previous_port)
+                soci_pid = soci_emu.start_emulator(self.soci, str(self.socket_path)) if soci else 0
             except BaseException:
                 stop_process(pid, marker, STOP_TIMEOUT_S)
                 raise
@@ -149,6 +160,8 @@ class Sandbox:
                 registry_host=registry.host,
                 containerd_pid=pid,
                 registry_pid=registry.pid,
+                soci_address=str(self.soci.socket) if soci else "",
+                soci_pid=soci_pid,
             )
             self._write_state(info, registry)
             return info
@@ -174,10 +187,37 @@ class Sandbox:
         info = self.status()
         if info is None:
             raise SandboxError(f"the sandbox in {self.dir} is not running; start it with: socirun sandbox up")
-        return [
+        lines = [
             f"export CONTAINERD_ADDRESS={shlex.quote(info.containerd_address)}",
             f"export SOCIRUN_REGISTRY={shlex.quote(info.registry_host)}",
         ]
+        if info.soci_address:
+            lines.append(f"export SOCI_SNAPSHOTTER_CONFIG={shlex.quote(str(self.soci.config))}")
+        return lines
+
+    def restart_soci(self, config_text: str | None = None, *, span_pace_ms: float = 0.0) -> SandboxInfo:
+        """Stop the SOCI emulator and start it again (with a new config.toml when given); its snapshots stay."""
+        with self._lock():
+            state = self._read_state()
+            if not state.get("soci_address"):
+                raise SandboxError(f"the sandbox in {self.dir} was not started with --soci.")
+            soci_emu.stop_emulator(self.soci, int(state.get("soci_pid") or 0))
+            if config_text is not None:
+                self.soci.config.write_text(config_text)
+            state["soci_pid"] = soci_emu.start_emulator(self.soci, str(self.socket_path), span_pace_ms=span_pace_ms)
+            self._write_raw_state(state)
+        info = self._running()
+        if info is None:
+            raise SandboxError(f"the sandbox in {self.dir} stopped running.")
+        return info
+
+    def stop_soci(self) -> None:
+        """Stop the SOCI emulator only: containerd keeps `soci` registered, with a dead socket."""
+        with self._lock():
+            state = self._read_state()
+            soci_emu.stop_emulator(self.soci, int(state.get("soci_pid") or 0))
+            state["soci_pid"] = 0
+            self._write_raw_state(state)
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -204,6 +244,9 @@ class Sandbox:
             "registry_config": str(registry.config_path),
             "registry_port": registry.port,
         }
+        self._write_raw_state(state)
+
+    def _write_raw_state(self, state: dict[str, Any]) -> None:
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.state_path)
@@ -217,6 +260,8 @@ class Sandbox:
                 registry_host=str(state["registry_host"]),
                 containerd_pid=int(state["containerd_pid"]),
                 registry_pid=int(state["registry_pid"]),
+                soci_address=str(state.get("soci_address") or ""),
+                soci_pid=int(state.get("soci_pid") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -236,6 +281,7 @@ class Sandbox:
         containerd_pid = int(state.get("containerd_pid") or 0)
         stop_process(registry_pid, str(self.registry_config_path), STOP_TIMEOUT_S)
         stop_process(containerd_pid, str(self.containerd_config_path), STOP_TIMEOUT_S)
+        soci_emu.stop_emulator(self.soci, int(state.get("soci_pid") or 0))
 
     def _stop_containers(self) -> None:
         """Kill the tasks of this containerd: through ctr while it answers (so containerd unmounts their

@@ -1,0 +1,130 @@
+"""`socirun doctor`: check the host and say what is missing, with the fix for each.
+
+Each check is a small probe returning `Check(name, ok, detail, fix)`; `render` turns them into lines. The
+probes are thin; nothing here decides a pull (that is socirun.plan)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from socirun.containerd.client import ContainerdClient
+from socirun.errors import ContainerdError
+from socirun.plan import SnapshotterFacts
+from socirun.soci.config import SociConfig
+from socirun.soci.observer import observation_sources
+from socirun.soci.probe import probe_snapshotters
+
+CNI_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni")
+CNI_PLUGINS = ("bridge", "portmap", "host-local", "loopback")
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    optional: bool = False  # a missing optional feature is not a failure of `doctor`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix, "optional": self.optional}
+
+
+async def check_containerd(address: str, namespace: str) -> tuple[list[Check], SnapshotterFacts | None]:
+    try:
+        ctd = await ContainerdClient.connect(address, namespace)
+    except ContainerdError as err:
+        return [Check("containerd", False, err.message,
+                      "start containerd (systemctl start containerd) or point --address / CONTAINERD_ADDRESS at "
+                      "its socket")], None
+    async with ctd:
+        version = await ctd.version()
+        checks = [Check("containerd", True, f"containerd {version} at {address}")]
+        facts = await probe_snapshotters(ctd)
+        plugins = await ctd.snapshotters()
+    for plugin in plugins:
+        if plugin.id == "soci":
+            continue
+        if plugin.ok:
+            checks.append(Check(f"snapshotter {plugin.id}", True, "ok", optional=True))
+    checks.append(soci_check(facts))
+    return checks, facts
+
+
+def soci_check(facts: SnapshotterFacts) -> Check:
+    if not facts.soci_registered:
+        return Check("snapshotter soci", False, "containerd has no snapshotter called soci: no lazy loading",
+                     "install soci-snapshotter-grpc and add to containerd's config [proxy_plugins.soci] "
+                     'type = "snapshot", address = "/run/soci-snapshotter-grpc/soci-snapshotter-grpc.sock", '
+                     "then restart containerd", optional=True)
+    if not facts.soci_alive:
+        where = f" at {facts.soci_address}" if facts.soci_address else ""
+        return Check("snapshotter soci", False,
+                     f"registered, but it does not answer{where}: {facts.soci_problem or 'no answer'}",
+                     "start it: systemctl start soci-snapshotter (journalctl -u soci-snapshotter says why it "
+                     "stopped); until then socirun pulls into overlayfs")
+    return Check("snapshotter soci", True, f"answers at {facts.soci_address or 'its socket'}")
+
+
+def soci_config_checks(cfg: SociConfig, soci_log: str | None) -> list[Check]:
+    checks = [Check("SOCI config", not cfg.problem, cfg.problem or (
+        f"{cfg.source}: v2 {'on' if cfg.v2_enable else 'off'}, v1 {'on' if cfg.v1_enable else 'off'}, "
+        f"parallel pull {'on' if cfg.parallel_enable else 'off'}"),
+        "fix the TOML syntax of SOCI's config.toml" if cfg.problem else "", optional=True)]
+    for source in observation_sources(cfg, soci_log):
+        checks.append(Check(f"SOCI {source.name}", source.live, source.detail, source.enable, optional=True))
+    return checks
+
+
+def cni_check() -> Check:
+    for directory in CNI_DIRS:
+        missing = [p for p in CNI_PLUGINS if not os.access(os.path.join(directory, p), os.X_OK)]
+        if not missing:
+            return Check("CNI plugins", True, f"{', '.join(CNI_PLUGINS)} in {directory}")
+    return Check("CNI plugins", False, f"{', '.join(CNI_PLUGINS)} not all found in {', '.join(CNI_DIRS)}",
+                 "install the Debian package containernetworking-plugins (needed for -p and bridge networking)",
+                 optional=True)
+
+
+def gpu_check() -> Check:
+    devices = sorted(glob.glob("/dev/nvidia[0-9]*"))
+    if not devices:
+        return Check("GPUs", True, "no NVIDIA GPU device here (--gpus would fail)", optional=True)
+    cdi = [p for d in CDI_DIRS for p in glob.glob(os.path.join(d, "*")) if "nvidia" in os.path.basename(p)]
+    if cdi:
+        how = f"CDI specs ({', '.join(cdi)})"
+    elif shutil.which("nvidia-ctk") or shutil.which("nvidia-container-runtime-hook"):
+        how = "the NVIDIA container toolkit hook"
+    else:
+        how = "socirun's own device injection (/dev/nvidia*, driver libraries)"
+    fix = "" if cdi else "for CDI: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+    return Check("GPUs", True, f"{len(devices)} NVIDIA device(s); --gpus would use {how}", fix, optional=True)
+
+
+def credentials_check(image: str, config_dir: str | None = None) -> Check:
+    from socirun.reference import parse_reference
+    from socirun.registry.auth import load_credentials
+
+    ref = parse_reference(image)
+    creds = load_credentials(ref.domain, config_dir)
+    if creds is None:
+        return Check(f"credentials for {ref.domain}", False,
+                     "none found in the docker config (anonymous pulls only; SOCI also needs root's "
+                     "$HOME/.docker/config.json for private images, or it silently downloads in full)",
+                     f"docker login {ref.domain} (or add a credential helper)", optional=True)
+    return Check(f"credentials for {ref.domain}", True, "present (not shown)")
+
+
+def render(checks: list[Check]) -> list[str]:
+    lines = []
+    for check in checks:
+        mark = "ok  " if check.ok else ("note" if check.optional else "FAIL")
+        lines.append(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"       fix: {check.fix}")
+    return lines

@@ -1,0 +1,82 @@
+"""The remote-snapshotter (SOCI) side of the pull engine: Prepare labels, classifying what the snapshotter did
+with a layer from the labels on its committed snapshot, the plan's events, and the planner the CLI hands the
+engine (soci-contract.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from socirun import events as ev
+from socirun.containerd.client import ContainerdClient
+from socirun.oci import Descriptor
+from socirun.plan import Plan, UserChoice, decide, default_choose_transfer
+from socirun.pull import labels as lb
+from socirun.registry.client import RegistryClient, ResolvedImage
+from socirun.soci import constants as c
+
+Planner = Callable[[ContainerdClient, RegistryClient, ResolvedImage], Awaitable[Plan]]
+
+
+def soci_prepare_labels(image_ref: str, manifest_digest: str, layers: Sequence[Descriptor], index: int,
+                        soci_index_digest: str = "") -> dict[str, str]:
+    """The `cri.*` labels plus SOCI's optional ones (sizes, index digest), as nerdctl's SOCI wrapper sets them;
+    `image.layers.size` lists the sizes of exactly the digests `cri.image-layers` kept."""
+    labels = lb.remote_snapshot_labels(image_ref, manifest_digest, layers, index)
+    kept = labels[lb.CRI_IMAGE_LAYERS].split(",") if labels[lb.CRI_IMAGE_LAYERS] else []
+    sizes = [str(layer.size) for layer in layers[index:index + len(kept)]]
+    budget = lb.MAX_LABEL_BYTES - len(c.SOCI_IMAGE_LAYERS_SIZE)
+    while sizes and len(",".join(sizes)) > budget:
+        sizes.pop()
+    labels[c.SOCI_SIZE] = str(layers[index].size)
+    if len(sizes) == len(kept):  # SOCI rejects mismatched lengths; dropping the hint only costs performance
+        labels[c.SOCI_IMAGE_LAYERS_SIZE] = ",".join(sizes)
+    labels[c.SOCI_INDEX_DIGEST] = soci_index_digest
+    return labels
+
+
+def classify(labels: Mapping[str, str]) -> tuple[ev.LayerMode, str]:
+    """What SOCI did with a layer it committed itself (ALREADY_EXISTS), from the snapshot's labels (§1.3)."""
+    if labels.get(c.REMOTE) == c.REMOTE_VALUE:
+        return "lazy", "mounted lazily by SOCI: its bytes arrive on demand and in the background"
+    if labels.get(c.HAS_SOCI_INDEX) == "true":
+        return "snapshotter", "fetched whole by SOCI (no zTOC for it, or below min_layer_size)"
+    return "parallel", "downloaded and unpacked by SOCI (parallel pull)"
+
+
+def make_planner(user: UserChoice, *, soci_index_digest: str = "") -> Planner:
+    """The engine calls this once the image is resolved: gather the facts, decide."""
+
+    async def planner(ctd: ContainerdClient, registry: RegistryClient, img: ResolvedImage) -> Plan:
+        from socirun.soci.probe import gather_facts
+
+        facts = await gather_facts(ctd, registry, img, user, explicit_index=soci_index_digest or None)
+        return decide(facts, default_choose_transfer())
+
+    return planner
+
+
+def plan_events(plan: Plan, transfer_mode: str, transfer_reasons: Sequence[str] = ()) -> list[ev.Event]:
+    """PlanMade (reasons, then the fixes) and a warning per warning. Layer rows are the caller's.
+
+    When socirun downloads layers, `transfer_mode` / `transfer_reasons` are what the engine was told to do
+    (socirun.pull.transfer_plan), and replace the plan's own estimate of it."""
+    if not any(layer.mode == "standard" for layer in plan.layers):
+        transfer_reasons = ()  # socirun downloads nothing itself
+    own = [r for r in plan.reasons if not (transfer_reasons and r.startswith("socirun's download:"))]
+    reasons = (*own, *transfer_reasons, *(f"fix: {fix}" for fix in plan.fixes))
+    mode = plan.mode if plan.snapshotter == "soci" else transfer_mode
+    out: list[ev.Event] = [ev.PlanMade(mode=mode, snapshotter=plan.snapshotter, reasons=reasons)]
+    out += [ev.WarningMessage(message=w) for w in plan.warnings]
+    return out
+
+
+def planned_mode(plan: Plan | None, index: int, present: bool, transfer_mode: str) -> ev.LayerMode:
+    """The LayerPlanned row's mode: the plan's expectation; layers socirun downloads show its transfer mode."""
+    if present:
+        return "cached"
+    if plan is None:
+        return "parallel" if transfer_mode == "parallel" else "standard"
+    mode = plan.layers[index].mode
+    if mode == "standard" and transfer_mode == "parallel":
+        return "parallel"
+    return "standard" if mode == "cached" else mode

@@ -1,0 +1,101 @@
+"""Starting and stopping the SOCI emulator as a sandbox daemon (by PID, recognised by its config path), and
+the containerd config lines that register it as the proxy snapshotter `soci`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from socirun.sandbox.processes import is_ours, spawn, stop_process, unix_socket_answers, wait_until
+
+SOCKET_NAME = "soci.sock"
+CONFIG_NAME = "soci-config.toml"
+LOG_NAME = "soci.log"
+METRICS_NAME = "soci-metrics.sock"
+ROOT_NAME = "soci"
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class EmulatorPaths:
+    dir: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / SOCKET_NAME
+
+    @property
+    def config(self) -> Path:
+        return self.dir / CONFIG_NAME
+
+    @property
+    def log(self) -> Path:
+        return self.dir / LOG_NAME
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / METRICS_NAME
+
+    @property
+    def root(self) -> Path:
+        return self.dir / ROOT_NAME
+
+
+def proxy_plugin_lines(socket: Path) -> list[str]:
+    """`[proxy_plugins.soci]`, as soci-contract.md §8 documents it, pointing at the emulator's socket."""
+    return ["[proxy_plugins]", "  [proxy_plugins.soci]", '    type = "snapshot"',
+            f"    address = {json.dumps(str(socket))}", ""]
+
+
+def emulator_config(paths: EmulatorPaths, *, parallel: bool = False, v1: bool = False, v2: bool = True,
+                    parallel_as_fallback: bool = False, min_layer_size: int = 0) -> str:
+    """The emulator's own config.toml (SOCI's keys); socirun reads the same file via SOCI_SNAPSHOTTER_CONFIG."""
+    def b(value: bool) -> str:
+        return "true" if value else "false"
+
+    return "\n".join([
+        "# SOCI emulator config (SOCI's config.toml keys; `root` stands for the daemon's --root flag)",
+        f"root = {json.dumps(str(paths.root))}",
+        f"metrics_address = {json.dumps(str(paths.metrics))}",
+        'metrics_network = "unix"',
+        "",
+        "[pull_modes.soci_v1]",
+        f"enable = {b(v1)}",
+        "[pull_modes.soci_v2]",
+        f"enable = {b(v2)}",
+        "[pull_modes.parallel_pull_unpack]",
+        f"enable = {b(parallel)}",
+        f"experimental_parallel_pull_as_fallback = {b(parallel_as_fallback)}",
+        "[snapshotter]",
+        f"min_layer_size = {min_layer_size}",
+        "",
+    ])
+
+
+def start_emulator(paths: EmulatorPaths, containerd_address: str, *, span_pace_ms: float = 0.0) -> int:
+    """Start the emulator (config written beforehand) and wait until its socket answers; returns its PID."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if not paths.config.exists():
+        paths.config.write_text(emulator_config(paths))
+    argv = [sys.executable, "-m", "socirun.sandbox.soci_emulator", "--root", str(paths.root),
+            "--address", str(paths.socket), "--containerd-address", containerd_address,
+            "--config", str(paths.config), "--span-pace-ms", f"{span_pace_ms:g}"]
+    pid = spawn(argv, paths.log, cwd=paths.dir)
+    try:
+        wait_until(lambda: unix_socket_answers(paths.socket), pid=pid, marker=str(paths.config),
+                   timeout=STARTUP_TIMEOUT_S, what="the SOCI emulator", log_path=paths.log)
+    except BaseException:
+        stop_process(pid, str(paths.config), STOP_TIMEOUT_S)
+        raise
+    return pid
+
+
+def stop_emulator(paths: EmulatorPaths, pid: int) -> None:
+    stop_process(pid, str(paths.config), STOP_TIMEOUT_S)
+
+
+def emulator_running(paths: EmulatorPaths, pid: int) -> bool:
+    return pid > 0 and is_ours(pid, str(paths.config)) and unix_socket_answers(paths.socket)
