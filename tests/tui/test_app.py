@@ -6,6 +6,7 @@ import asyncio
 import io
 
 import pytest
+from textual.filter import Monochrome, NoColor
 from textual.pilot import Pilot
 from textual.widgets import Log
 
@@ -238,3 +239,12 @@ async def test_rows_scrolled_into_view_show_current_values() -> None:
         assert len(table.order) == 60 and row(app, last)["bytes"] == "9.1 MB/10.0 MB"
         screen = "".join(s.text for s in table.render_line(table.size.height - 1))
         assert last.split(":")[1][:12] in screen and "9.1 MB/10.0 MB" in screen
+
+
+async def test_no_color_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = app_with(streams.until(streams.standard_pull(), 5.3))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        # Textual turns NO_COLOR into a filter on every line it writes (monochrome, or no colour at all).
+        assert app.no_color and any(isinstance(f, Monochrome | NoColor) for f in app._filters)
