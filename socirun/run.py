@@ -107,10 +107,20 @@ async def local_image(ctd: ContainerdClient, name: str, platform: Platform) -> t
 def _renderer(opts: RunOptions, config: SocirunConfig) -> Renderer:
     wanted = "quiet" if opts.quiet else (opts.progress or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
     mode = progress_mode_for(wanted)
+    if mode == "quiet":
+        return _Silent()  # docker run -q: no pull output at all (pull -q still names the image; run does not)
     if mode == "tty":
         mode = "plain"  # run keeps the terminal for the container; the TUI is for pulls
     renderer = make_renderer(mode, sys.stderr)
     return renderer if mode == "json" else _PullOnly(renderer)
+
+
+class _Silent:
+    def handle(self, event: ev.Event) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        pass
 
 
 class _PullOnly:
@@ -347,6 +357,7 @@ async def _prepare(rt: Runtime, opts: RunOptions, image: ImageConfig, top_chain:
         inputs.devices += host_devices()
     if opts.init:
         inputs.init_binary = find_init_binary()
+    inputs.host_ipc_dirs = tuple(d for d in ("/dev/shm", "/dev/mqueue") if os.path.isdir(d))
     if opts.ipc == "container":
         inputs.ipc_ns_path = await _joined_ns(rt, opts.ipc_container, "ipc")
     container_ip: str | None = None

@@ -110,6 +110,7 @@ class SpecInputs:
     env: list[str] = field(default_factory=list)  # from the GPU injection (NVIDIA_VISIBLE_DEVICES, ...)
     hooks: dict[str, list[Hook]] = field(default_factory=dict)  # "prestart", "createRuntime", ...
     init_binary: str | None = None  # host path of tini / docker-init for --init
+    host_ipc_dirs: tuple[str, ...] = ("/dev/shm", "/dev/mqueue")  # those that exist on the host, for --ipc host
 
 
 # ------------------------------------------------------------------------------------------------ users
@@ -215,7 +216,7 @@ def capabilities(opts: RunOptions) -> list[str]:
     return caps
 
 
-def default_mounts(opts: RunOptions) -> list[SpecMount]:
+def default_mounts(opts: RunOptions, host_ipc_dirs: Sequence[str] = ("/dev/shm", "/dev/mqueue")) -> list[SpecMount]:
     shm_kib = opts.shm_size // 1024
     mounts = [
         SpecMount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
@@ -230,11 +231,9 @@ def default_mounts(opts: RunOptions) -> list[SpecMount]:
     ]  # fmt: skip
     if opts.ipc == "host":
         # The host's IPC namespace: its /dev/shm and /dev/mqueue too; --shm-size has no effect (as docker).
-        mounts = [m for m in mounts if m.destination not in ("/dev/shm", "/dev/mqueue")]
-        mounts += [
-            SpecMount("/dev/shm", "bind", "/dev/shm", ("rbind", "nosuid", "noexec", "nodev")),
-            SpecMount("/dev/mqueue", "bind", "/dev/mqueue", ("rbind", "nosuid", "noexec", "nodev")),
-        ]
+        # (A host without /dev/mqueue keeps the mqueue mount, which then shows the host namespace's queues.)
+        mounts = [m for m in mounts if m.destination not in host_ipc_dirs]
+        mounts += [SpecMount(d, "bind", d, ("rbind", "nosuid", "noexec", "nodev")) for d in host_ipc_dirs]
     return mounts
 
 
@@ -298,7 +297,7 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
     if not any(e.startswith("HOSTNAME=") for e in opts.env):
         env = merge_env(env, [f"HOSTNAME={inputs.hostname}"])
     args = process_args(opts, image)
-    mounts = default_mounts(opts)
+    mounts = default_mounts(opts, inputs.host_ipc_dirs)
     if inputs.init_binary:
         args = [INIT_PATH_IN_CONTAINER, "--", *args]
         mounts.append(SpecMount(INIT_PATH_IN_CONTAINER, "bind", inputs.init_binary, ("bind", "ro")))
