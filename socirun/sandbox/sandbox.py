@@ -206,6 +206,7 @@ class Sandbox:
                 self.soci.config.write_text(config_text)
             state["soci_pid"] = soci_emu.start_emulator(self.soci, str(self.socket_path), span_pace_ms=span_pace_ms)
             self._write_raw_state(state)
+            soci_emu.wait_reachable_through(str(self.socket_path))
         info = self._running()
         if info is None:
             raise SandboxError(f"the sandbox in {self.dir} stopped running.")

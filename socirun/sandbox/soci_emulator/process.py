@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from socirun.errors import SandboxError
 from socirun.sandbox.processes import is_ours, spawn, stop_process, unix_socket_answers, wait_until
 
 SOCKET_NAME = "soci.sock"
@@ -87,6 +88,10 @@ def start_emulator(paths: EmulatorPaths, containerd_address: str, *, span_pace_m
     try:
         wait_until(lambda: unix_socket_answers(paths.socket), pid=pid, marker=str(paths.config),
                    timeout=STARTUP_TIMEOUT_S, what="the SOCI emulator", log_path=paths.log)
+    except SandboxError as err:
+        stop_process(pid, str(paths.config), STOP_TIMEOUT_S)
+        tail = paths.log.read_text(errors="replace").strip().splitlines()[-5:] if paths.log.exists() else []
+        raise SandboxError(err.message + (" Last lines: " + " | ".join(tail) if tail else "")) from err
     except BaseException:
         stop_process(pid, str(paths.config), STOP_TIMEOUT_S)
         raise
@@ -99,3 +104,32 @@ def stop_emulator(paths: EmulatorPaths, pid: int) -> None:
 
 def emulator_running(paths: EmulatorPaths, pid: int) -> bool:
     return pid > 0 and is_ours(pid, str(paths.config)) and unix_socket_answers(paths.socket)
+
+
+def wait_reachable_through(containerd_address: str, timeout: float = 30.0) -> None:
+    """Wait until containerd reaches the (re)started emulator: its proxy connection backs off after the old
+    socket went away, so the first calls after a restart can still fail with UNAVAILABLE."""
+    import asyncio
+    import time
+
+    from socirun.containerd.client import ContainerdClient
+    from socirun.errors import ContainerdError
+
+    async def probe() -> bool:
+        async with await ContainerdClient.connect(containerd_address, "default") as ctd:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    await ctd.snapshot_list("soci", timeout=1.0)
+                    return True
+                except ContainerdError:
+                    await asyncio.sleep(0.2)
+        return False
+
+    import concurrent.futures
+
+    # Its own loop in a worker thread, so callers inside a running event loop can use it too.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        reached = pool.submit(asyncio.run, probe()).result()
+    if not reached:
+        raise SandboxError(f"containerd at {containerd_address} cannot reach the SOCI emulator after {timeout:.0f} s.")

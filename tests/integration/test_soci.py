@@ -1,0 +1,222 @@
+"""The SOCI path end to end with the SOCI emulator in a sandbox: real containerd (soci registered as a proxy
+snapshotter), real docker-registry, real runc. Containers run on the emulator's snapshots with
+`socirun run --snapshotter soci`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socirun import events as ev
+from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
+from socirun.sandbox.sandbox import Sandbox, SandboxInfo
+from socirun.sandbox.soci_emulator.process import emulator_config
+from socirun.soci.config import load_soci_config
+from socirun.soci.observer import SociObserver, fetch_metrics, observing, parse_metrics
+from tests.integration.conftest import missing_requirement, short_tmp_dir
+
+SAMPLE_TEXT = "hello from the socirun sample"
+MIB = 1 << 20
+# Data layers (MiB, uncompressed): two big ones load lazily (zTOC for compressed layers ≥ 4 MiB here).
+LAZY_LAYERS_MB = (1.0, 24.0, 48.0)
+SMALL_LAYERS_MB = (1.0, 12.0)
+ZTOC_MIN = 4 * MIB
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+@dataclass
+class SociBox:
+    box: Sandbox
+    info: SandboxInfo
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, CONTAINERD_ADDRESS=self.info.containerd_address,
+                    SOCI_SNAPSHOTTER_CONFIG=str(self.box.soci.config), SOCIRUN_PROGRESS="json")
+
+    def socirun(self, *args: str, timeout: float = 300) -> Result:
+        done = subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True,
+                              env=self.env(), timeout=timeout, check=False)
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def configure(self, *, pace_ms: float = 0.0, **keys: Any) -> None:
+        self.box.restart_soci(emulator_config(self.box.soci, min_layer_size=0, **keys), span_pace_ms=pace_ms)
+
+    def push(self, name: str, layers: tuple[float, ...], soci: str, seed: int) -> str:
+        return push_sample(self.info.registry_host, name, "latest", layers, seed=seed, soci=soci,
+                           ztoc_min_layer_size=ZTOC_MIN)
+
+    def run_container(self, ref: str, *command: str) -> Result:
+        return self.socirun("run", "--rm", "--snapshotter", "soci", "--net", "none", ref, *command, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def soci_box() -> Iterator[SociBox]:
+    reason = missing_requirement()
+    if reason is not None:
+        pytest.skip(reason)
+    box = Sandbox(short_tmp_dir("srs-"))
+    try:
+        yield SociBox(box, box.up(soci=True))
+    finally:
+        box.down()
+
+
+def layer_digests(layers: tuple[float, ...], seed: int) -> list[str]:
+    image = build_sample(default_cache_dir(), layers, seed=seed)
+    return [layer.digest for layer in image.layers]
+
+
+async def _metrics(box: SociBox) -> dict[str, Any]:
+    return parse_metrics(await fetch_metrics(str(box.box.soci.metrics), "unix"))
+
+
+async def test_lazy_run_starts_before_big_layers_complete(soci_box: SociBox) -> None:
+    # One span per 0.4 s: the 25 MB layer needs ~3 s of background fill, the container far less.
+    soci_box.configure(pace_ms=400)
+    ref = soci_box.push("soci/lazy", LAZY_LAYERS_MB, "v2", seed=51)
+    digests = layer_digests(LAZY_LAYERS_MB, 51)
+    big = digests[-1]
+    cfg = load_soci_config(soci_box.env(), use_dump=False)
+    seen: list[ev.Event] = []
+    observer = SociObserver(cfg, seen.append, soci_log=str(soci_box.box.soci.log), use_journal=False,
+                            layers=frozenset(digests[-2:]))
+    async with observing(observer):
+        pulled = await asyncio.to_thread(soci_box.socirun, "pull", ref)
+        assert pulled.code == 0, pulled.stderr
+        plan = pulled.of("plan_made")[0]
+        assert plan["snapshotter"] == "soci" and plan["mode"] == "lazy"
+        classified = {e["digest"]: e["mode"] for e in pulled.of("layer_classified")}
+        assert classified[big] == "lazy" and classified[digests[0]] == "snapshotter"
+        assert pulled.of("pull_finished")[0]["fetched"] == 0  # socirun downloaded nothing itself
+
+        ran = await asyncio.to_thread(soci_box.run_container, ref)
+        assert ran.code == 0, ran.stderr
+        assert SAMPLE_TEXT in ran.stdout
+        metrics = await _metrics(soci_box)
+        # The container ran and exited while the big layer was still being fetched in the background.
+        assert 0 <= metrics[big].fetched < metrics[big].size
+
+        deadline = time.monotonic() + 90
+        while not observer.all_complete():
+            assert time.monotonic() < deadline, f"layers never completed: {observer.fetched}"
+            await asyncio.sleep(0.2)
+    spans = [e for e in seen if isinstance(e, ev.FetchLogEntry) and e.layer_digest == big]
+    size = metrics[big].size
+    assert len(spans) == -(-size // (4 * MIB))  # one fetch-log entry per 4 MiB span
+    assert sum(e.length for e in spans) == size
+    progress = [e for e in seen if isinstance(e, ev.LayerProgress) and e.digest == big]
+    assert progress[-1].downloaded == progress[-1].total == size
+    assert any(isinstance(e, ev.LayerStateChanged) and e.digest == big and e.state == "done" for e in seen)
+    # Once complete, the layer's files are really there for a new container.
+    again = soci_box.run_container(ref, "sh", "-c", "wc -c /data/layer-2.bin /data/layer-3.bin")
+    assert again.code == 0 and str(48 * MIB) in again.stdout and str(24 * MIB) in again.stdout, again.stderr
+
+
+def test_parallel_mode(soci_box: SociBox) -> None:
+    soci_box.configure(parallel=True)
+    ref = soci_box.push("soci/parallel", SMALL_LAYERS_MB, "v2", seed=52)
+    plan = json.loads(soci_box.socirun("plan", "--json", ref).stdout)
+    assert plan["snapshotter"] == "soci" and plan["mode"] == "parallel"
+    assert any("parallel_pull_unpack] enable = true" in r for r in plan["reasons"])
+    pulled = soci_box.socirun("pull", ref)
+    assert pulled.code == 0, pulled.stderr
+    modes = {e["mode"] for e in pulled.of("layer_classified")}
+    assert modes == {"parallel"}
+    assert "preparing snapshot with parallel pull/unpack" in soci_box.box.soci.log.read_text()
+    ran = soci_box.run_container(ref)
+    assert ran.code == 0 and SAMPLE_TEXT in ran.stdout, ran.stderr
+
+
+def test_no_index_defers_and_socirun_downloads(soci_box: SociBox) -> None:
+    soci_box.configure()
+    ref = soci_box.push("soci/none", SMALL_LAYERS_MB, "none", seed=53)
+    plan = json.loads(soci_box.socirun("plan", "--json", ref).stdout)
+    assert plan["snapshotter"] == "overlayfs"
+    assert any("has no SOCI index" in r for r in plan["reasons"]) and any("soci convert" in f for f in plan["fixes"])
+    lazy = json.loads(soci_box.socirun("plan", "--json", "--pull-mode", "lazy", ref).stdout)
+    assert lazy["warnings"] and "instead" in lazy["warnings"][0]
+    pulled = soci_box.socirun("pull", "--snapshotter", "soci", ref)
+    assert pulled.code == 0, pulled.stderr
+    classified = pulled.of("layer_classified")
+    assert len(classified) == 3 and {e["mode"] for e in classified} == {"standard"}
+    assert pulled.of("pull_finished")[0]["fetched"] > 0
+    assert "no valid SOCI index found; deferring to container runtime" in soci_box.box.soci.log.read_text()
+    ran = soci_box.run_container(ref)
+    assert ran.code == 0 and SAMPLE_TEXT in ran.stdout, ran.stderr
+
+
+def test_snapshotter_overlayfs_bypasses_soci(soci_box: SociBox) -> None:
+    soci_box.configure()
+    ref = soci_box.push("soci/bypass", SMALL_LAYERS_MB, "v2", seed=54)
+    before = soci_box.box.soci.log.read_text().count("preparing snapshot\"")
+    pulled = soci_box.socirun("pull", "--snapshotter", "overlayfs", ref)
+    assert pulled.code == 0, pulled.stderr
+    plan = pulled.of("plan_made")[0]
+    assert plan["snapshotter"] == "overlayfs"
+    assert any("--snapshotter overlayfs was chosen" in r for r in plan["reasons"])
+    assert not pulled.of("layer_classified")
+    assert soci_box.box.soci.log.read_text().count("preparing snapshot\"") == before
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_index_discovery(soci_box: SociBox, version: str) -> None:
+    soci_box.configure(v1=version == "v1")
+    ref = soci_box.push(f"soci/disc-{version}", SMALL_LAYERS_MB, version, seed=55 if version == "v1" else 56)
+    plan = json.loads(soci_box.socirun("plan", "--json", ref).stdout)
+    assert plan["snapshotter"] == "soci" and plan["mode"] == "lazy", plan
+    assert plan["index"]["kind"] == version
+    via = "referrers tag sha256-" if version == "v1" else "com.amazon.soci.index-digest"
+    assert via in plan["index"]["found_via"]
+    assert [layer["mode"] for layer in plan["layers"]] == ["snapshotter", "snapshotter", "lazy"]
+    pulled = soci_box.socirun("pull", ref)
+    assert pulled.code == 0, pulled.stderr
+    assert [e["mode"] for e in pulled.of("layer_classified")] == ["snapshotter", "snapshotter", "lazy"]
+    if version == "v1":
+        # The same v1 image with SOCI's default config (v1 off): no lazy loading, and the plan says why.
+        soci_box.configure()
+        off = json.loads(soci_box.socirun("plan", "--json", "--pull-mode", "lazy", ref).stdout)
+        assert off["snapshotter"] == "overlayfs"
+        assert any("#1558" in r for r in off["reasons"]), off
+        assert any("[pull_modes.soci_v1] enable = true" in f for f in off["fixes"])
+
+
+def test_dead_soci_socket_is_reported_and_plan_picks_overlayfs(soci_box: SociBox) -> None:
+    soci_box.configure()
+    ref = soci_box.push("soci/dead", SMALL_LAYERS_MB, "v2", seed=57)
+    soci_box.box.stop_soci()
+    try:
+        doctor = soci_box.socirun("doctor", timeout=60)
+        assert doctor.code == 1
+        assert "snapshotter soci: registered, but it does not answer" in doctor.stderr
+        assert "systemctl start soci-snapshotter" in doctor.stderr
+        plan = json.loads(soci_box.socirun("plan", "--json", ref).stdout)
+        assert plan["snapshotter"] == "overlayfs"
+        assert any("does not answer" in r for r in plan["reasons"])
+        forced = soci_box.socirun("pull", "--snapshotter", "soci", ref)
+        assert forced.code == 125 and "does not answer" in forced.stderr
+    finally:
+        soci_box.configure()
+    assert Path(soci_box.info.soci_address).exists()
