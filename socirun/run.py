@@ -27,7 +27,7 @@ from socirun.config import SocirunConfig
 from socirun.containerd.client import ContainerdClient, Mount, resolve_address, resolve_namespace
 from socirun.errors import EXIT_DAEMON, ImageNotFoundError, SocirunError, UsageError
 from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids, host_platform, parse_platform
-from socirun.options import RunOptions, help_text, parse_run_args
+from socirun.options import CAPABILITIES, RunOptions, help_text, parse_run_args
 from socirun.progress import Renderer, make_renderer, progress_mode_for, rendering
 from socirun.reference import ImageReference, expand_alias, parse_reference
 from socirun.runtime import cni
@@ -38,6 +38,7 @@ from socirun.runtime.spec import (
     SpecDevice,
     SpecInputs,
     SpecMount,
+    bounding_caps,
     build_spec,
     hosts_file,
     resolv_conf,
@@ -192,7 +193,8 @@ def read_rootfs_file(mounts: Sequence[Mount], path: str) -> str | None:
 
 
 def find_init_binary() -> str:
-    for name in ("docker-init", "tini", "tini-static"):
+    # Static builds first: the container may have no libc for a dynamically linked tini.
+    for name in ("docker-init", "tini-static", "tini"):
         found = shutil.which(name)
         if found:
             return found
@@ -215,6 +217,14 @@ def host_devices(root: str = "/dev") -> list[SpecDevice]:
             if found is not None:
                 out.append(SpecDevice(p, found[0], found[1], found[2]))
     return out
+
+
+def _own_bounding_caps() -> tuple[str, ...]:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("CapBnd:"):
+                return bounding_caps(line.split()[1])
+    return CAPABILITIES
 
 
 def device_for(host_path: str, container_path: str, permissions: str) -> SpecDevice:
@@ -357,6 +367,7 @@ async def _prepare(rt: Runtime, opts: RunOptions, image: ImageConfig, top_chain:
         inputs.devices += host_devices()
     if opts.init:
         inputs.init_binary = find_init_binary()
+    inputs.host_caps = _own_bounding_caps()
     inputs.host_ipc_dirs = tuple(d for d in ("/dev/shm", "/dev/mqueue") if os.path.isdir(d))
     if opts.ipc == "container":
         inputs.ipc_ns_path = await _joined_ns(rt, opts.ipc_container, "ipc")

@@ -111,6 +111,8 @@ class SpecInputs:
     hooks: dict[str, list[Hook]] = field(default_factory=dict)  # "prestart", "createRuntime", ...
     init_binary: str | None = None  # host path of tini / docker-init for --init
     host_ipc_dirs: tuple[str, ...] = ("/dev/shm", "/dev/mqueue")  # those that exist on the host, for --ipc host
+    # Our own bounding set: what "all capabilities" can mean here (runc fails on caps we do not hold).
+    host_caps: tuple[str, ...] = CAPABILITIES
 
 
 # ------------------------------------------------------------------------------------------------ users
@@ -201,12 +203,18 @@ def process_args(opts: RunOptions, image: ImageConfig) -> list[str]:
     return args
 
 
-def capabilities(opts: RunOptions) -> list[str]:
+def bounding_caps(cap_bnd_hex: str) -> tuple[str, ...]:
+    """The capability names in a /proc/<pid>/status CapBnd mask."""
+    mask = int(cap_bnd_hex, 16)
+    return tuple(name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1)
+
+
+def capabilities(opts: RunOptions, host_caps: Sequence[str] = CAPABILITIES) -> list[str]:
     if opts.privileged:
-        return list(CAPABILITIES)
+        return list(host_caps)
     caps = list(DEFAULT_CAPS)
     if "ALL" in opts.cap_add:
-        caps = list(CAPABILITIES)
+        caps = list(host_caps)
     else:
         caps += [c for c in opts.cap_add if c not in caps]
     if "ALL" in opts.cap_drop:
@@ -305,7 +313,7 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
     for m in inputs.mounts:
         mounts = [x for x in mounts if x.destination != m.destination]
         mounts.append(m)
-    caps = capabilities(opts)
+    caps = capabilities(opts, inputs.host_caps)
     process: dict[str, Any] = {
         "terminal": opts.tty,
         "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -174,6 +175,35 @@ def test_anonymous_volume_is_removed_with_rm(env: Env, image: str) -> None:
     assert result.code == 0
     after = set(os.listdir(vols)) if vols.is_dir() else set()
     assert after == before
+
+
+def test_spec_flags_take_effect_inside(env: Env, image: str) -> None:
+    result = env.run("--rm", "--hostname", "boxy", "--add-host", "db:10.1.2.3", "--read-only", "--tmpfs", "/scratch",
+                     "--cap-drop", "ALL", "--ulimit", "nofile=123:456", "--dns", "10.9.9.9", image, "sh", "-c",
+                     "hostname; grep db /etc/hosts; touch /x 2>&1 || echo ro-root; touch /scratch/ok && echo tmpfs-rw;"
+                     "grep CapEff /proc/self/status; ulimit -n; grep nameserver /etc/resolv.conf")  # fmt: skip
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "boxy" and lines[1].split() == ["10.1.2.3", "db"]
+    assert "ro-root" in lines and "tmpfs-rw" in lines
+    assert "CapEff:\t0000000000000000" in lines and "123" in lines and "nameserver 10.9.9.9" in lines
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("docker-init", "tini-static")), reason="no static tini")
+def test_init_runs_the_command_under_tini(env: Env, image: str) -> None:
+    result = env.run("--rm", "--init", image, "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
+    assert result.code == 4, result.err
+    assert result.out.startswith("/sbin/docker-init -- sh -c")
+
+
+def test_privileged_sees_host_devices_and_device_adds_one(env: Env, image: str) -> None:
+    priv = env.run("--rm", "--privileged", image, "sh", "-c", "ls /dev; grep CapEff /proc/self/status")
+    assert priv.code == 0, priv.err
+    own = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapBnd:"))
+    assert own.replace("CapBnd", "CapEff") in priv.out and "zero" in priv.out.split()
+    dev = env.run("--rm", "--device", "/dev/zero:/dev/myzero", image, "sh", "-c",
+                  "head -c 4 /dev/myzero | od -An -tx1")  # fmt: skip
+    assert dev.code == 0 and dev.out.split() == ["00", "00", "00", "00"], dev.err
 
 
 # ---------------------------------------------------------------------------------------------- ipc, shm

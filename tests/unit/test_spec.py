@@ -15,6 +15,7 @@ from socirun.runtime.spec import (
     SpecDevice,
     SpecInputs,
     SpecMount,
+    bounding_caps,
     build_spec,
     merge_env,
     resolv_conf,
@@ -145,6 +146,12 @@ def test_privileged_caps_and_limits() -> None:
     assert res["memory"] == {"limit": 64 << 20} and res["cpu"] == {"quota": 50000, "period": 100000}
     assert res["pids"] == {"limit": 9} and spec["root"]["readonly"] is True
     assert spec["linux"]["sysctl"]["net.core.somaxconn"] == "5"
+
+
+def test_privileged_gets_only_the_capabilities_we_hold() -> None:
+    assert bounding_caps("0000000000000003") == ("CAP_CHOWN", "CAP_DAC_OVERRIDE")
+    spec = spec_for("--privileged", host_caps=("CAP_CHOWN", "CAP_SYS_ADMIN"))
+    assert spec["process"]["capabilities"]["bounding"] == ["CAP_CHOWN", "CAP_SYS_ADMIN"]
 
 
 def test_devices_mounts_hooks_and_init() -> None:
