@@ -150,7 +150,11 @@ class Sandbox:
                     log_path=self.containerd_log_path,
                 )
                 registry = start_registry(self.dir, port=previous_port)
-                soci_pid = soci_emu.start_emulator(self.soci, str(self.socket_path)) if soci else 0
+                try:
+                    soci_pid = soci_emu.start_emulator(self.soci, str(self.socket_path)) if soci else 0
+                except BaseException:
+                    registry.stop(STOP_TIMEOUT_S)
+                    raise
             except BaseException:
                 stop_process(pid, marker, STOP_TIMEOUT_S)
                 raise

@@ -3,13 +3,19 @@ the containerd config lines that register it as the proxy snapshotter `soci`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from socirun.errors import SandboxError
-from socirun.sandbox.processes import is_ours, spawn, stop_process, unix_socket_answers, wait_until
+from socirun.sandbox.processes import is_ours, spawn, stop_process, unix_socket_answers
 
 SOCKET_NAME = "soci.sock"
 CONFIG_NAME = "soci-config.toml"
@@ -85,16 +91,25 @@ def start_emulator(paths: EmulatorPaths, containerd_address: str, *, span_pace_m
             "--address", str(paths.socket), "--containerd-address", containerd_address,
             "--config", str(paths.config), "--span-pace-ms", f"{span_pace_ms:g}"]
     pid = spawn(argv, paths.log, cwd=paths.dir)
-    try:
-        wait_until(lambda: unix_socket_answers(paths.socket), pid=pid, marker=str(paths.config),
-                   timeout=STARTUP_TIMEOUT_S, what="the SOCI emulator", log_path=paths.log)
-    except SandboxError as err:
-        stop_process(pid, str(paths.config), STOP_TIMEOUT_S)
-        tail = paths.log.read_text(errors="replace").strip().splitlines()[-5:] if paths.log.exists() else []
-        raise SandboxError(err.message + (" Last lines: " + " | ".join(tail) if tail else "")) from err
-    except BaseException:
-        stop_process(pid, str(paths.config), STOP_TIMEOUT_S)
-        raise
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    # Our own child: waitpid tells for sure whether it exited (no command-line matching races at start-up).
+    while not unix_socket_answers(paths.socket):
+        exited = False
+        try:
+            exited = os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:
+            exited = not psutil.pid_exists(pid)
+        if exited or time.monotonic() > deadline:
+            if not exited:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            tail = paths.log.read_text(errors="replace").strip().splitlines()[-5:] if paths.log.exists() else []
+            what = "exited during startup" if exited else f"did not answer within {STARTUP_TIMEOUT_S:.0f} s"
+            raise SandboxError(f"the SOCI emulator {what}; read {paths.log}." +
+                               (" Last lines: " + " | ".join(tail) if tail else ""))
+        time.sleep(0.05)
     return pid
 
 
