@@ -198,7 +198,10 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
         async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(
             hosts_dir=args.hosts_dir or config.hosts_dir, insecure=insecure
         ) as registry:
-            await pull_image(ctd, registry, request, emit)
+            from socirun.soci.observer import observe_lazy_layers
+
+            async with observe_lazy_layers(emit, getattr(args, "soci_log", None)) as tapped:
+                await pull_image(ctd, registry, request, tapped)
         return 0
 
     return work

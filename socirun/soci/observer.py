@@ -319,13 +319,22 @@ class SociObserver:
         for digest, (size, fetched) in (await asyncio.to_thread(read_state_files, self.cfg.root)).items():
             self._progress(digest, size, fetched, False)
 
+    def _idle(self) -> bool:
+        """Watching an empty set of layers (nothing lazy yet): touch no source."""
+        return self.layers is not None and not self.layers
+
     async def _poll(self) -> None:
         while not self.stop.is_set():
-            await self.poll_once()
+            if not self._idle():
+                await self.poll_once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), POLL_INTERVAL_S)
 
     async def _follow(self) -> None:
+        while self._idle() and not self.stop.is_set():
+            await asyncio.sleep(0.1)
+        if self.stop.is_set():
+            return
         if self.soci_log:
             lines = follow_file(self.soci_log, self.stop)
         elif self.use_journal:
@@ -358,3 +367,22 @@ async def observing(observer: SociObserver) -> AsyncIterator[SociObserver]:
 
 def state_root(cfg: SociConfig) -> Path:
     return Path(cfg.root) / "snapshotter" / "snapshots"
+
+
+@contextlib.asynccontextmanager
+async def observe_lazy_layers(emit: ev.Emit, soci_log: str | None = None,
+                              cfg: SociConfig | None = None) -> AsyncIterator[ev.Emit]:
+    """Wrap `emit` for a pull or run: every layer the engine reports as lazily mounted (LayerClassified lazy) is
+    then followed through SOCI's metrics / state files / log, as progress and fetch-log events. Yields the
+    emit to hand the engine."""
+    from socirun.soci.config import load_soci_config
+
+    observer = SociObserver(cfg or load_soci_config(), emit, soci_log=soci_log, layers=frozenset())
+
+    def tap(event: ev.Event) -> None:
+        if isinstance(event, ev.LayerClassified) and event.mode == "lazy":
+            observer.layers = (observer.layers or frozenset()) | {event.digest}
+        emit(event)
+
+    async with observing(observer):
+        yield tap
