@@ -1,4 +1,6 @@
-"""The Textual TUI (`--progress tty`). The only package that imports textual; loaded only when chosen."""
+"""The Textual TUI (`--progress tty`). The only package that imports textual; loaded only when chosen.
+
+`run_with_tui` itself imports textual only after the work has started (see runner.py)."""
 
 from __future__ import annotations
 

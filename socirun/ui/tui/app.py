@@ -78,6 +78,7 @@ class PullApp(App[int]):
         self._pending_log: list[str] = []
         self._waiting_for_key = False
         self._mounted = False
+        self._close_on_mount = False
 
     # -- layout ---------------------------------------------------------------------------------------------
 
@@ -111,6 +112,8 @@ class PullApp(App[int]):
         if self.work is not None:
             self.work_task = asyncio.create_task(self._run_work(self.work))
         self.refresh_view()
+        if self._close_on_mount:
+            self._close(0)
 
     def on_resize(self, event: tevents.Resize) -> None:
         if not self._mounted:
@@ -142,7 +145,10 @@ class PullApp(App[int]):
         elif isinstance(event, ev.ContainerStarted) and self.foreground:
             # Foreground run: the container gets the terminal as soon as it starts.
             self.handed_off = True
-            self._close(0)
+            if self._mounted:
+                self._close(0)
+            else:
+                self._close_on_mount = True
 
     async def _run_work(self, work: Work) -> None:
         try:

@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TextIO
 
-from textual.pilot import Pilot
-
+from socirun import events as ev
 from socirun.errors import Interrupted, SocirunError
-from socirun.ui.tui import format as fmt
-from socirun.ui.tui.app import PullApp, Work
+
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
+
+# Kept free of textual and rich at import time: the work starts before they are loaded (see below).
+Work = Callable[[ev.Emit], Awaitable[int]]
 
 
 def run_with_tui(
@@ -68,11 +72,36 @@ async def run_with_tui_async(
     out = out or sys.stdout
     if interactive is None:
         interactive = sys.stdin.isatty()
-    app = PullApp(work, clock=clock, interactive=interactive, detach=detach, foreground=foreground)
+    # Start the work at once and load textual in a thread meanwhile (~0.2 s): the pull does not wait for the
+    # UI. Events emitted before the app exists are kept and handed over in order.
+    early: list[ev.Event] = []
+    sink: list[ev.Emit] = [early.append]
+    started: asyncio.Future[int] = asyncio.ensure_future(work(lambda event: sink[0](event)))
+    try:
+        tui = await asyncio.to_thread(importlib.import_module, "socirun.ui.tui.app")
+    except BaseException:
+        started.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await started
+        raise
+    from socirun.ui.tui import format as fmt
+
+    async def adopted(emit: ev.Emit) -> int:
+        # Cancelling the app's task cancels `started` too (it is awaited unshielded) and waits for its cleanup.
+        return await started
+
+    app = tui.PullApp(adopted, clock=clock, interactive=interactive, detach=detach, foreground=foreground)
+    for event in early:
+        app.emit(event)
+    sink[0] = app.emit
     try:
         await app.run_async(headless=headless, size=size, auto_pilot=auto_pilot)
     finally:
         task = app.work_task
+        if task is None and not started.done():
+            started.cancel()  # the app never mounted (it failed to start): do not leave the work running
+            with contextlib.suppress(asyncio.CancelledError):
+                await started
         if task is not None and not task.done() and not app.handed_off:
             # The app closed while the work still ran (q, Ctrl-C, detach, or a crash): cancel it and wait, so
             # the engine's cleanup (lease release, ingest abort) completes before we return.
