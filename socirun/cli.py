@@ -222,6 +222,9 @@ def _sandbox(args: argparse.Namespace) -> int:
     match args.sandbox_command:
         case "up":
             info = box.up(soci=args.soci)
+            if info.soci_address:
+                print(f"SOCI emulator (a stand-in for soci-snapshotter-grpc) registered as snapshotter soci: "
+                      f"{info.soci_address} (pid {info.soci_pid})", file=sys.stderr)
             print(f"sandbox up in {info.dir}: containerd {info.containerd_address} (pid {info.containerd_pid}), "
                   f"registry {info.registry_host} (pid {info.registry_pid})", file=sys.stderr)
             print("run `eval \"$(socirun sandbox env)\"` to point socirun and ctr at it", file=sys.stderr)

@@ -87,9 +87,9 @@ class SpanReader(io.RawIOBase):
     """A blocking file over a registry blob that fetches span after span with ranged reads (on the service's
     event loop) and reports each one: the background fetcher's byte source."""
 
-    def __init__(self, emu: SociEmulator, ref: str, desc: Descriptor, on_span: Any) -> None:
+    def __init__(self, emu: SociEmulator, ref: str, desc: Descriptor, on_span: Any, stop: threading.Event) -> None:
         super().__init__()
-        self.emu, self.ref, self.desc, self.on_span = emu, ref, desc, on_span
+        self.emu, self.ref, self.desc, self.on_span, self.stop = emu, ref, desc, on_span, stop
         self.pos = 0
         self.span_id = 0
         self.buf = b""
@@ -99,7 +99,7 @@ class SpanReader(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         if not self.buf:
-            if self.pos >= self.desc.size or self.emu.stopping.is_set():
+            if self.pos >= self.desc.size or self.emu.stopping.is_set() or self.stop.is_set():
                 return 0
             end = min(self.desc.size, self.pos + self.emu.settings.span_size) - 1
             log("debug", c.LOG_FETCHING_SPAN, layer=self.desc.digest, spanId=self.span_id)
@@ -110,7 +110,7 @@ class SpanReader(io.RawIOBase):
             self.on_span(self.span_id, len(self.buf))
             self.span_id += 1
             if self.emu.settings.span_pace_s:
-                self.emu.stopping.wait(self.emu.settings.span_pace_s)
+                self.stop.wait(self.emu.settings.span_pace_s)
         n = min(len(b), len(self.buf))
         b[:n] = self.buf[:n]
         self.buf = self.buf[n:]
@@ -130,7 +130,7 @@ class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
         self._downloads: dict[str, asyncio.Task[Path]] = {}
         self._download_slots = asyncio.Semaphore(max(1, self.config.max_concurrent_downloads_per_image))
         self._clients: dict[str, ContainerdClient] = {}
-        self._fills: dict[str, threading.Thread] = {}
+        self._fill_stops: dict[str, threading.Event] = {}  # snapshot key → stops its background fill
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -299,6 +299,7 @@ class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
 
     def _start_fill(self, snap: Snap, ref: str, desc: Descriptor) -> None:
         mountpoint = str(self.store.fs_of(snap))
+        stop = self._fill_stops.setdefault(snap.key, threading.Event())
         stats = self.metrics.add_layer(desc.digest, mountpoint, desc.size)
         write_state_file(stats)
 
@@ -312,17 +313,19 @@ class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
                     silencePeriod=int(self.settings.silence_s * 1000))
                 self.stopping.wait(self.settings.silence_s)
             try:
-                reader = io.BufferedReader(SpanReader(self, ref, desc, on_span), buffer_size=1 << 20)
+                reader = io.BufferedReader(SpanReader(self, ref, desc, on_span, stop), buffer_size=1 << 20)
                 apply_tar(reader, Path(mountpoint), compressed=layer_compression(desc.media_type) == "gzip")
-                if not self.stopping.is_set():
+                if not (self.stopping.is_set() or stop.is_set()):
                     self.metrics.complete(desc.digest)
             except Exception as err:  # the layer stays incomplete; the state file says why
+                if stop.is_set():
+                    return  # the snapshot was removed: nothing left to report on
                 self.metrics.fail(desc.digest, str(err))
                 log("warning", "error trying to resolve layer, removing it from the queue", error=str(err))
-            write_state_file(stats)
+            with contextlib.suppress(OSError):
+                write_state_file(stats)
 
         thread = threading.Thread(target=fill, name=f"fill-{desc.digest[7:19]}", daemon=True)
-        self._fills[desc.digest] = thread
         thread.start()
 
     # -- Prepare -------------------------------------------------------------------------------------------
@@ -425,6 +428,9 @@ class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
     async def Remove(self, request: Any, context: Any) -> Any:
         async def remove() -> Any:
             self.store.remove(str(request.key))
+            stop = self._fill_stops.pop(str(request.key), None)
+            if stop is not None:
+                stop.set()
             return empty_pb2.Empty()
 
         return await self._run(context, remove)
