@@ -419,20 +419,32 @@ def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | 
 
 async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
                         renderer: Renderer) -> int:  # fmt: skip
-    log = f"file://{os.path.join(state.state_dir, 'container.log')}"
-    try:
-        pid = await rt.create_task(state.id, rootfs, ("", log, log), False)
-        await rt.start_task(state.id)
-    except SocirunError:
-        await teardown(rt, state, remove=opts.rm)
-        raise
-    renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid))
+    log_path = os.path.join(state.state_dir, "container.log")
+    stdio = ("", f"file://{log_path}", f"file://{log_path}")
+    reaper_args = [state.state_dir]
+    if opts.tty:
+        # The shim copies a pty only into a FIFO (a file:// URI is refused); the reaper drains it into the log.
+        fifo = os.path.join(state.state_dir, "tty-out")
+        os.mkfifo(fifo, 0o600)
+        stdio = ("", fifo, "")
+        reaper_args += ["--tty-log", fifo, log_path]
     # No daemon: a reaper process waits for the exit and does the teardown (network; with --rm everything).
+    # It starts before Tasks.Create because with -t it must already hold the FIFO's read end.
     subprocess.Popen(
-        [sys.executable, "-m", "socirun.runtime.reaper", state.state_dir],
+        [sys.executable, "-m", "socirun.runtime.reaper", *reaper_args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         close_fds=True,
     )
+    try:
+        pid = await rt.create_task(state.id, rootfs, stdio, opts.tty)
+        await rt.start_task(state.id)
+    except BaseException:
+        if opts.tty:
+            with contextlib.suppress(OSError):  # lets the reaper's reader see EOF; it then finds no task and leaves
+                os.close(os.open(stdio[1], os.O_WRONLY | os.O_NONBLOCK))
+        await teardown(rt, state, remove=opts.rm)
+        raise
+    renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid))
     print(state.id, flush=True)
     return 0
 

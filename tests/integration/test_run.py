@@ -353,6 +353,31 @@ def test_pull_never_always_missing(env: Env, push_sample_5: Callable[..., str], 
     assert bad.code == 125 and "invalid pull option" in bad.err
 
 
+def test_detached_output_goes_to_the_state_log_with_and_without_a_tty(env: Env, image: str, ctr: CtrRunner) -> None:
+    for flags in (["-d"], ["-dt"]):
+        result = env.run(*flags, "--network", "none", image, "sh", "-c", "tty; echo out; echo err >&2")
+        assert result.code == 0, result.err
+        cid = result.out.strip()
+        log = env.data_root / "containers" / "default" / cid / "container.log"
+        assert wait_until(lambda cid=cid: cid not in ctr("tasks", "ls", "-q").stdout, 15)
+        assert wait_until(lambda log=log: log.exists() and "err" in log.read_text(), 15)
+        text = log.read_bytes().decode()  # read_text() would turn the pty's \r\n into \n
+        if flags == ["-d"]:
+            # The shim copies stdout and stderr into the file separately: their order is not kept.
+            assert sorted(text.splitlines()) == ["err", "not a tty", "out"], text
+        else:
+            assert text.startswith("/dev/pts/") and text.endswith("\r\nout\r\nerr\r\n"), text
+        ctr("containers", "rm", cid)
+
+
+def test_gpus_on_a_host_without_gpu_is_125_with_a_sentence(env: Env, image: str) -> None:
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("this host has a GPU; bench/gpu_check.sh covers it")
+    result = env.run("--rm", "--gpus", "all", image, "true")
+    assert result.code == 125
+    assert "this host has no NVIDIA GPU" in result.err and len(result.err.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------------------------- tty
 
 
