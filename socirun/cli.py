@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"socirun {__version__}")
     _add_connection_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    # Listed for --help only: main() hands `run ...` and a bare `[OPTIONS] IMAGE ...` to socirun.run first.
+    sub.add_parser("run", add_help=False,
+                   help="run a container: docker run's flags and exit codes (also `socirun [OPTIONS] IMAGE`)")
 
     pull = sub.add_parser("pull", help="pull an image into containerd and unpack it")
     _add_connection_flags(pull, top_level=False)
