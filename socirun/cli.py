@@ -302,8 +302,8 @@ def _split_global_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]
 
 def _run_argv(parser: argparse.ArgumentParser, rest: list[str]) -> list[str] | None:
     """docker's `run` arguments when argv is `run ...` or a bare `[OPTIONS] IMAGE ...`; None for subcommands."""
-    if not rest or rest[0] in ("-h", "--help", "--version"):
-        return None
+    if not rest or rest[0] in ("--help", "--version") or rest == ["-h"]:
+        return None  # (`-h NAME` is docker's --hostname, so `socirun -h box IMAGE` is a run)
     if rest[0] == "run":
         return rest[1:]
     known: set[str] = set()

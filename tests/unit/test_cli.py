@@ -40,6 +40,8 @@ def test_a_bare_image_and_run_both_route_to_the_run_command() -> None:
                  ("-a", "/nonexistent.sock", "--rm", "-it", "ubuntu", "sh")):
         code, err = run_cli(*argv)
         assert code == 125 and "/nonexistent.sock" in err and "Traceback" not in err, (argv, err)
+    code, err = run_cli("-h", "box", "--address", "/nonexistent.sock", "ubuntu")
+    assert code == 125 and "/nonexistent.sock" in err  # -h is --hostname, as in docker
     code, err = run_cli("--bogus", "ubuntu")
     assert code == 125 and "unknown flag: --bogus" in err
     code, err = run_cli("run", "--health-cmd", "x", "ubuntu")
