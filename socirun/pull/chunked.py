@@ -191,7 +191,9 @@ async def download_chunked(
     if not ranges:
         return stats
     queue: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue()
-    launched: list[asyncio.Task[bytes]] = []
+    # Chunk tasks not yet written, by index. A finished task holds its bytes as its result, so each one is
+    # dropped here as soon as it is written: otherwise a layer's whole blob would stay in memory.
+    launched: dict[int, asyncio.Task[bytes]] = {}
     held: set[int] = set()  # chunk indices holding a window slot
     pending_bytes: dict[int, int] = {}  # chunk index -> bytes received and not yet written
 
@@ -223,7 +225,7 @@ async def download_chunked(
             await budget.acquire_slot(chunk_priority(budget.schedule, layer_index, size, index))
             held.add(index)
             task = asyncio.create_task(fetch_one(index, start, end))
-            launched.append(task)
+            launched[index] = task
             queue.put_nowait(task)
 
     launcher = asyncio.create_task(launch())
@@ -232,6 +234,7 @@ async def download_chunked(
         for index in range(len(ranges)):
             task = await _next_task(queue, launcher)
             data = await task
+            del launched[index], task
             await write(data)
             position += len(data)
             stats.chunks += 1
@@ -244,9 +247,9 @@ async def download_chunked(
                 on_written(position, stats.bytes_written)
     finally:
         launcher.cancel()
-        for task in launched:
+        for task in launched.values():
             task.cancel()
-        await asyncio.gather(launcher, *launched, return_exceptions=True)
+        await asyncio.gather(launcher, *launched.values(), return_exceptions=True)
         for _ in held:
             budget.release_slot()
         for n in pending_bytes.values():
