@@ -65,7 +65,17 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
     # By requirement, so pip takes the wheels that fit this Python (and nothing from an index).
     "$PYTHON" -m pip install -q --no-index --find-links "$WHEELS" --target "$PYDEPS" --upgrade \
         "grpcio>=1.85.1" "protobuf>=7.35.1,<8" "googleapis-common-protos>=1.60" "aiohttp>=3.9" "psutil>=5.9" \
-        "rich>=13" || fail "pip install --no-index from $WHEELS"
+        "rich>=13" || {
+        say "pip could not install them; unpacking the fitting wheels directly (they are zip files)"
+        "$PYTHON" - "$WHEELS" "$PYDEPS" <<'PYEOF' || fail "cannot unpack the wheels in $WHEELS"
+import glob, sys, zipfile
+v = f"cp{sys.version_info.major}{sys.version_info.minor}"
+for whl in glob.glob(sys.argv[1] + "/*.whl"):
+    py, abi = whl[:-4].split("-")[-3:-1]
+    if py.startswith("py3") or v in py.split(".") or abi == "abi3":
+        zipfile.ZipFile(whl).extractall(sys.argv[2])
+PYEOF
+    }
 fi
 export PYTHONPATH="$REPO:$PYDEPS${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import grpc, google.protobuf, aiohttp, psutil; import socirun.run" || fail "socirun does not import"
@@ -109,10 +119,11 @@ for gpus in all device=0; do
     out="$WORK/out-$gpus.txt"
     socirun --rm --gpus "$gpus" "$SAMPLE" nvidia-smi -L >"$out" 2>"$WORK/err-$gpus.txt"
     rc=$?
-    if [ "$rc" != 0 ] && grep -qiE 'CNI|network|iptables|netns' "$WORK/err-$gpus.txt"; then
+    if [ "$rc" != 0 ] && grep -qiE 'CNI|network|iptables|netns|`ip ' "$WORK/err-$gpus.txt"; then
         cat "$WORK/err-$gpus.txt" >&2
-        say "bridge networking failed on this host; again with --network none (the GPU path is the same)"
-        socirun --rm --network none --gpus "$gpus" "$SAMPLE" nvidia-smi -L >"$out" 2>"$WORK/err-$gpus.txt"
+        say "bridge networking failed on this host (no iptables or iproute2?); again with --network host" \
+            "(the GPU path is the same)"
+        socirun --rm --network host --gpus "$gpus" "$SAMPLE" nvidia-smi -L >"$out" 2>"$WORK/err-$gpus.txt"
         rc=$?
     fi
     cat "$out"
