@@ -342,12 +342,15 @@ def decide(facts: PlanFacts, choose_transfer: ChooseTransfer | None = None) -> P
                         (*plan.reasons, soci_state()), plan.warnings, (*plan.fixes, soci_fix()),
                         None, plan.transfer, f"--snapshotter soci was chosen, but {soci_state()}")
         reasons.append(f"{soci_state()}, so socirun downloads every layer into {DEFAULT_SNAPSHOTTER}")
-        if mode_asked in ("lazy", "parallel"):
-            what = "lazy loading" if mode_asked == "lazy" else "SOCI's parallel pull"
-            warnings.append(f"--pull-mode {mode_asked} asked for {what}, but {soci_state()}; socirun downloads "
+        if mode_asked == "lazy":
+            warnings.append(f"--pull-mode lazy asked for lazy loading, but {soci_state()}; socirun downloads "
                             f"every layer into {DEFAULT_SNAPSHOTTER} instead")
             fixes.append(soci_fix())
-        elif sn.soci_registered:
+        elif mode_asked == "parallel":
+            # socirun's own ranged downloads are a parallel pull too: nothing the user asked for is lost.
+            reasons.append("--pull-mode parallel was chosen: socirun downloads ranged chunks over several "
+                           "connections")
+        if mode_asked != "lazy" and sn.soci_registered:
             fixes.append(soci_fix())
         return standard(DEFAULT_SNAPSHOTTER, "socirun downloads it and containerd unpacks it")
 

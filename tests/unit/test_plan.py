@@ -134,7 +134,7 @@ ROWS = [
     Row("parallel-forced-on", SOCI_UP, PARALLEL, image(), UserChoice(pull_mode="parallel"), "soci", "parallel",
         "enable = true"),
     Row("parallel-forced-no-soci", NO_SOCI, DEFAULTS, image(), UserChoice(pull_mode="parallel"), "overlayfs",
-        "parallel", "SOCI's parallel pull"),
+        "parallel", "socirun downloads ranged chunks"),
     # user forcing snapshotter / standard
     Row("overlayfs-bypasses", SOCI_UP, DEFAULTS, image(v2=V2), UserChoice("overlayfs"), "overlayfs",
         "standard", "--snapshotter overlayfs was chosen"),
