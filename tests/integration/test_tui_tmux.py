@@ -15,6 +15,7 @@ import pytest
 
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
+from tests.integration.conftest import CtrRunner
 
 ROW = re.compile(r"^\s*\S\s+[0-9a-f]{12}\s", re.MULTILINE)
 RECAP = re.compile(r"^[0-9a-f]{12}: done \(", re.MULTILINE)
@@ -44,6 +45,9 @@ class Tmux:
                     for arg in ("-e", f"{key}={value}")]
         self._tmux("new-session", "-d", "-s", "main", "-x", str(self.width), "-y", str(self.height), *env_args,
                    "sh", "-c", wrapper, "sh", *argv)
+
+    def press(self, key: str) -> None:
+        self._tmux("send-keys", "-t", "main", key)
 
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "main").stdout
@@ -128,3 +132,25 @@ def test_tui_pull_in_a_real_terminal(sandbox: SandboxInfo, slow_registry: str, t
     assert len(RECAP.findall(after)) == 5, after
     assert re.search(r"^pulled .*tui/sample:v1 \((standard|parallel), overlayfs\): fetched", after, re.MULTILINE), after
     assert "socirun exited 0" in after
+
+
+def test_ctrl_c_in_the_tui_cancels_cleanly(sandbox: SandboxInfo, slow_registry: str, tmux: Tmux,
+                                           ctr: CtrRunner) -> None:
+    pushed = push_sample(sandbox.registry_host, "tui/cancel", "v1", LAYERS_MB, seed=405)
+    ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
+    namespace = "tui-cancel"
+    tmux.start(socirun_argv("pull", "--namespace", namespace, "--progress", "tty", ref),
+               {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not re.search(r"\d MB/\d", tmux.screen()):
+        assert tmux.result() is None, tmux.screen()
+        time.sleep(0.1)
+    tmux.press("C-c")
+    code, _ = tmux.wait(60)
+    after = tmux.screen()
+    assert code == 130, after
+    assert "socirun: interrupted" in after and "Traceback" not in after
+    assert ctr("leases", "ls", "-q", namespace=namespace).stdout.split() == []
+    assert ref not in ctr("images", "ls", "-q", namespace=namespace).stdout.split()
+    snapshots = ctr("snapshots", "ls", namespace=namespace).stdout.splitlines()
+    assert not any(line.startswith("extract-") for line in snapshots)
