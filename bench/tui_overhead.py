@@ -136,15 +136,25 @@ def empty_store(address: str, ref: str) -> None:
     raise SystemExit("the bench namespace's store did not empty within 60 s")
 
 
-def in_tmux(argv: list[str], env: dict[str, str], workdir: Path) -> float:
-    """Run argv in a fresh 160x48 tmux pane; returns the seconds it ran, timed inside the pane."""
+# Runs inside the pane: times the command and adds up the CPU it (and its children) used.
+TIMER = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+rc = subprocess.run(sys.argv[2:]).returncode
+wall = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{rc} {wall} {usage.ru_utime + usage.ru_stime}")
+"""
+
+
+def in_tmux(argv: list[str], env: dict[str, str], workdir: Path) -> tuple[float, float]:
+    """Run argv in a fresh 160x48 tmux pane; returns (wall seconds, CPU seconds), measured inside the pane."""
     socket, marker = str(workdir / "tmux.sock"), workdir / "exited"
     marker.unlink(missing_ok=True)
-    wrapper = ('unset COLUMNS LINES; s=$(date +%s.%N); "$@"; rc=$?; e=$(date +%s.%N); '
-               'echo "$rc $s $e" > "$MARKER"')
-    env_args = [a for k, v in {**env, "MARKER": str(marker)}.items() for a in ("-e", f"{k}={v}")]
+    env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
     subprocess.run(["tmux", "-u", "-S", socket, "new-session", "-d", "-s", "bench", "-x", "160", "-y", "48",
-                    *env_args, "sh", "-c", wrapper, "sh", *argv], check=True, timeout=30)
+                    *env_args, "env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-c", TIMER, str(marker),
+                    *argv], check=True, timeout=30)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -152,7 +162,7 @@ def in_tmux(argv: list[str], env: dict[str, str], workdir: Path) -> float:
             if len(fields) == 3:
                 if fields[0] != "0":
                     raise SystemExit(f"{argv} exited {fields[0]}")
-                return float(fields[2]) - float(fields[1])
+                return float(fields[1]), float(fields[2])
             time.sleep(0.05)
         raise SystemExit(f"{argv} did not finish in 600 s")
     finally:
@@ -176,16 +186,20 @@ def part_b(pairs: int, layers: list[float], sandbox_dir: str | None) -> None:
         empty_store(address, ref)
         in_tmux(argv["plain"], env, workdir)  # warm-up: page cache, imports
         times: dict[str, list[float]] = {"tty": [], "plain": []}
+        cpu: dict[str, list[float]] = {"tty": [], "plain": []}
         for pair in range(pairs):
             order = ["tty", "plain"] if pair % 2 == 0 else ["plain", "tty"]
             for face in order:
                 empty_store(address, ref)
-                took = in_tmux(argv[face], env, workdir)
+                took, used = in_tmux(argv[face], env, workdir)
                 times[face].append(took)
-                print(f"(b) pair {pair + 1}: {face:5s} {took:6.2f} s")
+                cpu[face].append(used)
+                print(f"(b) pair {pair + 1}: {face:5s} {took:6.2f} s  ({used:5.2f} CPU-s)")
         empty_store(address, ref)
         med = {face: statistics.median(values) for face, values in times.items()}
-        print(f"(b) median tty {med['tty']:.2f} s, plain {med['plain']:.2f} s")
+        med_cpu = {face: statistics.median(values) for face, values in cpu.items()}
+        print(f"(b) median tty {med['tty']:.2f} s ({med_cpu['tty']:.2f} CPU-s), "
+              f"plain {med['plain']:.2f} s ({med_cpu['plain']:.2f} CPU-s)")
         print(f"(b) tty/plain {med['tty'] / med['plain']:.3f} (target <= 1.05)")
     finally:
         if not sandbox_dir:

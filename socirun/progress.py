@@ -47,7 +47,8 @@ def make_renderer(mode: str, out: TextIO) -> Renderer:
         return JsonRenderer(out)
     if mode == "quiet":
         return QuietRenderer(out)
-    raise UsageError(f"--progress={mode} is not available in this version of socirun; use plain, json or quiet")
+    # tty is not a line renderer: the TUI owns the event loop, so `run_work` runs it (run_with_tui).
+    raise UsageError(f"--progress={mode} has no line renderer; choose plain, json or quiet")
 
 
 class Recorder:
