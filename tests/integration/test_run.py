@@ -1,7 +1,8 @@
 """`socirun run` against the sandbox's real containerd, runc and the CNI plugins, checked with `ctr`.
 
-Every run uses a private data root and its own bridge (`srtest0`, 10.213.77.0/24) through a config file, so the
-tests never touch /var/lib/socirun or a bridge another socirun uses.
+Every run uses a private data root and its own bridge and subnet (chosen from the test process's PID, so two test
+sessions on one machine do not share them) through a config file: the tests never touch /var/lib/socirun or a
+bridge another socirun uses.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from socirun.runtime.cni import netns_name
 from socirun.sandbox.sandbox import SandboxInfo
 
-BRIDGE = "srtest0"
-SUBNET = "10.213.77.0/24"
+_SLOT = os.getpid() % 200
+BRIDGE = f"srtest{_SLOT}"
+SUBNET = f"10.213.{_SLOT + 20}.0/24"
+SUBNET_PREFIX = f"10.213.{_SLOT + 20}."
 NETWORK = "socirun-test"
 CtrRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -249,7 +253,6 @@ def test_detached_published_port_is_reachable_then_stop_tears_everything_down(
     env: Env, image: str, ctr: CtrRunner
 ) -> None:
     port = _free_port()
-    netns_before = netns_names()
     result = env.run("-d", "--rm", "--name", "web", "-p", f"127.0.0.1:{port}:80", image,
                      "sh", "-c", "echo served-by-socirun > /tmp/index.html; exec httpd -f -p 80 -h /tmp")  # fmt: skip
     assert result.code == 0, result.err
@@ -261,13 +264,13 @@ def test_detached_published_port_is_reachable_then_stop_tears_everything_down(
     labels = ctr("containers", "info", cid).stdout
     assert '"nerdctl/name": "web"' in labels and '"nerdctl/namespace": "default"' in labels
     assert wait_until(lambda: b"served-by-socirun" in _try_get(port), 10)
-    assert len(netns_names() - netns_before) == 1 and ipam_allocations(env)
+    assert netns_name(cid) in netns_names() and ipam_allocations(env)
     # A name in use is refused while it exists.
     again = env.run("--rm", "--name", "web", image, "true")
     assert again.code == 125 and 'The container name "/web" is already in use' in again.err
     ctr("tasks", "kill", "--signal", "SIGKILL", cid)
     assert wait_until(lambda: cid not in ctr("containers", "ls", "-q").stdout, 20)
-    assert wait_until(lambda: netns_names() == netns_before and not ipam_allocations(env), 10)
+    assert wait_until(lambda: netns_name(cid) not in netns_names() and not ipam_allocations(env), 10)
     assert not (env.data_root / "containers" / "default" / cid).exists()
     assert cid not in ctr("snapshots", "ls").stdout
 
@@ -283,7 +286,7 @@ def test_network_modes(env: Env, image: str) -> None:
     none = env.run("--rm", "--network", "none", image, "ls", "/sys/class/net")
     assert none.code == 0 and none.out.split() == ["lo"]
     bridge = env.run("--rm", image, "sh", "-c", "ls /sys/class/net; ip -4 addr show eth0")
-    assert bridge.code == 0 and "eth0" in bridge.out and "10.213.77." in bridge.out
+    assert bridge.code == 0 and "eth0" in bridge.out and SUBNET_PREFIX in bridge.out
     host = env.run("--rm", "--network", "host", image, "ls", "/sys/class/net")
     assert host.code == 0 and sorted(host.out.split()) == sorted(os.listdir("/sys/class/net"))
 
@@ -306,22 +309,21 @@ def test_network_container_joins_a_running_container(env: Env, image: str, ctr: 
 # ---------------------------------------------------------------------------------- --rm, names, pull, cidfile
 
 
-def test_rm_leaves_nothing_behind(env: Env, image: str, ctr: CtrRunner) -> None:
+def test_rm_leaves_nothing_behind(env: Env, image: str, ctr: CtrRunner, tmp_path: Path) -> None:
     containers = set(ctr("containers", "ls", "-q").stdout.split())
     snapshots = ctr("snapshots", "ls").stdout.count("Active")
-    netns_before = netns_names()
-    result = env.run("--rm", "-p", f"127.0.0.1:{_free_port()}:80", image, "sh", "-c", "echo ok")
-    assert result.code == 0 and result.out == "ok\n", result.err
+    cidfile = tmp_path / "cid"
+    result = env.run("--rm", "--cidfile", str(cidfile), "-p", f"127.0.0.1:{_free_port()}:80", image, "sh", "-c",
+                     "ls /sys/class/net; echo ok")  # fmt: skip
+    assert result.code == 0 and result.out.split() == ["eth0", "lo", "ok"], result.err
+    cid = cidfile.read_text()
     assert set(ctr("containers", "ls", "-q").stdout.split()) == containers
     assert ctr("snapshots", "ls").stdout.count("Active") == snapshots
     assert ctr("tasks", "ls", "-q").stdout.strip() == ""
-    assert netns_names() == netns_before
+    assert netns_name(cid) not in netns_names()
+    assert cid not in ctr("snapshots", "ls").stdout
+    assert not (env.data_root / "containers" / "default" / cid).exists()  # its FIFO dir, /etc files, state
     assert ipam_allocations(env) == []
-    assert os.listdir(env.data_root / "containers" / "default") == [] or all(
-        # only containers kept on purpose (no --rm) by other tests may remain, never FIFO dirs of removed ones
-        (env.data_root / "containers" / "default" / d / "socirun-state.json").exists()
-        for d in os.listdir(env.data_root / "containers" / "default")
-    )
 
 
 def test_without_rm_the_container_stays_and_its_name_is_taken(env: Env, image: str, ctr: CtrRunner,
