@@ -267,13 +267,14 @@ class SociObserver:
 
     def __init__(self, cfg: SociConfig, emit: ev.Emit, *, soci_log: str | None = None,
                  use_journal: bool | None = None, layers: frozenset[str] | None = None,
-                 span_size: int = c.DEFAULT_SPAN_SIZE) -> None:
+                 span_size: int = c.DEFAULT_SPAN_SIZE, log_from_start: bool = False) -> None:
         self.cfg = cfg
         self.emit = emit
         self.soci_log = soci_log
         self.use_journal = journal_available() if use_journal is None else use_journal
         self.layers = layers  # only these digests (None: all)
         self.span_size = span_size
+        self.log_from_start = log_from_start  # read a --soci-log file from its beginning, not only new lines
         self.stop = asyncio.Event()
         self.fetched: dict[str, int] = {}
         self.sizes: dict[str, int] = {}
@@ -336,7 +337,7 @@ class SociObserver:
         if self.stop.is_set():
             return
         if self.soci_log:
-            lines = follow_file(self.soci_log, self.stop)
+            lines = follow_file(self.soci_log, self.stop, from_start=self.log_from_start)
         elif self.use_journal:
             lines = follow_journal(self.stop)
         else:

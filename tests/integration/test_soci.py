@@ -94,15 +94,16 @@ async def _metrics(box: SociBox) -> dict[str, Any]:
 
 
 async def test_lazy_run_starts_before_big_layers_complete(soci_box: SociBox) -> None:
-    # One span per 0.4 s: the 25 MB layer needs ~3 s of background fill, the container far less.
-    soci_box.configure(pace_ms=400)
+    # One span per second: the 25 MB layer needs ~7 s of background fill, the container far less.
+    soci_box.configure(pace_ms=1000)
     ref = soci_box.push("soci/lazy", LAZY_LAYERS_MB, "v2", seed=51)
     digests = layer_digests(LAZY_LAYERS_MB, 51)
     big = digests[-1]
     cfg = load_soci_config(soci_box.env(), use_dump=False)
     seen: list[ev.Event] = []
+    # The whole log (earlier tests' lines name other layers): no span line can slip past the follower.
     observer = SociObserver(cfg, seen.append, soci_log=str(soci_box.box.soci.log), use_journal=False,
-                            layers=frozenset(digests[-2:]))
+                            layers=frozenset(digests[-2:]), log_from_start=True)
     async with observing(observer):
         pulled = await asyncio.to_thread(soci_box.socirun, "pull", ref)
         assert pulled.code == 0, pulled.stderr

@@ -25,6 +25,10 @@ What is emulated, precisely:
   for new files.
 - **Fetched bytes** are the compressed bytes read from the registry so far (`soci_fs_layer_fetched_size_bytes`),
   like SOCI's union of fetched ranges; the background fetch duration is observed once, at completion.
+- **Restarts** keep the snapshots (metadata in `<root>/metadata.json`) but do not resume a background fill that
+  was cut short: such a layer stays incomplete until its image is removed and pulled again.
+- **Namespace**: containerd 1.6 does not forward the `containerd-namespace` header to proxy plugins, so the
+  emulator takes it from the backend snapshot key (`<namespace>/<n>/<key>`).
 - **Parallel and local fetches** download the whole blob in one stream and unpack it; the manifest is read
   from containerd's content store, as SOCI does.
 
