@@ -221,3 +221,29 @@ def test_dead_soci_socket_is_reported_and_plan_picks_overlayfs(soci_box: SociBox
     finally:
         soci_box.configure()
     assert Path(soci_box.info.soci_address).exists()
+
+
+def test_unexpected_defer_downloads_only_the_deferred_layers(soci_box: SociBox, tmp_path: Path) -> None:
+    """socirun's view of SOCI's config is stale (it thinks v2 is on; the snapshotter has it off): the plan
+    expects lazy layers, SOCI defers every layer, and socirun downloads each one only when it is deferred."""
+    soci_box.configure(v2=False, v1=True)
+    stale = tmp_path / "stale-config.toml"
+    stale.write_text(emulator_config(soci_box.box.soci))
+    ref = soci_box.push("soci/stale", SMALL_LAYERS_MB, "v2", seed=58)
+    env = soci_box.env() | {"SOCI_SNAPSHOTTER_CONFIG": str(stale)}
+    done = subprocess.run([sys.executable, "-m", "socirun", "pull", ref], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    pulled = Result(done.returncode, done.stdout, done.stderr)
+    assert pulled.code == 0, pulled.stderr
+    assert [e["mode"] for e in pulled.of("layer_planned")] == ["snapshotter", "snapshotter", "lazy"]
+    classified = pulled.of("layer_classified")
+    assert [e["mode"] for e in classified] == ["standard"] * 3
+    assert all("deferred" in e["detail"] for e in classified)
+    # Each download started after its own Prepare was answered with mounts, never before.
+    kinds = [(e["type"], e.get("digest")) for e in pulled.events if e["type"] in ("layer_classified", "layer_state")
+             and e.get("state", "downloading") == "downloading"]
+    for digest in {d for _, d in kinds}:
+        assert kinds.index(("layer_classified", digest)) < kinds.index(("layer_state", digest))
+    assert pulled.of("pull_finished")[0]["fetched"] > 0
+    ran = soci_box.run_container(ref)
+    assert ran.code == 0 and SAMPLE_TEXT in ran.stdout, ran.stderr
