@@ -419,17 +419,16 @@ def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | 
 
 async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
                         renderer: Renderer) -> int:  # fmt: skip
+    # No daemon: a reaper process drains the output FIFOs into <state>/container.log, waits for the exit and does
+    # the teardown (network; with --rm everything). It starts before Tasks.Create because it must already hold
+    # the FIFOs' read ends (the shim's open blocks Create). A file:// URI would do for non-tty output, but the
+    # shim may still be copying when the task is deleted, and it is refused with -t.
     log_path = os.path.join(state.state_dir, "container.log")
-    stdio = ("", f"file://{log_path}", f"file://{log_path}")
-    reaper_args = [state.state_dir]
-    if opts.tty:
-        # The shim copies a pty only into a FIFO (a file:// URI is refused); the reaper drains it into the log.
-        fifo = os.path.join(state.state_dir, "tty-out")
+    fifos = [os.path.join(state.state_dir, name) for name in (("out.fifo",) if opts.tty else ("out.fifo", "err.fifo"))]
+    for fifo in fifos:
         os.mkfifo(fifo, 0o600)
-        stdio = ("", fifo, "")
-        reaper_args += ["--tty-log", fifo, log_path]
-    # No daemon: a reaper process waits for the exit and does the teardown (network; with --rm everything).
-    # It starts before Tasks.Create because with -t it must already hold the FIFO's read end.
+    stdio = ("", fifos[0], "" if opts.tty else fifos[1])
+    reaper_args = [state.state_dir, "--log", log_path, *fifos]
     subprocess.Popen(
         [sys.executable, "-m", "socirun.runtime.reaper", *reaper_args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -439,9 +438,9 @@ async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, ro
         pid = await rt.create_task(state.id, rootfs, stdio, opts.tty)
         await rt.start_task(state.id)
     except BaseException:
-        if opts.tty:
-            with contextlib.suppress(OSError):  # lets the reaper's reader see EOF; it then finds no task and leaves
-                os.close(os.open(stdio[1], os.O_WRONLY | os.O_NONBLOCK))
+        for fifo in fifos:
+            with contextlib.suppress(OSError):  # lets the reaper's readers see EOF; it then finds no task and leaves
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         await teardown(rt, state, remove=opts.rm)
         raise
     renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid))
