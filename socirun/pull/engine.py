@@ -65,6 +65,7 @@ class PullResult:
     top_chain_id: str
     fetched: int
     elapsed: float
+    snapshotter: str = ""  # where the image was unpacked (the plan may choose it: use this for the container)
 
 
 class _Throttle:
@@ -353,7 +354,8 @@ class _Pull:
                                   mode=plan.mode if plan is not None and self.snapshotter == "soci" else req.pull_mode,
                                   fetched=self.fetched,
                                   total_size=total, elapsed=elapsed))
-        return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed)
+        return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed,
+                          snapshotter=self.snapshotter)
 
 
 def _resume_detail(offset: int, size: int) -> str:
