@@ -118,7 +118,12 @@ def delete_netns(name: str) -> None:
 
 
 def _ip(*args: str) -> None:
-    ip = shutil.which("ip") or "/usr/sbin/ip"
+    ip = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
+    if ip is None:
+        raise NetworkError(
+            "bridge networking needs the `ip` command to create a network namespace, and it is not installed; "
+            "install iproute2, or use --network host or none"
+        )
     done = subprocess.run([ip, *args], capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
         raise NetworkError(f"`ip {' '.join(args)}` failed: {done.stderr.strip() or done.returncode}")
