@@ -50,6 +50,8 @@ class Descriptor:
     size: int
     annotations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     platform: Platform | None = field(default=None, compare=False)
+    # Set on index entries that are artifacts (a SOCI index, a signature), not runnable images.
+    artifact_type: str = field(default="", compare=False)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Descriptor:
@@ -60,6 +62,7 @@ class Descriptor:
             size=int(obj["size"]),
             annotations=dict(obj.get("annotations") or {}),
             platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
+            artifact_type=str(obj.get("artifactType", "")),
         )
 
     def to_json(self) -> dict[str, Any]:

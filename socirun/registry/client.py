@@ -212,8 +212,16 @@ def _media_type(header: str | None, body: bytes) -> str:
 
 
 def select_platform(manifests: list[Descriptor], wanted: Platform) -> Descriptor | None:
-    """The index entry for `wanted`: an exact variant match first, then any compatible one, in index order."""
-    candidates = [m for m in manifests if m.platform is not None and wanted.matches(m.platform)]
+    """The index entry for `wanted`: an exact variant match first, then any compatible one, in index order.
+
+    Artifacts that share the image's platform (a SOCI v2 index entry, which `soci convert` appends with the
+    same platform) are never chosen, wherever they stand in the index.
+    """
+    candidates = [
+        m
+        for m in manifests
+        if m.platform is not None and wanted.matches(m.platform) and not m.artifact_type
+    ]
     for m in candidates:
         assert m.platform is not None
         if m.platform.variant == wanted.variant:
