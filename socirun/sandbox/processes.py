@@ -125,6 +125,16 @@ def kill_processes(procs: Sequence[psutil.Process], *, timeout: float, hard: boo
         _reap(proc.pid)
 
 
+def _exited(pid: int, marker: str) -> bool:
+    """Whether `pid` has exited. For our own child waitpid is authoritative; matching the command line right
+    after the start can misread a busy machine's just-started daemon as gone, and leave it running."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not is_ours(pid, marker)
+    return done == pid
+
+
 def wait_until(
     ready: Callable[[], bool],
     *,
@@ -139,7 +149,7 @@ def wait_until(
     while True:
         if ready():
             return
-        if not is_ours(pid, marker):
+        if _exited(pid, marker):
             raise SandboxError(f"{what} exited during startup; read {log_path} for the reason.")
         if time.monotonic() > deadline:
             raise SandboxError(f"{what} did not become ready within {timeout:.0f} s; read {log_path}.")
