@@ -23,7 +23,7 @@ from socirun import events as ev
 from socirun.errors import EXIT_INTERRUPTED, SocirunError
 from socirun.ui.model import PullModel
 from socirun.ui.tui import format as fmt
-from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, columns_for
+from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, TextLine, columns_for
 
 Work = Callable[[ev.Emit], Awaitable[int]]
 
@@ -79,12 +79,14 @@ class PullApp(App[int]):
         self._waiting_for_key = False
         self._mounted = False
         self._close_on_mount = False
+        self._shown_fetches: bool | None = None
+        self._note = NOTHING_LAZY
 
     # -- layout ---------------------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="header")
-        yield Static(id="summary")
+        yield TextLine(id="header")
+        yield TextLine(id="summary")
         yield LayerTable(id="layers")
         with Vertical(id="logpane"):
             yield Static(NOTHING_LAZY, id="log-note")
@@ -96,8 +98,8 @@ class PullApp(App[int]):
     def on_mount(self) -> None:
         # Kept, not queried per frame: queries run against the active screen, which is a modal while help or
         # the plan is open.
-        self.header_w = self.query_one("#header", Static)
-        self.summary_w = self.query_one("#summary", Static)
+        self.header_w = self.query_one("#header", TextLine)
+        self.summary_w = self.query_one("#summary", TextLine)
         self.table_w = self.query_one(LayerTable)
         self.log_w = self.query_one("#fetchlog", Log)
         self.note_w = self.query_one("#log-note", Static)
@@ -211,20 +213,28 @@ class PullApp(App[int]):
         self.ticks += 1
         m = self.model
         width = self.size.width
+        # Only what changed is touched, and never in a way that needs a new layout: a layout pass per frame
+        # would cost more than everything else the TUI does.
         with self.batch_update():
-            self.header_w.update(fmt.header_text(m, self.elapsed()))
-            self.summary_w.update(fmt.summary_text(m, max(width - 2, 20)))
+            self.header_w.set_text(fmt.header_text(m, self.elapsed()))
+            lazy = m.is_lazy()
+            if self.summary_w.has_class("-lazy") != lazy:
+                self.summary_w.set_class(lazy, "-lazy")
+            self.summary_w.set_text(fmt.summary_text(m, max(width - 2, 20)))
             self.table_w.sync(m)
             log = self.log_w
             if self._pending_log:
                 log.write_lines(self._pending_log)
                 self._pending_log = []
-            note = self.note_w
             has_fetches = m.fetch_count > 0
-            note.display = not has_fetches
-            log.display = has_fetches
-            if not has_fetches:
-                note.update(NO_FETCHES_YET if m.is_lazy() else NOTHING_LAZY)
+            if self._shown_fetches != has_fetches:
+                self._shown_fetches = has_fetches
+                self.note_w.display = not has_fetches
+                log.display = has_fetches
+            note = NO_FETCHES_YET if lazy else NOTHING_LAZY
+            if not has_fetches and note != self._note:
+                self._note = note
+                self.note_w.update(note)
             if m.error is not None:
                 self._render_error(m.error)
 

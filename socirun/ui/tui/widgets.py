@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.screen import ModalScreen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Static
 
 from socirun.ui.model import LayerRow, PullModel
@@ -75,6 +77,24 @@ def _key(value: Text | str) -> str:
     return f"{value.plain}\x00{value.style}" if isinstance(value, Text) else value
 
 
+class TextLine(Widget):
+    """A fixed-height line of rich Text that repaints only when the text changes, and never asks for a layout
+    (Static.update does, which at 10 Hz made layout the TUI's biggest cost)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._text = Text()
+
+    def set_text(self, text: Text) -> None:
+        if text == self._text:
+            return
+        self._text = text
+        self.refresh()
+
+    def render(self) -> Text:
+        return self._text
+
+
 class LayerTable(ScrollView):
     """One row per layer, keyed by digest and updated in place, with a pinned header line.
 
@@ -99,6 +119,10 @@ class LayerTable(ScrollView):
         self._keys: dict[str, tuple[str, ...]] = {}
         self._strips: dict[str, Strip] = {}
         self._header: Strip | None = None
+        # Per row: (the strip it was made from, the strip as painted at the current scroll and width).
+        self._final: dict[str, tuple[Strip, Strip]] = {}
+        self._base = Style()
+        self._view: tuple[int, int, Style] = (0, 0, Style())
 
     def use_columns(self, columns: tuple[Column, ...]) -> None:
         if columns == self.layout_columns:
@@ -161,10 +185,19 @@ class LayerTable(ScrollView):
         segments = list(line.render(self.app.console, end=""))
         return Strip(segments).adjust_cell_length(self._line_width())
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # The base style walks the DOM; look it up once per paint, not once per line.
+        self._base = self.rich_style
+        view = (int(self.scroll_offset.x), self.size.width, self._base)
+        if view != self._view:
+            self._view = view
+            self._final.clear()
+        return super().render_lines(crop)
+
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
-        base = self.rich_style
+        scroll_x, width, base = self._view
         if y == 0:
+            key = ""
             if self._header is None:
                 self._header = self._strip_for([c.label for c in self.layout_columns], header=True)
             strip = self._header
@@ -172,15 +205,18 @@ class LayerTable(ScrollView):
             index = int(self.scroll_offset.y) + y - 1
             if index >= len(self.order) or self._model is None:
                 return Strip.blank(width, base)
-            digest = self.order[index]
-            strip_or_none = self._strips.get(digest)
-            if strip_or_none is None:
-                cells, keys = self._compute(digest)
-                self._cells[digest], self._keys[digest] = cells, keys
-                strip_or_none = self._strips[digest] = self._strip_for(cells)
-            strip = strip_or_none
-        scroll_x = int(self.scroll_offset.x)
-        return strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)
+            key = self.order[index]
+            built = self._strips.get(key)
+            if built is None:
+                cells, keys = self._compute(key)
+                self._cells[key], self._keys[key] = cells, keys
+                built = self._strips[key] = self._strip_for(cells)
+                self._final.pop(key, None)
+            strip = built
+        final = self._final.get(key)
+        if final is None or final[0] is not strip:
+            final = self._final[key] = (strip, strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base))
+        return final[1]
 
     def row_text(self, digest: str) -> list[str]:
         """The plain text of one row as last synced (for tests and the tmux check)."""
