@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from socirun.config import PROGRESS_MODES
 from socirun.errors import UsageError
+from socirun.plan import PULL_MODES as TRANSFER_MODES
 
 HELP_HINT = "See 'socirun run --help'."
 DEFAULT_SHM_SIZE = 64 << 20
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
 PULL_MODES = ("always", "missing", "never")
-PROGRESS_MODES = ("auto", "tty", "plain", "json", "quiet")
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 CDI_DEVICE_RE = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9_.-]+=[a-zA-Z0-9_.:-]+$")
@@ -119,6 +120,7 @@ FLAGS: tuple[Flag, ...] = (
     # socirun's own (nerdctl's global flags, accepted after `run` too).
     Flag("snapshotter", "string", aliases=("storage-driver",), help="containerd snapshotter (default overlayfs)"),
     Flag("progress", "string", help="Pull progress: auto|tty|plain|json|quiet"),
+    Flag("pull-mode", "string", help="How a missing image is pulled: auto|lazy|parallel|standard"),
     Flag("address", "string", help="containerd address (env CONTAINERD_ADDRESS)"),
     Flag("namespace", "string", help="containerd namespace (env CONTAINERD_NAMESPACE)"),
     Flag("data-root", "string", help="socirun's state: volumes, containers, CNI (env SOCIRUN_DATA_ROOT)"),
@@ -309,6 +311,7 @@ class RunOptions:
     help: bool = False
     snapshotter: str = ""
     progress: str = ""
+    pull_mode: str = ""
     address: str = ""
     namespace: str = ""
     data_root: str = ""
@@ -970,6 +973,10 @@ def _apply(
             if v not in PROGRESS_MODES:
                 raise _ValueError(f"must be one of {', '.join(PROGRESS_MODES)}")
             opts.progress = v
+        case "pull-mode":
+            if v not in TRANSFER_MODES:
+                raise _ValueError(f"must be one of {', '.join(TRANSFER_MODES)}")
+            opts.pull_mode = v
         case "address":
             opts.address = v
         case "namespace":

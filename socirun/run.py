@@ -25,11 +25,12 @@ from typing import Any
 from socirun import events as ev
 from socirun.config import SocirunConfig
 from socirun.containerd.client import ContainerdClient, Mount, resolve_address, resolve_namespace
-from socirun.errors import EXIT_DAEMON, ImageNotFoundError, SocirunError, UsageError
+from socirun.errors import EXIT_DAEMON, ContainerdError, ImageNotFoundError, SocirunError, UsageError
 from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids, host_platform, parse_platform
 from socirun.options import CAPABILITIES, RunOptions, help_text, parse_run_args
 from socirun.progress import Renderer, make_renderer, progress_mode_for, rendering
 from socirun.reference import ImageReference, expand_alias, parse_reference
+from socirun.registry.client import select_platform
 from socirun.runtime import cni
 from socirun.runtime.gpus import GpuInjection, host_device_numbers, plan_gpus
 from socirun.runtime.lifecycle import ContainerState, Runtime, cni_ipam_dir, teardown
@@ -87,12 +88,11 @@ async def local_image(ctd: ContainerdClient, name: str, platform: Platform) -> t
     try:
         doc = await _read_json(ctd, target.digest)
         if target.media_type in INDEX_TYPES or "manifests" in doc:
-            chosen = None
-            for entry in doc.get("manifests") or []:
-                desc = Descriptor.from_json(entry)
-                if desc.platform is None or platform.matches(desc.platform):
-                    chosen = desc
-                    break
+            entries = [Descriptor.from_json(entry) for entry in doc.get("manifests") or []]
+            # The same choice the pull made (artifacts such as a SOCI index entry are never the image).
+            chosen = select_platform(entries, platform) or next(
+                (d for d in entries if d.platform is None and not d.artifact_type), None
+            )
             if chosen is None:
                 return None
             doc = await _read_json(ctd, chosen.digest)
@@ -139,30 +139,41 @@ class _PullOnly:
 
 
 async def ensure_image(
-    ctd: ContainerdClient, opts: RunOptions, config: SocirunConfig, snapshotter: str, renderer: Renderer
-) -> tuple[ImageReference, ImageConfig, str, Platform]:
+    ctd: ContainerdClient, opts: RunOptions, config: SocirunConfig, chosen_snapshotter: str | None,
+    renderer: Renderer,
+) -> tuple[ImageReference, ImageConfig, str, Platform, str]:
+    """The image ready to run: (reference, config, top chainID, platform, snapshotter it is unpacked in).
+
+    With no snapshotter chosen, an image already unpacked for overlayfs or soci is used as it is; a pull lets
+    the plan pick (SOCI lazy loading when the host and the image allow it), exactly as `socirun pull` does.
+    """
     text, alias = expand_alias(opts.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(opts.platform) if opts.platform else host_platform()
     name = str(reference)
     found = None if opts.pull == "always" else await local_image(ctd, name, platform)
-    if found is not None and await ctd.snapshot_stat(snapshotter, found[1]) is not None:
-        return reference, found[0], found[1], platform
+    if found is not None:
+        for candidate in [chosen_snapshotter] if chosen_snapshotter else ["overlayfs", "soci"]:
+            with contextlib.suppress(ContainerdError):  # a snapshotter this containerd does not have
+                if await ctd.snapshot_stat(candidate, found[1]) is not None:
+                    return reference, found[0], found[1], platform, candidate
     if opts.pull == "never":
         raise ImageNotFoundError(f"No such image: {reference.familiar()} (--pull=never)")
     if found is None and opts.pull == "missing" and not opts.quiet:
         print(f"Unable to find image '{reference.familiar()}' locally", file=sys.stderr)
-    from socirun.pull.engine import PullRequest, pull_image
+    from socirun.pull.engine import pull_image
+    from socirun.pull.request import PullChoices, build_pull_request
     from socirun.registry.client import RegistryClient
 
-    request = PullRequest(reference=reference, platform=platform, snapshotter=snapshotter, expanded_from=alias)
+    choices = PullChoices(snapshotter=chosen_snapshotter, pull_mode=opts.pull_mode or None)
+    request = build_pull_request(reference, platform, config, choices, expanded_from=alias)
     async with RegistryClient(hosts_dir=config.hosts_dir, insecure=config.insecure_registries) as registry, \
             rendering(renderer) as emit:  # fmt: skip
-        await pull_image(ctd, registry, request, emit)
+        result = await pull_image(ctd, registry, request, emit)
     found = await local_image(ctd, name, platform)
     if found is None:
         raise SocirunError(f"the pull of {name} finished but containerd has no usable image record for it")
-    return reference, found[0], found[1], platform
+    return reference, found[0], found[1], platform, result.snapshotter
 
 
 # ---------------------------------------------------------------------------------------------- rootfs lookups
@@ -297,7 +308,7 @@ async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
 async def run_container(opts: RunOptions, config: SocirunConfig) -> int:
     address = resolve_address(opts.address or config.address, os.environ)
     namespace = resolve_namespace(opts.namespace or config.namespace, os.environ)
-    snapshotter = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter or "overlayfs"
+    chosen_snapshotter = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
     data_root = os.path.abspath(data_root_for(opts, config))
     if opts.cidfile and os.path.exists(opts.cidfile):
         raise SocirunError(f"Container ID file found, make sure the other container isn't running or delete "
@@ -307,7 +318,9 @@ async def run_container(opts: RunOptions, config: SocirunConfig) -> int:
     renderer = _renderer(opts, config)
     async with await ContainerdClient.connect(address, namespace) as ctd:
         rt = Runtime(ctd)
-        reference, image, top_chain, platform = await ensure_image(ctd, opts, config, snapshotter, renderer)
+        reference, image, top_chain, platform, snapshotter = await ensure_image(
+            ctd, opts, config, chosen_snapshotter or None, renderer
+        )
         container_id = secrets.token_hex(32)
         name = opts.name or f"{os.path.basename(reference.path)}-{container_id[:5]}"
         await _check_name(rt, name)

@@ -247,3 +247,17 @@ def test_unexpected_defer_downloads_only_the_deferred_layers(soci_box: SociBox, 
     assert pulled.of("pull_finished")[0]["fetched"] > 0
     ran = soci_box.run_container(ref)
     assert ran.code == 0 and SAMPLE_TEXT in ran.stdout, ran.stderr
+
+
+def test_run_without_a_snapshotter_lets_the_plan_pick_lazy_loading(soci_box: SociBox) -> None:
+    """`socirun run IMAGE` pulls the way `socirun pull` does: the plan picks soci for an indexed image, and
+    the container runs on the snapshots the plan chose; a second run reuses them without pulling."""
+    soci_box.configure()
+    ref = soci_box.push("soci/run-auto", SMALL_LAYERS_MB, "v2", seed=57)
+    ran = soci_box.socirun("run", "--rm", "--net", "none", ref, timeout=120)
+    assert ran.code == 0 and SAMPLE_TEXT in ran.stdout, ran.stderr
+    plan = ran.of("plan_made")[0]
+    assert plan["snapshotter"] == "soci" and plan["mode"] == "lazy"
+    again = soci_box.socirun("run", "--rm", "--net", "none", ref, timeout=120)
+    assert again.code == 0 and SAMPLE_TEXT in again.stdout, again.stderr
+    assert not again.of("plan_made")  # nothing to pull: the image is unpacked for soci already

@@ -120,6 +120,7 @@ SUPPORTED: list[tuple[list[str], str, Any]] = [
     (["--snapshotter", "soci"], "snapshotter", "soci"),
     (["--storage-driver", "soci"], "snapshotter", "soci"),
     (["--progress", "json"], "progress", "json"),
+    (["--pull-mode", "lazy"], "pull_mode", "lazy"),
     (["--address", "/run/c.sock"], "address", "/run/c.sock"),
     (["--namespace", "k8s.io"], "namespace", "k8s.io"),
     (["--data-root", "/tmp/x"], "data_root", "/tmp/x"),
@@ -238,6 +239,7 @@ BAD: list[tuple[list[str], str]] = [
     (["--pid", "container:x", "img"], "only --pid=host is supported"),
     (["--security-opt", "seccomp=/p.json", "img"], "--security-opt seccomp=/p.json is not supported"),
     (["--progress", "fancy", "img"], "must be one of auto, tty, plain, json, quiet"),
+    (["--pull-mode", "fast", "img"], "must be one of auto, lazy, parallel, standard"),
     (["--env-file", "missing", "img"], "open missing: no such file or directory"),
     (["--sysctl", "novalue", "img"], "sysctl must be key=value"),
 ]
