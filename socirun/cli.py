@@ -159,42 +159,24 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
     # Imported here so `socirun --help` stays fast and needs no gRPC.
     from socirun.containerd.client import ContainerdClient, resolve_address, resolve_namespace
     from socirun.oci import host_platform, parse_platform
-    from socirun.plan import UserChoice
-    from socirun.pull.engine import DEFAULT_MAX_CONCURRENT_DOWNLOADS, PullRequest, pull_image
-    from socirun.pull.remote import make_planner
-    from socirun.pull.transfer_plan import plan_overlay_pull, probe_host
+    from socirun.pull.engine import pull_image
+    from socirun.pull.request import PullChoices, build_pull_request
     from socirun.reference import expand_alias, parse_reference
     from socirun.registry.client import RegistryClient
-    from socirun.soci.commands import pull_mode_choice
 
     text, alias = expand_alias(args.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
     address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
     namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
-    chosen_snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
-    snapshotter = chosen_snapshotter or "overlayfs"
-    transfer = plan_overlay_pull(
-        requested=getattr(args, "pull_mode", None), raw_config=config.raw, snapshotter=snapshotter,
-        host=probe_host(), max_concurrent_downloads=args.max_concurrent_downloads,
+    choices = PullChoices(
+        snapshotter=args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter,
+        pull_mode=getattr(args, "pull_mode", None),
+        max_concurrent_downloads=args.max_concurrent_downloads,
         chunk_size=getattr(args, "chunk_size", None),
-    )
-    request = PullRequest(
-        reference=reference,
-        platform=platform,
-        snapshotter=snapshotter,
-        max_concurrent_downloads=transfer.settings.max_concurrent_downloads if transfer.mode == "parallel"
-        else args.max_concurrent_downloads or DEFAULT_MAX_CONCURRENT_DOWNLOADS,
-        expanded_from=alias,
-        pull_mode=transfer.mode,
-        chunk_size=transfer.settings.chunk_size,
-        chunk_window=transfer.settings.window,
-        schedule=transfer.settings.schedule,
-        transfer_reasons=transfer.reasons,
-        planner=make_planner(UserChoice(chosen_snapshotter, pull_mode_choice(args, config)),
-                             soci_index_digest=getattr(args, "soci_index_digest", None) or ""),
         soci_index_digest=getattr(args, "soci_index_digest", None) or "",
     )
+    request = build_pull_request(reference, platform, config, choices, expanded_from=alias)
     insecure = [*config.insecure_registries, *args.insecure_registry]
 
     async def work(emit: ev.Emit) -> int:

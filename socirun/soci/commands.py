@@ -10,18 +10,7 @@ import sys
 from typing import Any
 
 from socirun.config import SocirunConfig
-from socirun.errors import UsageError
-from socirun.plan import PULL_MODES, PullMode, UserChoice
-
-
-def pull_mode_choice(args: argparse.Namespace, config: SocirunConfig) -> PullMode:
-    """--pull-mode, else `[pull] mode` in socirun's config, else auto."""
-    table = config.raw.get("pull") if isinstance(config.raw, dict) else None
-    from_config = table.get("mode") if isinstance(table, dict) else None
-    mode = getattr(args, "pull_mode", None) or from_config or "auto"
-    if mode not in PULL_MODES:
-        raise UsageError(f'invalid --pull-mode "{mode}": use one of {", ".join(PULL_MODES)}')
-    return mode  # type: ignore[return-value]
+from socirun.plan import UserChoice
 
 
 def _connection(args: argparse.Namespace, config: SocirunConfig) -> tuple[str, str]:
@@ -36,6 +25,7 @@ async def _plan(args: argparse.Namespace, config: SocirunConfig) -> dict[str, An
     from socirun.containerd.client import ContainerdClient
     from socirun.oci import host_platform, parse_platform
     from socirun.plan import decide, default_choose_transfer, describe
+    from socirun.pull.request import PullChoices, pull_mode_for
     from socirun.reference import expand_alias, parse_reference
     from socirun.registry.client import RegistryClient
     from socirun.soci.observer import observation_sources
@@ -45,7 +35,7 @@ async def _plan(args: argparse.Namespace, config: SocirunConfig) -> dict[str, An
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
     snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
-    user = UserChoice(snapshotter, pull_mode_choice(args, config))
+    user = UserChoice(snapshotter, pull_mode_for(PullChoices(pull_mode=getattr(args, "pull_mode", None)), config))
     address, namespace = _connection(args, config)
     insecure = [*config.insecure_registries, *args.insecure_registry]
     async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(
