@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
@@ -238,25 +239,46 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_LAYERS_MB = (8.0, 16.0, 64.0, 384.0)
+DEMO_SPAN_PACE_MS = 120.0  # the emulator fetches a 4 MiB span every 120 ms: slow enough to watch
+
+
 def _demo(args: argparse.Namespace, config: SocirunConfig) -> int:
+    """Sandbox with the SOCI emulator, a sample with a SOCI v2 index, and `socirun run` of it: the container
+    starts while its big layer is still being fetched, and the fetch log shows the spans as they arrive."""
+    from socirun.run import run_command
     from socirun.sandbox.sample import push_sample
     from socirun.sandbox.sandbox import Sandbox, default_dir
+    from socirun.sandbox.soci_emulator.process import emulator_config
 
     box = Sandbox(args.dir or default_dir())
-    info = box.up()
-    print(f"sandbox: containerd {info.containerd_address}, registry {info.registry_host}", file=sys.stderr)
-    reference = push_sample(info.registry_host, "demo/sample", "latest", [8, 16, 32, 64])
-    print(f"pushed {reference}", file=sys.stderr)
-    pull_args = argparse.Namespace(
-        image=reference, platform=None, snapshotter=None, progress=args.progress, quiet=False,
-        max_concurrent_downloads=None, record_events=None, hosts_dir=None, insecure_registry=[],
-        address=info.containerd_address, namespace="default",
-    )
-    code = _pull(pull_args, config)
-    print(f"\nthe image is in the sandbox's containerd; look at it with:\n"
-          f"  ctr -a {info.containerd_address} images ls\n"
-          f"stop the sandbox with: socirun sandbox down", file=sys.stderr)
+    info = box.up(soci=True)
+    # A fresh, slowly paced emulator each time, so the lazy fill is there to be seen.
+    box.restart_soci(emulator_config(box.soci), span_pace_ms=DEMO_SPAN_PACE_MS)
+    os.environ["SOCI_SNAPSHOTTER_CONFIG"] = str(box.soci.config)
+    os.environ["SOCIRUN_SOCI_LOG"] = str(box.soci.log)
+    print(f"sandbox: containerd {info.containerd_address}, registry {info.registry_host}, and the SOCI "
+          "emulator (a stand-in for soci-snapshotter-grpc, which cannot be installed here)", file=sys.stderr)
+    reference = push_sample(info.registry_host, "demo/lazy", "latest", DEMO_LAYERS_MB, soci="v2")
+    print(f"pushed {reference} with a SOCI v2 index", file=sys.stderr)
+    _forget_demo_image(info.containerd_address, reference)
+    progress = progress_mode_for(args.progress or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
+    run_args = ["--rm", "--net", "none", "--progress", progress]
+    if progress == "tty":
+        # Detached, the TUI keeps following the lazy fill after the start; q leaves it (the container ends
+        # by itself after a minute and --rm removes it).
+        run_args += ["-d", reference, "sh", "-c", "echo hello from the socirun sample; sleep 60"]
+    else:
+        run_args += [reference]
+    code = run_command(run_args, config, address=info.containerd_address, namespace="default")
+    print(f"\nlook around with: ctr -a {info.containerd_address} images ls   |   socirun plan {reference}\n"
+          "stop the sandbox with: socirun sandbox down", file=sys.stderr)
     return code
+
+
+def _forget_demo_image(address: str, reference: str) -> None:
+    """A demo shows a cold start each time: drop the image and its snapshots from an earlier demo."""
+    subprocess.run(["ctr", "-a", address, "images", "rm", "--sync", reference], capture_output=True, check=False)
 
 
 _GLOBAL_VALUE_FLAGS = {"--address": "address", "-a": "address", "--namespace": "namespace", "-n": "namespace"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -65,7 +66,35 @@ def run_command(argv: Sequence[str], config: SocirunConfig, *, address: str | No
         return 0
     opts.address = opts.address or address or ""
     opts.namespace = opts.namespace or namespace or ""
-    return asyncio.run(run_container(opts, config))
+    if _progress_mode(opts, config) != "tty":
+        return asyncio.run(run_container(opts, config))
+    from socirun.progress import run_work
+
+    if opts.detach:
+        # The TUI keeps following lazily loaded layers after the start until `q`, then prints the ID (as -d does).
+        return run_work(lambda emit: _detached_with_tui(opts, config, emit), "tty", detach=True)
+    # Attached: the TUI shows the pull, then closes and hands the terminal to the container (raw mode for -t).
+    run_work(lambda emit: _image_only(opts, config, emit), "tty")
+    attached = dataclasses.replace(opts, pull="never")  # the image is there now: no second pull
+    return asyncio.run(run_container(attached, config, renderer=_Silent()))
+
+
+async def _image_only(opts: RunOptions, config: SocirunConfig, emit: ev.Emit) -> int:
+    address = resolve_address(opts.address or config.address, os.environ)
+    namespace = resolve_namespace(opts.namespace or config.namespace, os.environ)
+    chosen = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
+    async with await ContainerdClient.connect(address, namespace) as ctd:
+        await ensure_image(ctd, opts, config, chosen or None, _EmitRenderer(emit))
+    return 0
+
+
+async def _detached_with_tui(opts: RunOptions, config: SocirunConfig, emit: ev.Emit) -> int:
+    from socirun.soci.observer import observe_lazy_layers
+
+    async with observe_lazy_layers(emit) as tapped:
+        await run_container(opts, config, renderer=_EmitRenderer(tapped), print_id=False, observe=False)
+        await asyncio.Event().wait()  # until the user presses q: the runner then cancels this and prints the ID
+    return 0
 
 
 def data_root_for(opts: RunOptions, config: SocirunConfig) -> str:
@@ -105,15 +134,35 @@ async def local_image(ctd: ContainerdClient, name: str, platform: Platform) -> t
     return ImageConfig.from_blob(config_blob), chain_ids(diff_ids)[-1]
 
 
-def _renderer(opts: RunOptions, config: SocirunConfig) -> Renderer:
+def _since_command_start() -> float:
+    """Seconds since this socirun process began: the "time to container start" the user waited."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
+def _progress_mode(opts: RunOptions, config: SocirunConfig) -> str:
     wanted = "quiet" if opts.quiet else (opts.progress or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
-    mode = progress_mode_for(wanted)
+    return progress_mode_for(wanted)
+
+
+def _renderer(opts: RunOptions, config: SocirunConfig) -> Renderer:
+    """The line faces; the TUI is driven by run_command through progress.run_work."""
+    mode = _progress_mode(opts, config)
     if mode == "quiet":
         return _Silent()  # docker run -q: no pull output at all (pull -q still names the image; run does not)
-    if mode == "tty":
-        mode = "plain"  # run keeps the terminal for the container; the TUI is for pulls
-    renderer = make_renderer(mode, sys.stderr)
+    renderer = make_renderer("plain" if mode == "tty" else mode, sys.stderr)
     return renderer if mode == "json" else _PullOnly(renderer)
+
+
+class _EmitRenderer:
+    """Hands the engine's events to an `emit` (the TUI's); the TUI keeps its own clock."""
+
+    def __init__(self, emit: ev.Emit) -> None:
+        self.handle = emit
+
+    def tick(self, now: float) -> None:
+        pass
 
 
 class _Silent:
@@ -140,7 +189,7 @@ class _PullOnly:
 
 async def ensure_image(
     ctd: ContainerdClient, opts: RunOptions, config: SocirunConfig, chosen_snapshotter: str | None,
-    renderer: Renderer,
+    renderer: Renderer, *, observe: bool = True,
 ) -> tuple[ImageReference, ImageConfig, str, Platform, str]:
     """The image ready to run: (reference, config, top chainID, platform, snapshotter it is unpacked in).
 
@@ -167,9 +216,15 @@ async def ensure_image(
 
     choices = PullChoices(snapshotter=chosen_snapshotter, pull_mode=opts.pull_mode or None)
     request = build_pull_request(reference, platform, config, choices, expanded_from=alias)
+    from socirun.soci.observer import observe_lazy_layers
+
     async with RegistryClient(hosts_dir=config.hosts_dir, insecure=config.insecure_registries) as registry, \
             rendering(renderer) as emit:  # fmt: skip
-        result = await pull_image(ctd, registry, request, emit)
+        if observe:
+            async with observe_lazy_layers(emit) as tapped:
+                result = await pull_image(ctd, registry, request, tapped)
+        else:
+            result = await pull_image(ctd, registry, request, emit)
     found = await local_image(ctd, name, platform)
     if found is None:
         raise SocirunError(f"the pull of {name} finished but containerd has no usable image record for it")
@@ -305,7 +360,13 @@ async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
     return f"/proc/{task[0]}/ns/{kind}"
 
 
-async def run_container(opts: RunOptions, config: SocirunConfig) -> int:
+async def run_container(opts: RunOptions, config: SocirunConfig, *, renderer: Renderer | None = None,
+                        print_id: bool = True, observe: bool = True) -> int:
+    """Pull if needed, create and start the container; attached, wait for it and return its exit code.
+
+    `renderer` defaults to the line face the options ask for; `print_id=False` leaves printing a detached
+    container's ID to the caller (the TUI prints it when the user leaves); `observe=False` when the caller
+    already follows lazily loaded layers."""
     address = resolve_address(opts.address or config.address, os.environ)
     namespace = resolve_namespace(opts.namespace or config.namespace, os.environ)
     chosen_snapshotter = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
@@ -315,11 +376,11 @@ async def run_container(opts: RunOptions, config: SocirunConfig) -> int:
                            f"{opts.cidfile}")  # fmt: skip
     gpu: GpuInjection | None = plan_gpus(opts.gpus) if opts.gpus is not None else None
     bridge = cni.BridgeNetwork.from_config(config.raw)
-    renderer = _renderer(opts, config)
+    renderer = renderer or _renderer(opts, config)
     async with await ContainerdClient.connect(address, namespace) as ctd:
         rt = Runtime(ctd)
         reference, image, top_chain, platform, snapshotter = await ensure_image(
-            ctd, opts, config, chosen_snapshotter or None, renderer
+            ctd, opts, config, chosen_snapshotter or None, renderer, observe=observe
         )
         container_id = secrets.token_hex(32)
         name = opts.name or f"{os.path.basename(reference.path)}-{container_id[:5]}"
@@ -348,7 +409,7 @@ async def run_container(opts: RunOptions, config: SocirunConfig) -> int:
                 await teardown(rt, state, remove=True)
             raise
         if opts.detach:
-            return await _run_detached(rt, opts, state, rootfs, renderer)
+            return await _run_detached(rt, opts, state, rootfs, renderer, print_id=print_id)
         return await _run_foreground(rt, opts, state, rootfs, renderer)
 
 
@@ -381,6 +442,8 @@ async def _prepare(rt: Runtime, opts: RunOptions, image: ImageConfig, top_chain:
     if opts.init:
         inputs.init_binary = find_init_binary()
     inputs.host_caps = _own_bounding_caps()
+    if opts.tty:
+        inputs.console_size = terminal_size(sys.stdin.fileno()) or terminal_size(sys.stdout.fileno())
     inputs.host_ipc_dirs = tuple(d for d in ("/dev/shm", "/dev/mqueue") if os.path.isdir(d))
     if opts.ipc == "container":
         inputs.ipc_ns_path = await _joined_ns(rt, opts.ipc_container, "ipc")
@@ -431,7 +494,7 @@ def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | 
 
 
 async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
-                        renderer: Renderer) -> int:  # fmt: skip
+                        renderer: Renderer, *, print_id: bool = True) -> int:  # fmt: skip
     # No daemon: a reaper process drains the output FIFOs into <state>/container.log, waits for the exit and does
     # the teardown (network; with --rm everything). It starts before Tasks.Create because it must already hold
     # the FIFOs' read ends (the shim's open blocks Create). A file:// URI would do for non-tty output, but the
@@ -456,8 +519,9 @@ async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, ro
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         await teardown(rt, state, remove=opts.rm)
         raise
-    renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid))
-    print(state.id, flush=True)
+    renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid, since_command_start=_since_command_start()))
+    if print_id:
+        print(state.id, flush=True)
     return 0
 
 
@@ -470,7 +534,6 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
     io.start_output("stdout", sys.stdout.fileno())
     if not opts.tty:
         io.start_output("stderr", sys.stderr.fileno())
-    started_at = time.monotonic()
     exit_code = EXIT_DAEMON
     tty_fd = sys.stdin.fileno()
     try:
@@ -493,7 +556,7 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
                 wait.cancel()
                 raise
             renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid,
-                                                since_command_start=time.monotonic() - started_at))  # fmt: skip
+                                                since_command_start=_since_command_start()))  # fmt: skip
             installed = _install_signal_handlers(loop, rt, opts, state.id)
             try:
                 exit_code = await wait

@@ -113,6 +113,9 @@ class SpecInputs:
     host_ipc_dirs: tuple[str, ...] = ("/dev/shm", "/dev/mqueue")  # those that exist on the host, for --ipc host
     # Our own bounding set: what "all capabilities" can mean here (runc fails on caps we do not hold).
     host_caps: tuple[str, ...] = CAPABILITIES
+    # (columns, rows) of the user's terminal for -t: the pty starts at that size (docker sets consoleSize too),
+    # so a process that asks at once does not see 0x0 before the first ResizePty arrives.
+    console_size: tuple[int, int] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ users
@@ -323,6 +326,8 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
         "noNewPrivileges": opts.no_new_privileges,
     }
+    if opts.tty and inputs.console_size is not None:
+        process["consoleSize"] = {"width": inputs.console_size[0], "height": inputs.console_size[1]}
     if opts.ulimits:
         process["rlimits"] = [
             {"type": f"RLIMIT_{u.name.upper()}", "soft": _rlimit(u.soft), "hard": _rlimit(u.hard)} for u in opts.ulimits

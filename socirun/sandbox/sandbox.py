@@ -197,6 +197,8 @@ class Sandbox:
         ]
         if info.soci_address:
             lines.append(f"export SOCI_SNAPSHOTTER_CONFIG={shlex.quote(str(self.soci.config))}")
+            # The emulator logs to a file (real SOCI logs to journald): the fetch log follows it from here.
+            lines.append(f"export SOCIRUN_SOCI_LOG={shlex.quote(str(self.soci.log))}")
         return lines
 
     def restart_soci(self, config_text: str | None = None, *, span_pace_ms: float = 0.0) -> SandboxInfo:

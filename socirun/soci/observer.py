@@ -177,6 +177,14 @@ def journal_available() -> bool:
     return shutil.which("journalctl") is not None and os.path.isdir("/run/systemd/system")
 
 
+SOCI_LOG_ENV = "SOCIRUN_SOCI_LOG"
+
+
+def soci_log_path(flag: str | None) -> str | None:
+    """--soci-log, else $SOCIRUN_SOCI_LOG (set by `socirun sandbox env` for the emulator's log file)."""
+    return flag or os.environ.get(SOCI_LOG_ENV) or None
+
+
 def observation_sources(cfg: SociConfig, soci_log: str | None = None) -> list[Source]:
     """Which of SOCI's observation sources this host has, and how to turn on the others."""
     out: list[Source] = []
@@ -189,6 +197,7 @@ def observation_sources(cfg: SociConfig, soci_log: str | None = None) -> list[So
     state_root = os.path.join(cfg.root, "snapshotter", "snapshots")
     out.append(Source("state files", os.path.isdir(state_root), state_root,
                       "" if os.path.isdir(state_root) else "appear once SOCI mounts a layer lazily (needs root)"))
+    soci_log = soci_log_path(soci_log)
     if soci_log:
         out.append(Source("log", os.path.exists(soci_log), f"file {soci_log}",
                           "" if os.path.exists(soci_log) else f"{soci_log} does not exist"))
@@ -378,7 +387,7 @@ async def observe_lazy_layers(emit: ev.Emit, soci_log: str | None = None,
     emit to hand the engine."""
     from socirun.soci.config import load_soci_config
 
-    observer = SociObserver(cfg or load_soci_config(), emit, soci_log=soci_log, layers=frozenset())
+    observer = SociObserver(cfg or load_soci_config(), emit, soci_log=soci_log_path(soci_log), layers=frozenset())
 
     def tap(event: ev.Event) -> None:
         if isinstance(event, ev.LayerClassified) and event.mode == "lazy":

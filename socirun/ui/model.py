@@ -30,6 +30,12 @@ class LayerRow:
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
+    def lazy_fetched(self) -> int:
+        """What a lazy snapshotter has fetched of this layer: its metrics (LayerProgress) or the spans its log
+        named (FetchLogEntry), whichever knows more; both count the same bytes."""
+        return max(self.fetched, self.downloaded)
+
+    @property
     def short(self) -> str:
         return short_digest(self.digest)
 
@@ -155,7 +161,8 @@ class PullModel:
 
     def fetched_so_far(self) -> int:
         """Bytes that crossed the network in this run: downloads plus what the snapshotter fetched lazily."""
-        return self._moved + self.fetch_bytes
+        # Lazy layers' metrics are already in _moved; log-only spans add what the metrics did not see.
+        return self._moved + sum(r.lazy_fetched - r.downloaded for r in self.layers.values() if r.mode == "lazy")
 
     def mode_badge(self) -> str:
         """LAZY / PARALLEL / STANDARD, from the plan; empty before the plan is made."""

@@ -154,3 +154,30 @@ def test_ctrl_c_in_the_tui_cancels_cleanly(sandbox: SandboxInfo, slow_registry: 
     assert ref not in ctr("images", "ls", "-q", namespace=namespace).stdout.split()
     snapshots = ctr("snapshots", "ls", namespace=namespace).stdout.splitlines()
     assert not any(line.startswith("extract-") for line in snapshots)
+
+
+def test_run_shows_the_pull_in_the_tui_then_hands_the_terminal_to_the_container(
+    sandbox: SandboxInfo, slow_registry: str, tmux: Tmux, short_tmp_path: Path
+) -> None:
+    pushed = push_sample(sandbox.registry_host, "tui/run", "v1", LAYERS_MB, seed=406)
+    ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
+    tmux.start(socirun_argv("run", "--progress", "tty", "--rm", "-t", "--net", "none", "--data-root",
+                            str(short_tmp_path / "data"), ref, "sh", "-c", "tty; stty size; exit 7"),
+               {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+    mid = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and tmux.result() is None:
+        screen = tmux.screen()
+        if "pulling" in screen and len(ROW.findall(screen)) == 5 and "q Quit" in screen:
+            mid = screen
+            break
+        time.sleep(0.1)
+    assert mid, f"never saw the pull in the TUI; last screen:\n{tmux.screen()}"
+    code, _ = tmux.wait(120)
+    after = tmux.screen()
+    assert code == 7, after  # the container's exit code passes through
+    # The TUI left its summary, then the container had the terminal, at the pane's size from the first moment.
+    assert re.search(r"^pulled .*tui/run:v1 ", after, re.MULTILINE), after
+    assert re.search(r"^/dev/pts/\d+\s*$", after, re.MULTILINE), after
+    assert re.search(rf"^{tmux.height} {tmux.width}\s*$", after, re.MULTILINE), after
+    assert "Traceback" not in after

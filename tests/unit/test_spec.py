@@ -180,3 +180,19 @@ def test_resolv_conf_drops_loopback_resolvers_off_the_host_network() -> None:
     assert resolv_conf(host, ["1.1.1.1"], ["x"], ["ndots:1"], host_network=False) == (
         "nameserver 1.1.1.1\nsearch x\noptions ndots:1\n"
     )
+
+
+def test_tty_starts_at_the_users_terminal_size() -> None:
+    from socirun.options import parse_run_args
+    from socirun.runtime.spec import ImageConfig, SpecInputs, build_spec
+
+    image = ImageConfig.from_blob({"config": {"Cmd": ["sh"]}})
+    tty = parse_run_args(["-t", "img"], read_file=lambda p: "")
+    spec = build_spec(tty, image, SpecInputs(container_id="c" * 64, namespace="default", hostname="h",
+                                             console_size=(100, 33)))
+    assert spec["process"]["terminal"] is True
+    assert spec["process"]["consoleSize"] == {"width": 100, "height": 33}
+    plain = parse_run_args(["img"], read_file=lambda p: "")
+    spec = build_spec(plain, image, SpecInputs(container_id="c" * 64, namespace="default", hostname="h",
+                                               console_size=(100, 33)))
+    assert "consoleSize" not in spec["process"]

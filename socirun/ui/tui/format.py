@@ -68,7 +68,7 @@ def layer_mode(row: LayerRow) -> str:
 
 def layer_fraction(row: LayerRow) -> float:
     if row.mode == "lazy":
-        return row.fetched / row.size if row.size else 0.0
+        return row.lazy_fetched / row.size if row.size else 0.0
     if row.state in ("done", "exists"):
         return 1.0
     return row.downloaded / row.size if row.size else 0.0
@@ -78,7 +78,7 @@ def layer_bytes(row: LayerRow) -> str:
     if row.state == "exists":
         return f"cached {human_bytes(row.size)}"
     if row.mode == "lazy":
-        return f"{human_bytes(row.fetched)} lazy"
+        return f"{human_bytes(row.lazy_fetched)} lazy"
     if row.state == "done":
         return human_bytes(row.size)
     return f"{human_bytes(row.downloaded)}/{human_bytes(row.size)}"
