@@ -838,12 +838,23 @@ class ContentWriter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _requests(self) -> AsyncIterator[Any]:
+    @staticmethod
+    async def _requests(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+        # Each call reads its own queue: a retried open must not feed (or end) an earlier call's stream.
         while True:
-            request = await self._queue.get()
+            request = await queue.get()
             if request is None:
                 return
             yield request
+
+    def _drop_call(self) -> None:
+        """The call ended (an error, or EOF): end its request iterator too, so grpc's task that consumes it
+        finishes instead of waiting on the queue for ever (and being reported as destroyed while pending)."""
+        call, self._call = self._call, None
+        self._pending.clear()
+        self._queue.put_nowait(None)
+        if call is not None:
+            call.cancel()
 
     async def _roundtrip(self, request: Any) -> Any:
         """Send one request and return its response (after the responses of pipelined WRITEs)."""
@@ -862,12 +873,10 @@ class ContentWriter:
         try:
             resp = await self._call.read()
         except grpc.aio.AioRpcError as exc:
-            self._call = None
-            self._pending.clear()
+            self._drop_call()
             raise map_rpc_error("Content.Write", exc, self.client.address) from exc
         if resp is grpc.aio.EOF:
-            self._call = None
-            self._pending.clear()
+            self._drop_call()
             raise ContainerdError(f"containerd ended the write of {self.ref} without answering")
         return resp
 
@@ -887,7 +896,7 @@ class ContentWriter:
     def _open(self) -> None:
         self._queue = asyncio.Queue()
         self._pending.clear()
-        self._call = self.client._content.Write(self._requests(), metadata=self.client.metadata())
+        self._call = self.client._content.Write(self._requests(self._queue), metadata=self.client.metadata())
 
     async def start(self, *, lock_timeout: float = 60.0) -> int:
         """Open the ingest and return its current offset (> 0 when resuming a partial write).

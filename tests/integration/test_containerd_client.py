@@ -350,6 +350,11 @@ async def test_already_exists_is_not_an_error(client: ContainerdClient) -> None:
         info = await client.content_info(digest)
         assert info is not None and info.labels == {"a": "1", "b": "2"}
         assert not await client.write_content(f"x-{digest}", digest, len(data), chunked(data))
+    # A refused open ends the stream's request side too: grpc's task feeding it must not linger (it was
+    # reported as "Task was destroyed but it is pending" at exit, on stderr that belongs to the container).
+    await asyncio.sleep(0.1)
+    lingering = [t for t in asyncio.all_tasks() if "_consume_request_iterator" in repr(t.get_coro())]
+    assert lingering == []
 
 
 async def test_commit_digest_mismatch(client: ContainerdClient) -> None:
