@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,3 +113,24 @@ def ctr(sandbox: SandboxInfo) -> CtrRunner:
         return done
 
     return run
+
+
+@pytest.fixture
+def throttle(sandbox: SandboxInfo) -> Iterator[Callable[..., str]]:
+    """`throttle("20MB", total="8MB")` puts the sandbox registry behind `socirun.sandbox.throttle` (a cap per
+    connection, optionally one for all together) and returns the proxy's host:port; stopped after the test."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(rate: str, *, total: str | None = None) -> str:
+        argv = [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", sandbox.registry_host, "--rate", rate]
+        if total is not None:
+            argv += ["--total", total]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        return proc.stdout.readline().strip()
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -210,20 +210,9 @@ def test_registry_without_range_support_falls_back_to_one_stream(
 
 
 @pytest.fixture
-def slow_registry(sandbox: SandboxInfo) -> Iterator[str]:
+def slow_registry(throttle: Callable[..., str]) -> str:
     """The registry behind the throttling proxy: 4 MB/s per connection, 8 MB/s in all."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", sandbox.registry_host,
-         "--rate", "4MB", "--total", "8MB"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    host = proc.stdout.readline().strip()
-    try:
-        yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return throttle("4MB", total="8MB")
 
 
 def _active_layer_bytes(ctr: Ctr) -> int:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,19 +154,9 @@ def test_pull_through_a_mirror_named_in_hosts_toml(
 
 
 @pytest.fixture
-def throttled_registry(sandbox: SandboxInfo) -> Iterator[str]:
+def throttled_registry(throttle: Callable[..., str]) -> str:
     """The sandbox registry behind a 20 MB/s-per-connection proxy, so a pull takes long enough to kill."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", sandbox.registry_host, "--rate", "20MB"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    host = proc.stdout.readline().strip()
-    try:
-        yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return throttle("20MB")
 
 
 def test_killed_pull_resumes_with_fewer_bytes(

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -90,20 +90,9 @@ def tmux(short_tmp_path: Path) -> Iterator[Tmux]:
 
 
 @pytest.fixture
-def slow_registry(sandbox: SandboxInfo) -> Iterator[str]:
+def slow_registry(throttle: Callable[..., str]) -> str:
     """The sandbox registry behind a proxy capped at 2 MB/s in all, so a ~9 MB pull lasts a few seconds."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", sandbox.registry_host,
-         "--rate", "2MB", "--total", "2MB"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    host = proc.stdout.readline().strip()
-    try:
-        yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return throttle("2MB", total="2MB")
 
 
 def test_tui_pull_in_a_real_terminal(sandbox: SandboxInfo, slow_registry: str, tmux: Tmux) -> None:
