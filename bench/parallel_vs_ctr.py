@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import store
 
 from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox
@@ -53,11 +54,7 @@ class Run:
 
 
 def ctr(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["ctr", "-a", address, "-n", NAMESPACE, *args], capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"`ctr {' '.join(args)}` failed: {done.stderr.strip()}")
-    return done
+    return store.ctr(address, NAMESPACE, *args)
 
 
 def empty_store(address: str, refs: list[str], *, keep_content: bool = False) -> None:
@@ -76,19 +73,7 @@ def empty_store(address: str, refs: list[str], *, keep_content: bool = False) ->
                                    capture_output=True, check=False)
             time.sleep(0.2)
         raise SystemExit("the snapshots did not go within 120 s")
-    for ref in refs:
-        subprocess.run(["ctr", "-a", address, "-n", NAMESPACE, "images", "rm", "--sync", ref],
-                       capture_output=True, check=False)
-    for lease in ctr(address, "leases", "ls", "-q").stdout.split():
-        ctr(address, "leases", "rm", "--sync", lease)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        content = ctr(address, "content", "ls", "-q").stdout.split()
-        snapshots = ctr(address, "snapshots", "ls").stdout.splitlines()[1:]
-        if not content and not snapshots:
-            return
-        time.sleep(0.5)
-    raise SystemExit("the store did not empty within 120 s; is something else using the bench namespace?")
+    store.empty_store(address, NAMESPACE, refs)
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> Run:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import store
+
 from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox
 
@@ -25,23 +27,11 @@ SEED = 7
 
 
 def ctr(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ctr", "-a", address, "-n", NAMESPACE, *args], capture_output=True, text=True,
-                          check=True)
+    return store.ctr(address, NAMESPACE, *args)
 
 
 def empty_store(address: str, ref: str) -> None:
-    subprocess.run(["ctr", "-a", address, "-n", NAMESPACE, "images", "rm", "--sync", ref], capture_output=True,
-                   check=False)
-    for lease in ctr(address, "leases", "ls", "-q").stdout.split():
-        ctr(address, "leases", "rm", "--sync", lease)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        content = ctr(address, "content", "ls", "-q").stdout.split()
-        snapshots = ctr(address, "snapshots", "ls").stdout.splitlines()[1:]
-        if not content and not snapshots:
-            return
-        time.sleep(0.5)
-    raise SystemExit("the store did not empty within 60 s; is something else using the bench namespace?")
+    store.empty_store(address, NAMESPACE, [ref])
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import store
+
 from socirun import events as ev
 from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox
@@ -119,22 +121,11 @@ def part_a(seconds: float) -> None:
 
 
 def ctr(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ctr", "-a", address, "-n", NAMESPACE, *args], capture_output=True, text=True,
-                          check=True)
+    return store.ctr(address, NAMESPACE, *args)
 
 
 def empty_store(address: str, ref: str) -> None:
-    subprocess.run(["ctr", "-a", address, "-n", NAMESPACE, "images", "rm", "--sync", ref], capture_output=True,
-                   check=False)
-    for lease in ctr(address, "leases", "ls", "-q").stdout.split():
-        ctr(address, "leases", "rm", "--sync", lease)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not ctr(address, "content", "ls", "-q").stdout.split() and \
-                not ctr(address, "snapshots", "ls").stdout.splitlines()[1:]:
-            return
-        time.sleep(0.3)
-    raise SystemExit("the bench namespace's store did not empty within 60 s")
+    store.empty_store(address, NAMESPACE, [ref])
 
 
 # Runs inside the pane: times the command and adds up the CPU it (and its children) used.

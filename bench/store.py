@@ -1,0 +1,34 @@
+"""What the benchmarks share: `ctr` against a sandbox namespace, and an empty store between runs."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+
+
+def ctr(address: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["ctr", "-a", address, "-n", namespace, *args], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"`ctr {' '.join(args)}` failed: {done.stderr.strip()}")
+    return done
+
+
+def empty_store(address: str, namespace: str, refs: Sequence[str], *, timeout: float = 120) -> None:
+    """Remove the images and every lease, then wait until GC has left no content and no snapshot, so the
+    next run starts cold."""
+    for ref in refs:
+        subprocess.run(["ctr", "-a", address, "-n", namespace, "images", "rm", "--sync", ref],
+                       capture_output=True, check=False)
+    for lease in ctr(address, namespace, "leases", "ls", "-q").stdout.split():
+        ctr(address, namespace, "leases", "rm", "--sync", lease)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = ctr(address, namespace, "content", "ls", "-q").stdout.split()
+        snapshots = ctr(address, namespace, "snapshots", "ls").stdout.splitlines()[1:]
+        if not content and not snapshots:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the store did not empty within {timeout:.0f} s; is something else using namespace "
+                     f"{namespace}?")
