@@ -158,7 +158,7 @@ def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
 def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
     """The pull as `async (emit) -> int`, so any face (plain in asyncio.run, or the TUI's loop) can run it."""
     # Imported here so `socirun --help` stays fast and needs no gRPC.
-    from socirun.containerd.client import ContainerdClient, resolve_address, resolve_namespace
+    from socirun.containerd.client import ContainerdClient, resolve_target
     from socirun.oci import host_platform, parse_platform
     from socirun.pull.engine import pull_image
     from socirun.pull.request import PullChoices, build_pull_request
@@ -168,10 +168,9 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
     text, alias = expand_alias(args.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
-    address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
-    namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
+    address, namespace = resolve_target(getattr(args, "address", None), getattr(args, "namespace", None), config)
     choices = PullChoices(
-        snapshotter=args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter,
+        snapshotter=args.snapshotter or config.snapshotter,  # config holds CONTAINERD_SNAPSHOTTER already
         pull_mode=getattr(args, "pull_mode", None),
         max_concurrent_downloads=args.max_concurrent_downloads,
         chunk_size=getattr(args, "chunk_size", None),

@@ -25,7 +25,7 @@ from typing import Any
 
 from socirun import events as ev
 from socirun.config import SocirunConfig
-from socirun.containerd.client import ContainerdClient, Mount, resolve_address, resolve_namespace
+from socirun.containerd.client import ContainerdClient, Mount, resolve_target
 from socirun.errors import EXIT_DAEMON, ContainerdError, ImageNotFoundError, SocirunError, UsageError
 from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids, host_platform, parse_platform
 from socirun.options import CAPABILITIES, RunOptions, help_text, parse_run_args
@@ -80,11 +80,9 @@ def run_command(argv: Sequence[str], config: SocirunConfig, *, address: str | No
 
 
 async def _image_only(opts: RunOptions, config: SocirunConfig, emit: ev.Emit) -> int:
-    address = resolve_address(opts.address or config.address, os.environ)
-    namespace = resolve_namespace(opts.namespace or config.namespace, os.environ)
-    chosen = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
+    address, namespace = resolve_target(opts.address, opts.namespace, config)
     async with await ContainerdClient.connect(address, namespace) as ctd:
-        await ensure_image(ctd, opts, config, chosen or None, _EmitRenderer(emit))
+        await ensure_image(ctd, opts, config, _chosen_snapshotter(opts, config), _EmitRenderer(emit))
     return 0
 
 
@@ -132,6 +130,11 @@ async def local_image(ctd: ContainerdClient, name: str, platform: Platform) -> t
     if not diff_ids:
         raise SocirunError(f"image {name} has no layers; socirun cannot run it")
     return ImageConfig.from_blob(config_blob), chain_ids(diff_ids)[-1]
+
+
+def _chosen_snapshotter(opts: RunOptions, config: SocirunConfig) -> str | None:
+    """--snapshotter, else CONTAINERD_SNAPSHOTTER / the config file (folded into config); None: the plan picks."""
+    return opts.snapshotter or config.snapshotter or None
 
 
 def _since_command_start() -> float:
@@ -367,9 +370,7 @@ async def run_container(opts: RunOptions, config: SocirunConfig, *, renderer: Re
     `renderer` defaults to the line face the options ask for; `print_id=False` leaves printing a detached
     container's ID to the caller (the TUI prints it when the user leaves); `observe=False` when the caller
     already follows lazily loaded layers."""
-    address = resolve_address(opts.address or config.address, os.environ)
-    namespace = resolve_namespace(opts.namespace or config.namespace, os.environ)
-    chosen_snapshotter = opts.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
+    address, namespace = resolve_target(opts.address, opts.namespace, config)
     data_root = os.path.abspath(data_root_for(opts, config))
     if opts.cidfile and os.path.exists(opts.cidfile):
         raise SocirunError(f"Container ID file found, make sure the other container isn't running or delete "
@@ -380,7 +381,7 @@ async def run_container(opts: RunOptions, config: SocirunConfig, *, renderer: Re
     async with await ContainerdClient.connect(address, namespace) as ctd:
         rt = Runtime(ctd)
         reference, image, top_chain, platform, snapshotter = await ensure_image(
-            ctd, opts, config, chosen_snapshotter or None, renderer, observe=observe
+            ctd, opts, config, _chosen_snapshotter(opts, config), renderer, observe=observe
         )
         container_id = secrets.token_hex(32)
         name = opts.name or f"{os.path.basename(reference.path)}-{container_id[:5]}"

@@ -28,6 +28,7 @@ import grpc
 import grpc.aio
 from google.protobuf import empty_pb2, field_mask_pb2  # type: ignore[import-untyped]
 
+from socirun.config import SocirunConfig
 from socirun.containerd.api.services.content.v1 import content_pb2, content_pb2_grpc
 from socirun.containerd.api.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from socirun.containerd.api.services.images.v1 import images_pb2, images_pb2_grpc
@@ -260,6 +261,13 @@ def resolve_namespace(flag: str | None, env: Mapping[str, str]) -> str:
             f'".", "_" or "-", at most {_IDENTIFIER_MAX} characters'
         )
     return namespace
+
+
+def resolve_target(address: str | None, namespace: str | None, config: SocirunConfig) -> tuple[str, str]:
+    """(address, namespace): the flag, else CONTAINERD_ADDRESS / CONTAINERD_NAMESPACE, else socirun's config
+    file (`load_config` already lets the environment override the files), else containerd's defaults."""
+    return (resolve_address(address or config.address, os.environ),
+            resolve_namespace(namespace or config.namespace, os.environ))
 
 
 def _socket_path(address: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
@@ -14,11 +13,9 @@ from socirun.plan import UserChoice
 
 
 def _connection(args: argparse.Namespace, config: SocirunConfig) -> tuple[str, str]:
-    from socirun.containerd.client import resolve_address, resolve_namespace
+    from socirun.containerd.client import resolve_target
 
-    address = resolve_address(getattr(args, "address", None) or config.address, os.environ)
-    namespace = resolve_namespace(getattr(args, "namespace", None) or config.namespace, os.environ)
-    return address, namespace
+    return resolve_target(getattr(args, "address", None), getattr(args, "namespace", None), config)
 
 
 async def _plan(args: argparse.Namespace, config: SocirunConfig) -> dict[str, Any]:
@@ -34,7 +31,7 @@ async def _plan(args: argparse.Namespace, config: SocirunConfig) -> dict[str, An
     text, alias = expand_alias(args.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
-    snapshotter = args.snapshotter or os.environ.get("CONTAINERD_SNAPSHOTTER") or config.snapshotter
+    snapshotter = args.snapshotter or config.snapshotter  # config holds CONTAINERD_SNAPSHOTTER already
     user = UserChoice(snapshotter, pull_mode_for(PullChoices(pull_mode=getattr(args, "pull_mode", None)), config))
     address, namespace = _connection(args, config)
     insecure = [*config.insecure_registries, *args.insecure_registry]
