@@ -27,35 +27,20 @@ from aiohttp import web
 from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
+from tests.integration.cli_result import CliResult
 
 SAMPLE_TEXT = "hello from the socirun sample"
 Ctr = Callable[..., "subprocess.CompletedProcess[str]"]
 PARALLEL = ("--pull-mode", "parallel", "--max-concurrent-downloads", "4", "--chunk-size", "1MiB")
 
 
-class Pulled:
-    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
-        self.code = proc.returncode
-        self.stderr = proc.stderr
-        self.events: list[dict[str, Any]] = [json.loads(line) for line in proc.stderr.splitlines()
-                                             if line.startswith("{")]
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == kind]
-
-    def finished(self) -> dict[str, Any]:
-        done = self.of("pull_finished")
-        assert len(done) == 1, self.stderr
-        return done[0]
-
-
 @pytest.fixture
-def pull(sandbox: SandboxInfo) -> Callable[..., Pulled]:
-    def run(*args: str, timeout: float = 300) -> Pulled:
+def pull(sandbox: SandboxInfo) -> Callable[..., CliResult]:
+    def run(*args: str, timeout: float = 300) -> CliResult:
         env = dict(os.environ, CONTAINERD_ADDRESS=sandbox.containerd_address)
         proc = subprocess.run([sys.executable, "-m", "socirun", "pull", *args], capture_output=True, text=True,
                               env=env, timeout=timeout, check=False)
-        return Pulled(proc)
+        return CliResult.of_process(proc)
 
     return run
 
@@ -158,7 +143,7 @@ def image_chain(host: str, repo: str, tag: str) -> tuple[dict[str, Any], list[st
 
 
 def test_parallel_pull_makes_a_valid_image_from_bounded_ranges(
-    pull: Callable[..., Pulled], sandbox: SandboxInfo, ctr: Ctr, range_proxy: Callable[..., RegistryProxy]
+    pull: Callable[..., CliResult], sandbox: SandboxInfo, ctr: Ctr, range_proxy: Callable[..., RegistryProxy]
 ) -> None:
     proxy = range_proxy(strip_range=False)
     pushed = push_sample(sandbox.registry_host, "parallel/valid", "v1", [3, 6, 1], seed=601)
@@ -193,7 +178,7 @@ def test_parallel_pull_makes_a_valid_image_from_bounded_ranges(
 
 
 def test_registry_without_range_support_falls_back_to_one_stream(
-    pull: Callable[..., Pulled], sandbox: SandboxInfo, ctr: Ctr, range_proxy: Callable[..., RegistryProxy]
+    pull: Callable[..., CliResult], sandbox: SandboxInfo, ctr: Ctr, range_proxy: Callable[..., RegistryProxy]
 ) -> None:
     proxy = range_proxy(strip_range=True)
     pushed = push_sample(sandbox.registry_host, "parallel/norange", "v1", [4, 2], seed=602)
@@ -230,7 +215,7 @@ def _active_layer_bytes(ctr: Ctr) -> int:
 
 
 def test_parallel_pull_killed_and_resumed(
-    pull: Callable[..., Pulled], sandbox: SandboxInfo, slow_registry: str, ctr: Ctr
+    pull: Callable[..., CliResult], sandbox: SandboxInfo, slow_registry: str, ctr: Ctr
 ) -> None:
     pushed = push_sample(sandbox.registry_host, "parallel/resume", "v1", [80], seed=603)
     ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
@@ -258,7 +243,7 @@ def test_parallel_pull_killed_and_resumed(
 
 
 def test_digest_mismatch_in_one_chunk_aborts_that_layer(
-    pull: Callable[..., Pulled], sandbox: SandboxInfo, ctr: Ctr
+    pull: Callable[..., CliResult], sandbox: SandboxInfo, ctr: Ctr
 ) -> None:
     ref = push_sample(sandbox.registry_host, "parallel/corrupt", "v1", [2, 5], seed=604)
     manifest, chain = image_chain(sandbox.registry_host, "parallel/corrupt", "v1")

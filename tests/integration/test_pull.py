@@ -10,37 +10,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo, start_registry
+from tests.integration.cli_result import CliResult
 
 SAMPLE_TEXT = "hello from the socirun sample"
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr.splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
-
-    def finished(self) -> dict[str, Any]:
-        done = [e for e in self.events if e["type"] == "pull_finished"]
-        assert len(done) == 1, self.stderr
-        return done[0]
 
 
 def socirun_cmd(*args: str) -> list[str]:
@@ -48,12 +27,12 @@ def socirun_cmd(*args: str) -> list[str]:
 
 
 @pytest.fixture
-def socirun(sandbox: SandboxInfo) -> Callable[..., Result]:
-    def run(*args: str, timeout: float = 300) -> Result:
+def socirun(sandbox: SandboxInfo) -> Callable[..., CliResult]:
+    def run(*args: str, timeout: float = 300) -> CliResult:
         env = dict(os.environ, CONTAINERD_ADDRESS=sandbox.containerd_address)
         proc = subprocess.run(socirun_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout,
                               check=False)
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        return CliResult.of_process(proc)
 
     return run
 
@@ -87,7 +66,7 @@ def _image_target(ctr: Callable[..., subprocess.CompletedProcess[str]], ref: str
 
 
 def test_pull_is_accepted_by_containerds_own_client(
-    socirun: Callable[..., Result], sample_5: str, ctr: Callable[..., subprocess.CompletedProcess[str]]
+    socirun: Callable[..., CliResult], sample_5: str, ctr: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     result = socirun("pull", "--progress", "json", sample_5)
     assert result.code == 0, result.stderr
@@ -108,7 +87,7 @@ def test_pull_is_accepted_by_containerds_own_client(
 
 
 def test_second_pull_downloads_nothing(
-    socirun: Callable[..., Result], sample_5: str, ctr: Callable[..., subprocess.CompletedProcess[str]]
+    socirun: Callable[..., CliResult], sample_5: str, ctr: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     assert socirun("pull", "--progress", "json", sample_5).code == 0
     again = socirun("pull", "--progress", "json", sample_5)
@@ -119,7 +98,7 @@ def test_second_pull_downloads_nothing(
 
 
 def test_plain_progress_goes_to_stderr_and_stdout_stays_empty(
-    socirun: Callable[..., Result], sample_5: str
+    socirun: Callable[..., CliResult], sample_5: str
 ) -> None:
     result = socirun("pull", "--progress", "plain", sample_5)
     assert result.code == 0, result.stderr
@@ -130,7 +109,7 @@ def test_plain_progress_goes_to_stderr_and_stdout_stays_empty(
 
 
 def test_pull_through_a_mirror_named_in_hosts_toml(
-    socirun: Callable[..., Result], sandbox: SandboxInfo, tmp_path: Path,
+    socirun: Callable[..., CliResult], sandbox: SandboxInfo, tmp_path: Path,
     ctr: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     ref = push_sample(sandbox.registry_host, "mirror/sample", "v1", [1, 2], seed=101)
@@ -160,7 +139,7 @@ def throttled_registry(throttle: Callable[..., str]) -> str:
 
 
 def test_killed_pull_resumes_with_fewer_bytes(
-    socirun: Callable[..., Result], sandbox: SandboxInfo, throttled_registry: str,
+    socirun: Callable[..., CliResult], sandbox: SandboxInfo, throttled_registry: str,
     ctr: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     pushed = push_sample(sandbox.registry_host, "resume/sample", "v1", [96], seed=202)
@@ -203,7 +182,7 @@ def _parse_size(text: str) -> int:
 
 
 def test_corrupt_blob_is_refused_and_nothing_is_kept(
-    socirun: Callable[..., Result], sandbox: SandboxInfo, ctr: Callable[..., subprocess.CompletedProcess[str]]
+    socirun: Callable[..., CliResult], sandbox: SandboxInfo, ctr: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     ref = push_sample(sandbox.registry_host, "corrupt/sample", "v1", [2, 3], seed=303)
     request = urllib.request.Request(
@@ -238,7 +217,7 @@ def test_corrupt_blob_is_refused_and_nothing_is_kept(
     assert manifest["config"]["digest"] not in ctr("content", "ls", "-q").stdout.split()
 
 
-def test_image_that_does_not_exist(socirun: Callable[..., Result], sandbox: SandboxInfo) -> None:
+def test_image_that_does_not_exist(socirun: Callable[..., CliResult], sandbox: SandboxInfo) -> None:
     result = socirun("pull", f"{sandbox.registry_host}/no/such-image:latest")
     assert result.code == 125
     lines = result.stderr.strip().splitlines()
@@ -246,7 +225,7 @@ def test_image_that_does_not_exist(socirun: Callable[..., Result], sandbox: Sand
     assert "Traceback" not in result.stderr
 
 
-def test_unreachable_registry(socirun: Callable[..., Result]) -> None:
+def test_unreachable_registry(socirun: Callable[..., CliResult]) -> None:
     result = socirun("pull", "127.0.0.1:9/x/y:z")
     assert result.code == 125
     last = result.stderr.strip().splitlines()[-1]
@@ -254,7 +233,7 @@ def test_unreachable_registry(socirun: Callable[..., Result]) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_missing_containerd_socket(socirun: Callable[..., Result], sample_5: str, tmp_path: Path) -> None:
+def test_missing_containerd_socket(socirun: Callable[..., CliResult], sample_5: str, tmp_path: Path) -> None:
     missing = tmp_path / "nope.sock"
     result = socirun("pull", "--address", str(missing), sample_5)
     assert result.code == 125

@@ -23,6 +23,7 @@ from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_emulator.process import emulator_config
 from socirun.soci.config import load_soci_config
 from socirun.soci.observer import SociObserver, fetch_metrics, observing, parse_metrics
+from tests.integration.cli_result import CliResult
 from tests.integration.conftest import missing_requirement, short_tmp_dir
 
 SAMPLE_TEXT = "hello from the socirun sample"
@@ -34,20 +35,6 @@ ZTOC_MIN = 4 * MIB
 
 
 @dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == kind]
-
-
-@dataclass
 class SociBox:
     box: Sandbox
     info: SandboxInfo
@@ -56,10 +43,10 @@ class SociBox:
         return dict(os.environ, CONTAINERD_ADDRESS=self.info.containerd_address,
                     SOCI_SNAPSHOTTER_CONFIG=str(self.box.soci.config), SOCIRUN_PROGRESS="json")
 
-    def socirun(self, *args: str, timeout: float = 300) -> Result:
+    def socirun(self, *args: str, timeout: float = 300) -> CliResult:
         done = subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True,
                               env=self.env(), timeout=timeout, check=False)
-        return Result(done.returncode, done.stdout, done.stderr)
+        return CliResult.of_process(done)
 
     def configure(self, *, pace_ms: float = 0.0, **keys: Any) -> None:
         self.box.restart_soci(emulator_config(self.box.soci, min_layer_size=0, **keys), span_pace_ms=pace_ms)
@@ -68,7 +55,7 @@ class SociBox:
         return push_sample(self.info.registry_host, name, "latest", layers, seed=seed, soci=soci,
                            ztoc_min_layer_size=ZTOC_MIN)
 
-    def run_container(self, ref: str, *command: str) -> Result:
+    def run_container(self, ref: str, *command: str) -> CliResult:
         return self.socirun("run", "--rm", "--snapshotter", "soci", "--net", "none", ref, *command, timeout=120)
 
 
@@ -233,7 +220,7 @@ def test_unexpected_defer_downloads_only_the_deferred_layers(soci_box: SociBox, 
     env = soci_box.env() | {"SOCI_SNAPSHOTTER_CONFIG": str(stale)}
     done = subprocess.run([sys.executable, "-m", "socirun", "pull", ref], capture_output=True, text=True, env=env,
                           timeout=300, check=False)
-    pulled = Result(done.returncode, done.stdout, done.stderr)
+    pulled = CliResult.of_process(done)
     assert pulled.code == 0, pulled.stderr
     assert [e["mode"] for e in pulled.of("layer_planned")] == ["snapshotter", "snapshotter", "lazy"]
     classified = pulled.of("layer_classified")
