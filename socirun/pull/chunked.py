@@ -96,8 +96,14 @@ class TransferBudget:
         self.schedule: Schedule = schedule
         self._connections = asyncio.Semaphore(connections)
         self._free = window
-        self._waiters: list[tuple[tuple[int, ...], int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[tuple[int, ...], int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        # Layers that still have chunks to ask for -> the key of the next one. A slot is never given to a
+        # larger key while one of these layers is busy between two requests (or has not started yet): without
+        # this, whichever layer happens to ask first (or asks again first) takes the slot its key says is not
+        # its turn, and the layer the unpacker waits for arrives late.
+        self._next_key: dict[int, tuple[int, ...]] = {}
+        self._waiting: set[int] = set()
         # Observed figures, for tests and the benchmark.
         self.slots_in_use = 0
         self.peak_slots = 0
@@ -110,36 +116,57 @@ class TransferBudget:
     def memory_bound(self) -> int:
         return self.window * self.chunk_size
 
-    async def acquire_slot(self, key: tuple[int, ...]) -> None:
-        """Wait for a window slot; when several wait, the smallest key gets the next one."""
-        # Invariant: free slots exist only while nobody waits (release hands a slot to a live waiter first).
-        if self._free > 0:
-            self._free -= 1
-            self._took_slot()
-            return
+    def expect(self, layer_index: int, layer_size: int) -> None:
+        """Announce a layer that will ask for slots, so larger keys wait for it; `settle` must follow."""
+        self._next_key.setdefault(layer_index, chunk_priority(self.schedule, layer_index, layer_size, 0))
+
+    def settle(self, layer_index: int) -> None:
+        """The layer will ask for no more slots (all its chunks launched, or it failed or needed none)."""
+        if self._next_key.pop(layer_index, None) is not None:
+            self._dispatch()
+
+    async def acquire_slot(self, layer_index: int, key: tuple[int, ...]) -> None:
+        """Wait for a window slot; the smallest key among the active layers gets each free one."""
+        self._next_key[layer_index] = key
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (key, next(self._seq), fut))
+        heapq.heappush(self._waiters, (key, next(self._seq), layer_index, fut))
+        self._waiting.add(layer_index)
+        self._dispatch()
         try:
             await fut
         except asyncio.CancelledError:
+            self._waiting.discard(layer_index)
             if fut.done() and not fut.cancelled():
-                self._took_slot()
                 self.release_slot()  # granted just as we were cancelled: pass it on
             raise
-        self._took_slot()
 
-    def _took_slot(self) -> None:
-        self.slots_in_use += 1
-        self.peak_slots = max(self.peak_slots, self.slots_in_use)
+    def hold_place(self, layer_index: int, key: tuple[int, ...]) -> None:
+        """The layer's next request will have this key (it asks as soon as its current chunk is launched)."""
+        if layer_index in self._next_key:
+            self._next_key[layer_index] = key
+            self._dispatch()
 
     def release_slot(self) -> None:
         self.slots_in_use -= 1
-        while self._waiters:
-            _key, _seq, fut = heapq.heappop(self._waiters)
-            if not fut.done():  # a cancelled waiter's future is done: skip it
-                fut.set_result(None)
-                return
         self._free += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give free slots to waiters in key order, stopping at a key an active, non-waiting layer precedes."""
+        while self._free > 0 and self._waiters:
+            key, _seq, layer_index, fut = self._waiters[0]
+            if fut.done():  # cancelled while waiting
+                heapq.heappop(self._waiters)
+                continue
+            busy = [k for i, k in self._next_key.items() if i not in self._waiting]
+            if busy and min(busy) < key:
+                return  # hold the slot for that layer's next request
+            heapq.heappop(self._waiters)
+            self._waiting.discard(layer_index)
+            self._free -= 1
+            self.slots_in_use += 1
+            self.peak_slots = max(self.peak_slots, self.slots_in_use)
+            fut.set_result(None)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[None]:
@@ -189,6 +216,7 @@ async def download_chunked(
     ranges = plan_ranges(size, offset, budget.chunk_size)
     stats = ChunkStats()
     if not ranges:
+        budget.settle(layer_index)
         return stats
     queue: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue()
     # Chunk tasks not yet written, by index. A finished task holds its bytes as its result, so each one is
@@ -221,12 +249,18 @@ async def download_chunked(
         raise AssertionError("unreachable")
 
     async def launch() -> None:
-        for index, (start, end) in enumerate(ranges):
-            await budget.acquire_slot(chunk_priority(budget.schedule, layer_index, size, index))
-            held.add(index)
-            task = asyncio.create_task(fetch_one(index, start, end))
-            launched[index] = task
-            queue.put_nowait(task)
+        try:
+            for index, (start, end) in enumerate(ranges):
+                await budget.acquire_slot(layer_index, chunk_priority(budget.schedule, layer_index, size, index))
+                held.add(index)
+                task = asyncio.create_task(fetch_one(index, start, end))
+                launched[index] = task
+                queue.put_nowait(task)
+                if index + 1 < len(ranges):
+                    # Between two requests the layer still holds its place in the schedule.
+                    budget.hold_place(layer_index, chunk_priority(budget.schedule, layer_index, size, index + 1))
+        finally:
+            budget.settle(layer_index)
 
     launcher = asyncio.create_task(launch())
     position = offset

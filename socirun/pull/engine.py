@@ -94,10 +94,14 @@ class _Pull:
         self._throttle = _Throttle()
         self._downloads = asyncio.Semaphore(max(1, request.max_concurrent_downloads))
         self._budget: TransferBudget | None = None
+        self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
         if request.pull_mode == "parallel":
             connections = max(1, request.max_concurrent_downloads)
             self._budget = TransferBudget(connections=connections, window=request.chunk_window or 2 * connections,
                                           chunk_size=request.chunk_size, schedule=request.schedule)
+            # The budget bounds connections and memory; a layer limit as well could hold back the very layer
+            # the schedule waits for, so every layer may open its ingest at once.
+            self._downloads = asyncio.Semaphore(1 << 16)
         self.lease: PullLease  # set once the image name is known
 
     # -- content -------------------------------------------------------------------------------------------
@@ -123,38 +127,48 @@ class _Pull:
 
     async def _download(self, img: ResolvedImage, layer: Descriptor) -> None:
         """Write one layer blob into the content store, resuming whatever an earlier run left behind."""
-        async with self._downloads:
-            ref = lb.ingest_ref(layer)
-            labels = await self._source_label(img, layer.digest)
-            self.lease.track_ingest(ref)
-            writer = await self.ctd.open_writer(ref, layer.digest, layer.size)
-            try:
-                offset = await writer.start()
-                if writer.already_exists:
-                    await self.ctd.content_update_labels(layer.digest, labels)
-                    self._progress(layer, layer.size, force=True)
-                    return
-                self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
-                                               detail=_resume_detail(offset, layer.size)))
-                self._progress(layer, offset, force=True)
-                if offset < layer.size:
-                    await self._copy(img, layer, writer, offset)
-                try:
-                    await writer.commit(labels)
-                except CommitMismatchError:
-                    await self.ctd.abort_ingest(ref)
-                    raise DigestMismatchError(
-                        f"layer {layer.digest} from {img.reference.domain}: the bytes received do not match "
-                        "that digest, so the registry's copy is corrupt; nothing was stored for it."
-                    ) from None
+        try:
+            async with self._downloads:
+                written = await self._write_blob(img, layer)
+        finally:
+            if self._budget is not None:
+                self._budget.settle(img.layers.index(layer))
+        if written:
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded"))
+
+    async def _write_blob(self, img: ResolvedImage, layer: Descriptor) -> bool:
+        """False when containerd already held the whole blob."""
+        ref = lb.ingest_ref(layer)
+        labels = await self._source_label(img, layer.digest)
+        self.lease.track_ingest(ref)
+        writer = await self.ctd.open_writer(ref, layer.digest, layer.size)
+        try:
+            offset = await writer.start()
+            if writer.already_exists:
+                await self.ctd.content_update_labels(layer.digest, labels)
                 self._progress(layer, layer.size, force=True)
-            finally:
-                await writer.close()
-        self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded"))
+                return False
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
+                                           detail=_resume_detail(offset, layer.size)))
+            self._progress(layer, offset, force=True)
+            if offset < layer.size:
+                await self._copy(img, layer, writer, offset)
+            try:
+                await writer.commit(labels)
+            except CommitMismatchError:
+                await self.ctd.abort_ingest(ref)
+                raise DigestMismatchError(
+                    f"layer {layer.digest} from {img.reference.domain}: the bytes received do not match "
+                    "that digest, so the registry's copy is corrupt; nothing was stored for it."
+                ) from None
+            self._progress(layer, layer.size, force=True)
+        finally:
+            await writer.close()
+        return True
 
     async def _copy(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
         """Stream the blob from `offset` into the open ingest; containerd checks the digest at commit."""
-        if self._budget is not None:
+        if self._budget is not None and self._ranges_served:
             try:
                 await self._copy_chunked(img, layer, writer, offset)
                 return
@@ -162,6 +176,8 @@ class _Pull:
                 await writer.flush()
                 offset = writer.offset
                 self._range_fallback(layer, str(err))
+        if self._budget is not None:
+            self._budget.settle(img.layers.index(layer))  # one stream: it needs no slot, so hold no place
         received = offset
         async with contextlib.aclosing(self.registry.fetch_blob(img.reference, layer, offset)) as stream:
             async for chunk in stream:
@@ -197,8 +213,8 @@ class _Pull:
 
     def _range_fallback(self, layer: Descriptor, why: str) -> None:
         """The registry ignores Range: this and every later layer of the pull use one stream each."""
-        if self._budget is not None:  # say it once, not once per layer
-            self._budget = None
+        if self._ranges_served:  # say it once, not once per layer
+            self._ranges_served = False
             self.emit(ev.WarningMessage(message=f"{why}; falling back to one stream per layer (standard mode)"))
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
                                        detail="registry does not serve byte ranges: one stream"))
@@ -328,12 +344,16 @@ class _Pull:
                     self.emit(ev.LayerStateChanged(digest=layer.digest, state="waiting"))
             downloads: dict[str, asyncio.Task[None]] = {}
             try:
-                for i, layer in enumerate(img.layers):
+                upfront = [i for i, layer in enumerate(img.layers) if not present[i] and (
                     # Up front only what socirun will surely download: with a remote snapshotter, layers the
                     # plan expects it to take stay untouched unless it defers them (then only that one).
-                    upfront = self.snapshotter in LOCAL_SNAPSHOTTERS or (
-                        plan is not None and plan.layers[i].mode == "standard")
-                    if not present[i] and upfront and layer.digest not in downloads:
+                    self.snapshotter in LOCAL_SNAPSHOTTERS or (plan is not None and plan.layers[i].mode == "standard"))]
+                if self._budget is not None:
+                    for i in upfront:  # all announced before any asks, so the schedule holds from the start
+                        self._budget.expect(img.layers.index(img.layers[i]), img.layers[i].size)
+                for i in upfront:
+                    layer = img.layers[i]
+                    if layer.digest not in downloads:
                         downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
                 for i in range(len(img.layers)):
                     if present[i]:

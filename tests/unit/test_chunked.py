@@ -295,3 +295,62 @@ async def test_schedule_decides_which_layer_gets_the_next_slot(schedule: Schedul
     hold.set()
     await asyncio.gather(first, second)
     assert order == expected
+
+
+async def test_an_announced_layer_keeps_its_turn_until_it_asks() -> None:
+    # The engine announces every layer before any asks. Layer 1 opens its ingest first, but the in-order
+    # schedule must still give layer 0 every chunk first: otherwise the unpacker waits for layer 0.
+    budget = TransferBudget(connections=1, window=1, chunk_size=100)
+    a, b = blob(300, 9), blob(200, 10)
+    budget.expect(0, len(a))
+    budget.expect(1, len(b))
+    order: list[str] = []
+
+    def source(name: str, data: bytes) -> ChunkFetcher:
+        async def fetch(start: int, end: int) -> bytes:
+            order.append(f"{name}{start // 100}")
+            return data[start : end + 1]
+
+        return fetch
+
+    second = asyncio.create_task(download_chunked(source("b", b), Sink().write, size=len(b), offset=0,
+                                                  budget=budget, layer_index=1))
+    await asyncio.sleep(0.02)
+    assert order == []  # b waits for a, which has not asked yet
+    first = asyncio.create_task(download_chunked(source("a", a), Sink().write, size=len(a), offset=0,
+                                                 budget=budget, layer_index=0))
+    await asyncio.gather(first, second)
+    assert order == ["a0", "a1", "a2", "b0", "b1"]
+
+
+async def test_a_settled_layer_no_longer_holds_back_later_ones() -> None:
+    budget = TransferBudget(connections=1, window=1, chunk_size=100)
+    b = blob(200, 11)
+    budget.expect(0, 500)
+    budget.expect(1, len(b))
+    sink = Sink()
+    task = asyncio.create_task(download_chunked(FakeSource(b), sink.write, size=len(b), offset=0, budget=budget,
+                                                layer_index=1))
+    await asyncio.sleep(0.02)
+    assert not task.done()
+    budget.settle(0)  # layer 0 turned out to be in the store already: it never asks
+    await asyncio.wait_for(task, 2)
+    assert sink.data == b
+
+
+async def test_a_free_slot_waits_for_a_layer_between_two_requests() -> None:
+    # Layer 0 has just been given a slot and will ask again at once; a release in the meantime must not hand
+    # the slot to layer 1, whose key comes later.
+    budget = TransferBudget(connections=2, window=2, chunk_size=100)
+    await budget.acquire_slot(0, chunk_priority("in-order", 0, 300, 0))
+    await budget.acquire_slot(0, chunk_priority("in-order", 0, 300, 1))
+    budget.hold_place(0, chunk_priority("in-order", 0, 300, 2))
+    later = asyncio.create_task(budget.acquire_slot(1, chunk_priority("in-order", 1, 300, 0)))
+    budget.release_slot()
+    await asyncio.sleep(0.01)
+    assert not later.done()
+    await budget.acquire_slot(0, chunk_priority("in-order", 0, 300, 2))  # layer 0 gets the held slot
+    budget.settle(0)
+    budget.release_slot()
+    await asyncio.wait_for(later, 1)
+    assert budget.slots_in_use == 2
