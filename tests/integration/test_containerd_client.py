@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from socirun.containerd.client import (
+    WRITE_CHUNK_BYTES,
     AlreadyExistsError,
     CommitMismatchError,
     ContainerdClient,
@@ -302,7 +303,8 @@ async def test_lease_deleted_on_error_and_cancel(client: ContainerdClient) -> No
 
 
 async def test_write_resume_commit_with_labels(client: ContainerdClient) -> None:
-    data, digest = blob(3 * 1024 * 1024 + 123)  # > 1 MiB per write() call: split into messages
+    # More than one message per write() call and more than the unacknowledged window: split and pipelined.
+    data, digest = blob(3 * WRITE_CHUNK_BYTES + 123)
     ref = f"layer-{digest}"
     half = 1_500_000
     async with client.lease():
