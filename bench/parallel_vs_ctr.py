@@ -18,6 +18,8 @@ Then, without the proxy, ctr and socirun parallel alternate again (unthrottled).
 also compare the chunk schedules (in-order, largest-first, interleave).
 
 Peak RSS is the socirun process's own maximum resident set (wait4's ru_maxrss).
+It also prints the CPU seconds each process used in the fastest parallel run (socirun, containerd, the
+registry, the proxy): on a small host their sum over the cores, not the network, is what bounds the pull.
 
     python bench/parallel_vs_ctr.py [--rounds 3] [--rate 25MB] [--layers 150,900,300,50,400,200,100]
 """
@@ -33,10 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import psutil
 import store
 
 from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
@@ -51,6 +54,18 @@ MB = 1_000_000
 class Run:
     seconds: float
     peak_rss: int  # bytes; 0 for ctr
+    cpu: float = 0.0  # CPU seconds of the puller itself (socirun or ctr)
+    others_cpu: dict[str, float] = field(default_factory=dict)  # containerd, registry, proxy during the run
+
+
+class CpuWatch:
+    """CPU seconds the helper processes (containerd, the registry, the proxy) use while one pull runs."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def snapshot(self) -> dict[str, float]:
+        return {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
 
 
 def ctr(address: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,8 +91,10 @@ def empty_store(address: str, refs: list[str], *, keep_content: bool = False) ->
     store.empty_store(address, NAMESPACE, refs)
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> Run:
-    """Run cmd; its wall time and its own peak RSS (from wait4, so no polling can miss a peak)."""
+def timed(cmd: list[str], env: dict[str, str], watch: CpuWatch | None = None) -> Run:
+    """Run cmd; its wall time, its own peak RSS and CPU (from wait4, so no polling can miss a peak), and the
+    CPU the helper processes used meanwhile."""
+    before = watch.snapshot() if watch else {}
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _pid, status, usage = os.wait4(proc.pid, 0)
@@ -86,7 +103,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> Run:
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"`{' '.join(cmd)}` failed ({proc.returncode}): {stderr.strip()[-2000:]}")
-    return Run(elapsed, usage.ru_maxrss * 1024)
+    after = watch.snapshot() if watch else {}
+    return Run(elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime,
+               {name: after[name] - before[name] for name in after})
 
 
 class Proxy:
@@ -180,6 +199,7 @@ def bench(box: Sandbox, args: argparse.Namespace) -> None:
           f"= {100 * max(layer_sizes) / total:.0f}%; layers (MB): {', '.join(f'{s / MB:.1f}' for s in layer_sizes)}")
     address = info.containerd_address
     proxy = Proxy(info.registry_host, args.rate, None)
+    watch = CpuWatch({"containerd": info.containerd_pid, "registry": info.registry_pid, "proxy": proxy.proc.pid})
     cfg_dir = Path(tempfile.mkdtemp(prefix="socirun-bench-cfg-"))
     try:
         throttled = ref.replace(info.registry_host, proxy.host, 1)
@@ -204,7 +224,7 @@ def bench(box: Sandbox, args: argparse.Namespace) -> None:
             order = names[round_no % 3:] + names[:round_no % 3]
             for name in order:
                 empty_store(address, refs)
-                run = timed(commands(throttled)[name], env)
+                run = timed(commands(throttled)[name], env, watch)
                 runs[name].append(run)
                 rss = f", peak RSS {run.peak_rss / MB:.0f} MB" if name != "ctr" else ""
                 print(f"  round {round_no + 1}: {name:9s} {run.seconds:7.2f} s{rss}", flush=True)
@@ -218,8 +238,9 @@ def bench(box: Sandbox, args: argparse.Namespace) -> None:
         apply_runs = []
         for _ in range(2):
             empty_store(address, refs, keep_content=True)
-            apply_runs.append(timed(commands(ref)["ctr"], env).seconds)
-        apply_s = min(apply_runs)
+            apply_runs.append(timed(commands(ref)["ctr"], env, watch))
+        apply_run = min(apply_runs, key=lambda r: r.seconds)
+        apply_s = apply_run.seconds
         limit = max(fetch_s, apply_s)
         print(f"  limit: fetch at the cap with unlimited connections {fetch_s:.2f} s "
               f"({total / MB / fetch_s:.0f} MB/s), containerd apply alone {apply_s:.2f} s -> {limit:.2f} s")
@@ -254,6 +275,15 @@ def bench(box: Sandbox, args: argparse.Namespace) -> None:
           f"{med(runs['standard']):.2f} s, socirun parallel {med(runs['parallel']):.2f} s; limit {limit:.2f} s")
     print(f"peak RSS of socirun: standard {max(r.peak_rss for r in runs['standard']) / MB:.0f} MB, parallel "
           f"{max(r.peak_rss for r in runs['parallel']) / MB:.0f} MB")
+    # What the machine must do in a parallel pull, in CPU seconds, against what it has: the cores bound any pull.
+    cores = os.cpu_count() or 1
+    fastest = min(runs["parallel"], key=lambda r: r.seconds)
+    parts = {"socirun": fastest.cpu, **fastest.others_cpu}
+    used = sum(parts.values())
+    print(f"CPU seconds in the fastest parallel run ({fastest.seconds:.2f} s): "
+          + ", ".join(f"{name} {value:.1f}" for name, value in parts.items())
+          + f"; {used:.1f} in all = {used / cores:.2f} s of all {cores} cores "
+          f"(containerd applying alone used {apply_run.others_cpu.get('containerd', 0.0):.1f})")
     print(f"median unthrottled: ctr {med(unthrottled['ctr']):.2f} s, socirun parallel "
           f"{med(unthrottled['parallel']):.2f} s")
     print(f"unthrottled parallel/ctr {med(unthrottled['parallel']) / med(unthrottled['ctr']):.3f}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from socirun.containerd.client import (
-    WRITE_CHUNK_BYTES,
+    WRITE_WINDOW_BYTES,
     AlreadyExistsError,
     CommitMismatchError,
     ContainerdClient,
@@ -304,7 +304,7 @@ async def test_lease_deleted_on_error_and_cancel(client: ContainerdClient) -> No
 
 async def test_write_resume_commit_with_labels(client: ContainerdClient) -> None:
     # More than one message per write() call and more than the unacknowledged window: split and pipelined.
-    data, digest = blob(3 * WRITE_CHUNK_BYTES + 123)
+    data, digest = blob(2 * WRITE_WINDOW_BYTES + 123)
     ref = f"layer-{digest}"
     half = 1_500_000
     async with client.lease():
