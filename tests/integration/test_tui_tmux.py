@@ -170,3 +170,30 @@ def test_run_shows_the_pull_in_the_tui_then_hands_the_terminal_to_the_container(
     assert re.search(r"^/dev/pts/\d+\s*$", after, re.MULTILINE), after
     assert re.search(rf"^{tmux.height} {tmux.width}\s*$", after, re.MULTILINE), after
     assert "Traceback" not in after
+
+
+def test_keys_reach_the_tui_in_a_real_terminal(sandbox: SandboxInfo, slow_registry: str, tmux: Tmux) -> None:
+    # socirun's own input thread (socirun.ui.tui.driver) reads the keys: a plain key, a lone Esc (which only
+    # the parser's timeout turns into a key) and q, which cancels the pull in flight.
+    pushed = push_sample(sandbox.registry_host, "tui/keys", "v1", LAYERS_MB, seed=407)
+    ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
+    tmux.start(socirun_argv("pull", "--namespace", "tui-keys", "--progress", "tty", ref),
+               {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+
+    def until(predicate: Callable[[str], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert tmux.result() is None, tmux.screen()
+            if predicate(tmux.screen()):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"never saw {what}; screen:\n{tmux.screen()}")
+
+    until(lambda screen: "q Quit" in screen and bool(re.search(r"\d MB/\d", screen)), "the pull in progress")
+    tmux.press("?")
+    until(lambda screen: "socirun keys" in screen, "the help after ?")
+    tmux.press("Escape")
+    until(lambda screen: "socirun keys" not in screen, "the help closed by Esc")
+    tmux.press("q")
+    code, _ = tmux.wait(60)
+    assert code == 130, tmux.screen()

@@ -24,6 +24,7 @@ from socirun import events as ev
 from socirun.errors import EXIT_INTERRUPTED, SocirunError
 from socirun.ui.model import PullModel
 from socirun.ui.tui import format as fmt
+from socirun.ui.tui.driver import PromptStopDriver
 from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, TextLine, columns_for
 
 Work = Callable[[ev.Emit], Awaitable[int]]
@@ -59,7 +60,7 @@ class PullApp(App[int]):
         foreground: bool = False,
         log_max: int = FETCH_LOG_MAX,
     ) -> None:
-        super().__init__()
+        super().__init__(driver_class=PromptStopDriver)  # headless runs (tests) still get Textual's own driver
         self.work = work
         self.clock = clock
         self.interactive = interactive
