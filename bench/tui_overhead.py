@@ -7,7 +7,7 @@
 (b) `socirun pull` of a sandbox sample (by default the one bench/pull_vs_ctr.py uses, ~800 MB uncompressed)
     with `--progress tty` (inside tmux, a real terminal) and with `--progress plain` (same tmux, same wrapper),
     alternating, from an emptied store each time; the ratio of the medians tty/plain is printed last.
-    Target: <= 1.05. The TUI's fixed cost (Textual's start and its ~0.1 s shutdown) is a larger share of
+    Target: <= 1.05. The TUI's fixed cost (loading and starting Textual, ~0.2 s) is a larger share of
     small pulls; `--layers 16,16,32,64` shows it.
 
     python bench/tui_overhead.py [--part a|b|both] [--seconds 20] [--pairs 3] [--layers 64,96,128,192,320]
