@@ -81,6 +81,15 @@ _TRANSPORT_MARKERS = (
     "permission denied",
 )
 
+# How grpc-go (inside containerd) words a failure to reach a proxy snapshotter, e.g. one that is restarting:
+# 'connection error: desc = "transport: ... soci.sock: connect: connection refused"', or 'connection closed'
+# when the connection dropped. Only Snapshots calls go to such a plugin; grpc-core, our own client, words its
+# transport failures otherwise.
+_RELAYED_MARKERS = ("connection error: desc =", "connection closed", "transport is closing")
+_PROXIED_SERVICE = "Snapshots."
+# Waits between tries of a call that failed that way: containerd reconnects to a restarted plugin within a second.
+PLUGIN_RETRY_DELAYS_S = (0.25, 0.5, 1.0)
+
 _T = TypeVar("_T")
 
 
@@ -117,6 +126,14 @@ def map_rpc_error(rpc: str, exc: Any, address: str) -> ContainerdError:
         return NotFoundError(f"containerd {rpc}: {details}", rpc=rpc, code=code, details=details)
     if code == grpc.StatusCode.ALREADY_EXISTS:
         return AlreadyExistsError(f"containerd {rpc}: {details}", rpc=rpc, code=code, details=details)
+    if code == grpc.StatusCode.UNAVAILABLE and _is_relayed_transport_failure(rpc, details):
+        return RpcError(
+            f"containerd {rpc}: containerd could not reach the plugin that serves it ({details}); is that "
+            "snapshotter running? (`socirun doctor` checks)",
+            rpc=rpc,
+            code=code,
+            details=details,
+        )
     if code == grpc.StatusCode.UNAVAILABLE and _is_transport_failure(details):
         return RpcError(
             f"containerd at {address} is not answering ({rpc}: {details}): is containerd running?",
@@ -126,6 +143,10 @@ def map_rpc_error(rpc: str, exc: Any, address: str) -> ContainerdError:
         )
     name = getattr(code, "name", str(code))
     return RpcError(f"containerd {rpc} failed ({name}): {details}", rpc=rpc, code=code, details=details)
+
+
+def _is_relayed_transport_failure(rpc: str, details: str) -> bool:
+    return rpc.startswith(_PROXIED_SERVICE) and any(marker in details for marker in _RELAYED_MARKERS)
 
 
 def _is_transport_failure(details: str) -> bool:
@@ -424,11 +445,25 @@ class ContainerdClient:
     async def call(
         self, rpc: str, method: Callable[..., Any], request: Any, *, timeout: float | None = None
     ) -> Any:
-        """Invoke a unary stub method with our metadata, mapping errors; `rpc` names it ("Images.Get")."""
-        try:
-            return await method(request, metadata=self.metadata(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(rpc, exc, self.address) from exc
+        """Invoke a unary stub method with our metadata, mapping errors; `rpc` names it ("Images.Get").
+
+        A Snapshots call that containerd could not pass on to a proxy snapshotter (one restarting, or whose
+        connection just dropped) is tried again after PLUGIN_RETRY_DELAYS_S. Repeating it is safe: the call
+        either never reached the plugin or, for a Prepare that did, the repeat fails with ALREADY_EXISTS, which
+        the pull handles, and the first snapshot goes with the pull's lease. Calls with a timeout are probes
+        that must answer fast, and are not retried.
+        """
+        delays = iter(PLUGIN_RETRY_DELAYS_S if timeout is None else ())
+        while True:
+            try:
+                return await method(request, metadata=self.metadata(), timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                delay = next(delays, None)
+                relayed = exc.code() == grpc.StatusCode.UNAVAILABLE and _is_relayed_transport_failure(
+                    rpc, str(exc.details() or ""))
+                if delay is None or not relayed:
+                    raise map_rpc_error(rpc, exc, self.address) from exc
+            await asyncio.sleep(delay)
 
     async def stream(
         self, rpc: str, method: Callable[..., Any], request: Any, *, timeout: float | None = None

@@ -81,6 +81,73 @@ def test_map_rpc_error() -> None:
     assert type(err) is ctd.RpcError and str(err) == "containerd Leases.Create failed (INVALID_ARGUMENT): bad"
 
 
+RELAYED = ('connection error: desc = "transport: failed to write client preface: write unix '
+           '@->/run/soci/soci.sock: write: broken pipe"')
+
+
+def test_a_plugin_containerd_cannot_reach_is_not_blamed_on_containerd() -> None:
+    err = ctd.map_rpc_error("Snapshots.Prepare", _rpc_error(grpc.StatusCode.UNAVAILABLE, RELAYED), "/run/c.sock")
+    assert str(err).startswith("containerd Snapshots.Prepare: containerd could not reach the plugin that serves it")
+    assert "is containerd running" not in str(err)
+
+
+class FlakyMethod:
+    """A unary stub method failing with `details` (UNAVAILABLE) for its first `failures` calls."""
+
+    def __init__(self, failures: int, details: str = RELAYED) -> None:
+        self.failures = failures
+        self.details = details
+        self.calls = 0
+
+    async def __call__(self, request: Any, *, metadata: Any, timeout: float | None) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise _rpc_error(grpc.StatusCode.UNAVAILABLE, self.details)
+        return "answer"
+
+
+@pytest.fixture
+async def offline_client(monkeypatch: pytest.MonkeyPatch) -> ctd.ContainerdClient:
+    monkeypatch.setattr(ctd, "PLUGIN_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    return ctd.ContainerdClient(grpc.aio.insecure_channel("unix:/nonexistent.sock"), "/nonexistent.sock", "default")
+
+
+async def test_a_call_containerd_could_not_pass_on_is_tried_again(offline_client: ctd.ContainerdClient) -> None:
+    method = FlakyMethod(failures=2)
+    assert await offline_client.call("Snapshots.Prepare", method, object()) == "answer"
+    assert method.calls == 3
+
+
+async def test_retries_end_and_some_failures_are_never_retried(offline_client: ctd.ContainerdClient) -> None:
+    always = FlakyMethod(failures=99)
+    with pytest.raises(ctd.RpcError, match="could not reach the plugin"):
+        await offline_client.call("Snapshots.Stat", always, object())
+    assert always.calls == 4  # the first try and one per delay
+
+    probe = FlakyMethod(failures=99)  # a probe (it has a timeout) must answer fast
+    with pytest.raises(ctd.RpcError):
+        await offline_client.call("Snapshots.List", probe, object(), timeout=2.0)
+    assert probe.calls == 1
+
+    locked = FlakyMethod(failures=99, details="ref default/1/x locked for 1s: unavailable")
+    with pytest.raises(ctd.RpcError, match="locked"):
+        await offline_client.call("Content.Write", locked, object())
+    assert locked.calls == 1
+
+    # Only Snapshots calls pass through a proxy plugin; the same words elsewhere are containerd's own answer.
+    content = FlakyMethod(failures=99, details="connection closed: unavailable")
+    with pytest.raises(ctd.RpcError):
+        await offline_client.call("Content.Info", content, object())
+    assert content.calls == 1
+
+
+async def test_a_dropped_plugin_connection_is_tried_again(offline_client: ctd.ContainerdClient) -> None:
+    # What containerd 1.6 answered a Prepare right after the SOCI emulator restarted (seen in test_soci.py).
+    method = FlakyMethod(failures=1, details="connection closed: unavailable")
+    assert await offline_client.call("Snapshots.Prepare", method, object()) == "answer"
+    assert method.calls == 2
+
+
 def test_descriptor_and_mount_conversion() -> None:
     desc = Descriptor("application/x", "sha256:" + "a" * 64, 42, annotations={"k": "v"})
     assert ctd.descriptor_from_proto(ctd.descriptor_to_proto(desc)) == desc

@@ -85,7 +85,11 @@ class _Abort(Exception):
 
 class SpanReader(io.RawIOBase):
     """A blocking file over a registry blob that fetches span after span with ranged reads (on the service's
-    event loop) and reports each one: the background fetcher's byte source."""
+    event loop) and reports each one: the background fetcher's byte source.
+
+    The last span is reported only by `report_last_span`, once the caller has written what it read: with real
+    SOCI a layer whose spans are all fetched is readable at once, so the emulator must not say so before its
+    files are complete on disk."""
 
     def __init__(self, emu: SociEmulator, ref: str, desc: Descriptor, on_span: Any, stop: threading.Event) -> None:
         super().__init__()
@@ -93,6 +97,7 @@ class SpanReader(io.RawIOBase):
         self.pos = 0
         self.span_id = 0
         self.buf = b""
+        self.last_span: tuple[int, int] | None = None
 
     def readable(self) -> bool:
         return True
@@ -107,7 +112,10 @@ class SpanReader(io.RawIOBase):
                 self.emu.registry.fetch_range(parse_reference(self.ref), self.desc, self.pos, end), self.emu.loop)
             self.buf = future.result()
             self.pos = end + 1
-            self.on_span(self.span_id, len(self.buf))
+            if self.pos >= self.desc.size:
+                self.last_span = (self.span_id, len(self.buf))
+            else:
+                self.on_span(self.span_id, len(self.buf))
             self.span_id += 1
             if self.emu.settings.span_pace_s:
                 self.stop.wait(self.emu.settings.span_pace_s)
@@ -115,6 +123,11 @@ class SpanReader(io.RawIOBase):
         b[:n] = self.buf[:n]
         self.buf = self.buf[n:]
         return n
+
+    def report_last_span(self) -> None:
+        if self.last_span is not None:
+            self.on_span(*self.last_span)
+            self.last_span = None
 
 
 class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
@@ -313,8 +326,10 @@ class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
                     silencePeriod=int(self.settings.silence_s * 1000))
                 self.stopping.wait(self.settings.silence_s)
             try:
-                reader = io.BufferedReader(SpanReader(self, ref, desc, on_span, stop), buffer_size=1 << 20)
+                spans = SpanReader(self, ref, desc, on_span, stop)
+                reader = io.BufferedReader(spans, buffer_size=1 << 20)
                 apply_tar(reader, Path(mountpoint), compressed=layer_compression(desc.media_type) == "gzip")
+                spans.report_last_span()  # the files are written now
                 if not (self.stopping.is_set() or stop.is_set()):
                     self.metrics.complete(desc.digest)
             except Exception as err:  # the layer stays incomplete; the state file says why
