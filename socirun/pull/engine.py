@@ -92,16 +92,15 @@ class _Pull:
         self.snapshotter = request.snapshotter
         self.fetched = 0
         self._throttle = _Throttle()
-        self._downloads = asyncio.Semaphore(max(1, request.max_concurrent_downloads))
+        connections = max(1, request.max_concurrent_downloads)
         self._budget: TransferBudget | None = None
         self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
         if request.pull_mode == "parallel":
-            connections = max(1, request.max_concurrent_downloads)
             self._budget = TransferBudget(connections=connections, window=request.chunk_window or 2 * connections,
                                           chunk_size=request.chunk_size, schedule=request.schedule)
-            # The budget bounds connections and memory; a layer limit as well could hold back the very layer
-            # the schedule waits for, so every layer may open its ingest at once.
-            self._downloads = asyncio.Semaphore(1 << 16)
+        # In parallel mode the budget bounds connections and memory; a layer limit as well could hold back the
+        # very layer the schedule waits for, so every layer may open its ingest at once.
+        self._downloads = asyncio.Semaphore(connections if self._budget is None else 1 << 16)
         self.lease: PullLease  # set once the image name is known
 
     # -- content -------------------------------------------------------------------------------------------
@@ -132,7 +131,7 @@ class _Pull:
                 written = await self._write_blob(img, layer)
         finally:
             if self._budget is not None:
-                self._budget.settle(img.layers.index(layer))
+                self._budget.settle(_schedule_index(img, layer))
         if written:
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded"))
 
@@ -177,7 +176,7 @@ class _Pull:
                 offset = writer.offset
                 self._range_fallback(layer, str(err))
         if self._budget is not None:
-            self._budget.settle(img.layers.index(layer))  # one stream: it needs no slot, so hold no place
+            self._budget.settle(_schedule_index(img, layer))  # one stream: it needs no slot, so hold no place
         received = offset
         async with contextlib.aclosing(self.registry.fetch_blob(img.reference, layer, offset)) as stream:
             async for chunk in stream:
@@ -208,7 +207,7 @@ class _Pull:
             self._progress(layer, position)
 
         await download_chunked(fetch, writer.write, size=layer.size, offset=offset, budget=self._budget,
-                               layer_index=img.layers.index(layer), on_written=on_written,
+                               layer_index=_schedule_index(img, layer), on_written=on_written,
                                what=f"layer {layer.digest}")
 
     def _range_fallback(self, layer: Descriptor, why: str) -> None:
@@ -350,7 +349,7 @@ class _Pull:
                     self.snapshotter in LOCAL_SNAPSHOTTERS or (plan is not None and plan.layers[i].mode == "standard"))]
                 if self._budget is not None:
                     for i in upfront:  # all announced before any asks, so the schedule holds from the start
-                        self._budget.expect(img.layers.index(img.layers[i]), img.layers[i].size)
+                        self._budget.expect(_schedule_index(img, img.layers[i]), img.layers[i].size)
                 for i in upfront:
                     layer = img.layers[i]
                     if layer.digest not in downloads:
@@ -376,6 +375,12 @@ class _Pull:
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed,
                           snapshotter=self.snapshotter)
+
+
+def _schedule_index(img: ResolvedImage, layer: Descriptor) -> int:
+    """The layer's place in the chunk schedule. A blob that appears twice in an image is downloaded once, so
+    both places use the first index, the one its download is announced, fetched and settled under."""
+    return img.layers.index(layer)
 
 
 def _resume_detail(offset: int, size: int) -> str:
