@@ -61,6 +61,16 @@ class Tmux:
             return None
         return int(text[0]), float(text[2]) - float(text[1])
 
+    def wait_for_screen(self, predicate: Callable[[str], bool], what: str, timeout: float = 30) -> None:
+        """Wait until the screen satisfies `predicate`, the command still running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.result() is None, self.screen()
+            if predicate(self.screen()):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"never saw {what}; screen:\n{self.screen()}")
+
     def wait(self, timeout: float) -> tuple[int, float]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -130,10 +140,8 @@ def test_ctrl_c_in_the_tui_cancels_cleanly(sandbox: SandboxInfo, slow_registry: 
     namespace = "tui-cancel"
     tmux.start(socirun_argv("pull", "--namespace", namespace, "--progress", "tty", ref),
                {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not re.search(r"\d MB/\d", tmux.screen()):
-        assert tmux.result() is None, tmux.screen()
-        time.sleep(0.1)
+    tmux.wait_for_screen(lambda screen: bool(re.search(r"\d MB/\d", screen)), "the transfer rate",
+                         timeout=60)
     tmux.press("C-c")
     code, _ = tmux.wait(60)
     after = tmux.screen()
@@ -179,21 +187,12 @@ def test_keys_reach_the_tui_in_a_real_terminal(sandbox: SandboxInfo, slow_regist
     ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
     tmux.start(socirun_argv("pull", "--namespace", "tui-keys", "--progress", "tty", ref),
                {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
-
-    def until(predicate: Callable[[str], bool], what: str) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert tmux.result() is None, tmux.screen()
-            if predicate(tmux.screen()):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"never saw {what}; screen:\n{tmux.screen()}")
-
-    until(lambda screen: "q Quit" in screen and bool(re.search(r"\d MB/\d", screen)), "the pull in progress")
+    tmux.wait_for_screen(lambda screen: "q Quit" in screen and bool(re.search(r"\d MB/\d", screen)),
+                         "the pull in progress")
     tmux.press("?")
-    until(lambda screen: "socirun keys" in screen, "the help after ?")
+    tmux.wait_for_screen(lambda screen: "socirun keys" in screen, "the help after ?")
     tmux.press("Escape")
-    until(lambda screen: "socirun keys" not in screen, "the help closed by Esc")
+    tmux.wait_for_screen(lambda screen: "socirun keys" not in screen, "the help closed by Esc")
     tmux.press("q")
     code, _ = tmux.wait(60)
     assert code == 130, tmux.screen()
