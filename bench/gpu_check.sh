@@ -78,7 +78,7 @@ PYEOF
     }
 fi
 export PYTHONPATH="$REPO:$PYDEPS${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -c "import grpc, google.protobuf, aiohttp, psutil; import socirun.run" || fail "socirun does not import"
+"$PYTHON" -c "import grpc, google.protobuf, aiohttp, psutil; import socirun.runtime.container" || fail "socirun does not import"
 
 socirun() { "$PYTHON" -m socirun "$@"; }
 
@@ -138,7 +138,7 @@ for gpus in all device=0; do
 done
 say "what socirun injected (last run's state is gone with --rm; the method shows in a dry plan):"
 "$PYTHON" - <<'EOF' || true
-from socirun.options import parse_gpus
+from socirun.commands.run_flags import parse_gpus
 from socirun.runtime.gpus import plan_gpus
 try:
     inj = plan_gpus(parse_gpus("all"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate socirun/containerd/api/ from the Debian package's containerd 1.6.20 API protos.
 
-Option A of shared/reference/containerd-client.md §12: copy the protos into a staging tree, drop the weak
+The approach: copy the protos into a staging tree, drop the weak
 imports (gogoproto, containerd.plugin fieldpath), strip the gogoproto / containerd.plugin options (none of
 them changes the wire format), rewrite the `github.com/containerd/containerd/api/` imports to
 `socirun/containerd/api/`, then run grpc_tools.protoc. The staging tree mirrors the final package layout,

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
 .venv/bin/ruff check socirun tests bench scripts
 .venv/bin/mypy socirun
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -ra "$@"

@@ -1,3 +1,3 @@
-from socirun.cli import run
+from socirun.commands.main import run
 
 run()

@@ -6,7 +6,8 @@ Order, later wins key by key (tables are merged, other values replaced):
 2. `/etc/socirun/config.toml`;
 3. `$XDG_CONFIG_HOME/socirun/config.toml` (default `~/.config/socirun/config.toml`);
 4. environment variables: `CONTAINERD_ADDRESS`, `CONTAINERD_NAMESPACE`, `CONTAINERD_SNAPSHOTTER` (as nerdctl
-   reads them) and `SOCIRUN_DATA_ROOT`;
+   reads them), `SOCIRUN_DATA_ROOT`, `SOCIRUN_PROGRESS`, and the SOCI snapshotter's `SOCI_SNAPSHOTTER_CONFIG` and
+   `SOCIRUN_SOCI_LOG` (its log file, for the fetch log);
 5. command-line flags (applied by the CLI, not here).
 
 Example file:
@@ -26,8 +27,9 @@ Example file:
     [aliases]
     myapp = "registry.example.com/team/myapp"
 
-Tables this module does not know (`[pull]`, `[network]`, …) are kept in `SocirunConfig.raw` for the parts of
-socirun that own them.
+This is the one place socirun reads its configuration and environment; the result is passed down, and nothing
+writes `os.environ`. Tables this module does not know (`[pull]`, `[network]`, …) are kept in `SocirunConfig.raw`
+for the parts of socirun that own them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 from socirun.errors import ConfigError
 
 SYSTEM_CONFIG_PATH = "/etc/socirun/config.toml"
+SOCI_CONFIG_PATH = "/etc/soci-snapshotter-grpc/config.toml"  # soci-snapshotter-grpc's own default
 DEFAULT_DATA_ROOT = "/var/lib/socirun"
 PROGRESS_MODES = ("auto", "tty", "plain", "json", "quiet")
 
@@ -60,6 +63,8 @@ class SocirunConfig:
     namespace: str | None = None  # None: the containerd client's default namespace
     snapshotter: str | None = None  # None: decided by the plan
     data_root: str = DEFAULT_DATA_ROOT
+    soci_config_path: str = SOCI_CONFIG_PATH  # SOCI_SNAPSHOTTER_CONFIG, as soci-snapshotter-grpc reads it
+    soci_log: str | None = None  # SOCI's JSON log file (SOCIRUN_SOCI_LOG); None: journald
     files_read: list[str] = field(default_factory=list)  # for `socirun doctor`
     raw: dict[str, Any] = field(default_factory=dict)  # the merged TOML, for tables owned elsewhere
 
@@ -118,11 +123,7 @@ def load_config(
     cfg.raw = merged
 
     if "progress" in merged:
-        cfg.progress = _expect(merged["progress"], str, "progress", origin)
-        if cfg.progress not in PROGRESS_MODES:
-            raise ConfigError(
-                f'progress = "{cfg.progress}" in {origin} is not one of {", ".join(PROGRESS_MODES)}'
-            )
+        cfg.progress = _progress(_expect(merged["progress"], str, "progress", origin), origin)
     if "data_root" in merged:
         cfg.data_root = os.path.expanduser(_expect(merged["data_root"], str, "data_root", origin))
 
@@ -151,4 +152,14 @@ def load_config(
     ):
         if env.get(var):
             setattr(cfg, attr, env[var])
+    if env.get("SOCIRUN_PROGRESS"):
+        cfg.progress = _progress(env["SOCIRUN_PROGRESS"], "SOCIRUN_PROGRESS")
+    cfg.soci_config_path = env.get("SOCI_SNAPSHOTTER_CONFIG") or SOCI_CONFIG_PATH
+    cfg.soci_log = env.get("SOCIRUN_SOCI_LOG") or None
     return cfg
+
+
+def _progress(value: str, origin: str) -> str:
+    if value not in PROGRESS_MODES:
+        raise ConfigError(f'progress = "{value}" in {origin} is not one of {", ".join(PROGRESS_MODES)}')
+    return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -190,6 +190,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 Emit = Callable[[Event], None]
+# What a command does, as a function of where its events go: any face can run it (plain under asyncio.run,
+# the TUI in its own loop) and receives what it emits.
+Work = Callable[[Emit], Awaitable[int]]
 
 
 def to_record(event: Event) -> dict[str, Any]:

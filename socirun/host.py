@@ -1,37 +1,17 @@
-"""The host profile the plan weighs: CPUs, memory, the fastest NIC's link speed, free disk. A thin probe
-(psutil, /sys/class/net/*/speed, statvfs) around a plain dataclass."""
+"""The host profile the decisions weigh: CPUs, memory, the fastest NIC's link speed, free disk. The one probe
+(sched_getaffinity, psutil, /sys/class/net/*/speed, statvfs) around the fact type in socirun.decide.facts."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from socirun.decide.facts import HostProfile
+
 SYS_NET = Path("/sys/class/net")
-
-
-@dataclass(frozen=True)
-class HostProfile:
-    cpus: int
-    memory_bytes: int
-    nic_speed_mbps: int | None  # fastest physical link; None when no NIC reports a speed (VMs often don't)
-    nic_name: str
-    free_disk_bytes: int | None  # on the filesystem that holds containerd's root
-    disk_path: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "cpus": self.cpus,
-            "memory_bytes": self.memory_bytes,
-            "nic_speed_mbps": self.nic_speed_mbps,
-            "nic": self.nic_name,
-            "free_disk_bytes": self.free_disk_bytes,
-            "disk_path": self.disk_path,
-        }
 
 
 def nic_speeds(root: Path = SYS_NET) -> dict[str, int]:
@@ -64,12 +44,20 @@ def _free_disk(path: str) -> tuple[int | None, str]:
         return None, str(probe)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a pinned (taskset, cgroup cpuset) socirun sees only those."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return psutil.cpu_count(logical=True) or os.cpu_count() or 1
+
+
 def probe_host(disk_path: str = "/var/lib/containerd", net_root: Path = SYS_NET) -> HostProfile:
     speeds = nic_speeds(net_root)
     nic, speed = max(speeds.items(), key=lambda kv: kv[1]) if speeds else ("", None)
     free, where = _free_disk(disk_path)
     return HostProfile(
-        cpus=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        cpus=usable_cpus(),
         memory_bytes=int(psutil.virtual_memory().total),
         nic_speed_mbps=speed,
         nic_name=nic,

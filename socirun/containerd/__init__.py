@@ -1,41 +1,5 @@
-"""containerd over gRPC: generated v1 API stubs (api/, never hand-edited) and a small typed asyncio client."""
+"""containerd over gRPC: generated v1 API stubs (api/, never hand-edited) and a small typed asyncio client.
 
-from socirun.containerd.client import (
-    DEFAULT_ADDRESS,
-    DEFAULT_NAMESPACE,
-    AlreadyExistsError,
-    CommitMismatchError,
-    ContainerdClient,
-    ContentInfo,
-    ContentWriter,
-    ImageRecord,
-    IngestStatus,
-    LeaseInfo,
-    Mount,
-    NotFoundError,
-    PluginInfo,
-    RpcError,
-    SnapshotInfo,
-    resolve_address,
-    resolve_namespace,
-)
-
-__all__ = [
-    "DEFAULT_ADDRESS",
-    "DEFAULT_NAMESPACE",
-    "AlreadyExistsError",
-    "CommitMismatchError",
-    "ContainerdClient",
-    "ContentInfo",
-    "ContentWriter",
-    "ImageRecord",
-    "IngestStatus",
-    "LeaseInfo",
-    "Mount",
-    "NotFoundError",
-    "PluginInfo",
-    "RpcError",
-    "SnapshotInfo",
-    "resolve_address",
-    "resolve_namespace",
-]
+One concern a module: client (connection, namespace, leases, one method per RPC), writer (the Content.Write
+stream), runtime (containers and tasks), types (the plain data calls return) and errors (gRPC status mapping).
+"""

@@ -1,17 +1,18 @@
 """A small typed asyncio client for containerd's v1 gRPC API (grpc.aio over the unix socket).
 
 Thin on purpose: one method per RPC the pull engine and runtime need, converting protobuf messages to plain
-dataclasses and gRPC status codes to socirun's error hierarchy. No pull logic lives here.
+dataclasses (types.py) and gRPC status codes to socirun's error hierarchy (errors.py). No pull logic lives here;
+the Content.Write stream is writer.py's, containers and tasks are runtime.py's.
 
 Every call carries the `containerd-namespace` metadata; calls made inside `async with client.lease():` (and
 in tasks created there, since the lease lives in a ContextVar) also carry `containerd-lease`.
-Facts and pitfalls referenced as "§n" are from shared/reference/containerd-client.md.
+The services' protocols are documented in containerd's protos,
+https://github.com/containerd/containerd/tree/v1.6.20/api/services.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import os
@@ -20,7 +21,6 @@ import secrets
 import stat
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self, TypeVar
 
@@ -36,7 +36,19 @@ from socirun.containerd.api.services.introspection.v1 import introspection_pb2, 
 from socirun.containerd.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from socirun.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from socirun.containerd.api.services.version.v1 import version_pb2_grpc
-from socirun.containerd.api.types import descriptor_pb2, mount_pb2
+from socirun.containerd.errors import AlreadyExistsError, NotFoundError, is_relayed_transport_failure, map_rpc_error
+from socirun.containerd.types import (
+    ContentInfo,
+    ImageRecord,
+    IngestStatus,
+    LeaseInfo,
+    Mount,
+    PluginInfo,
+    SnapshotInfo,
+    descriptor_from_proto,
+    descriptor_to_proto,
+)
+from socirun.containerd.writer import ContentWriter
 from socirun.errors import ContainerdError, UsageError
 from socirun.oci import Descriptor
 
@@ -48,219 +60,20 @@ GC_EXPIRE_LABEL = "containerd.io/gc.expire"
 SNAPSHOTTER_PLUGIN_TYPE = "io.containerd.snapshotter.v1"
 MIN_VERSION = (1, 6)
 
-# Go's client uses 16 MiB in both directions (§1), and so does containerd's server by default.
+# Go's client uses 16 MiB in both directions (defaults.DefaultMaxRecvMsgSize/DefaultMaxSendMsgSize in
+# https://github.com/containerd/containerd/blob/v1.6.20/defaults/defaults.go), and so does containerd's server.
 MAX_MESSAGE_BYTES = 16 << 20
-# The largest WRITE message. 8 MiB messages (a parallel chunk sent whole, uncopied) saved a tenth of socirun's
-# CPU in a parallel pull but raised its peak RSS by 40-80 MB (grpc's serialized copies in flight): not worth it.
-WRITE_CHUNK_BYTES = 1 << 20
-# Bytes sent but not yet acknowledged before waiting for an answer (pipelining; see ContentWriter.write).
-WRITE_WINDOW_BYTES = 8 << 20
 
-# identifiers.Validate (§1): also the rule for namespaces.
+# containerd's identifiers.Validate, also the rule for namespaces:
+# https://github.com/containerd/containerd/blob/v1.6.20/identifiers/validate.go
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
 _IDENTIFIER_MAX = 76
 
-# Snapshot kinds, as containerd's Go `snapshots.Kind.String()` names them, lower-cased.
-_SNAPSHOT_KINDS: dict[int, str] = {
-    int(snapshots_pb2.UNKNOWN): "unknown",
-    int(snapshots_pb2.VIEW): "view",
-    int(snapshots_pb2.ACTIVE): "active",
-    int(snapshots_pb2.COMMITTED): "committed",
-}
-
-# Substrings grpc-core puts in UNAVAILABLE details when the transport itself failed, as opposed to
-# containerd returning UNAVAILABLE for a call (e.g. a locked ingest ref, or a dead proxy snapshotter).
-_TRANSPORT_MARKERS = (
-    "failed to connect to all addresses",
-    "socket closed",
-    "connection refused",
-    "connection reset",
-    "broken pipe",
-    "goaway",
-    "no such file or directory",
-    "permission denied",
-)
-
-# How grpc-go (inside containerd) words a failure to reach a proxy snapshotter, e.g. one that is restarting:
-# 'connection error: desc = "transport: ... soci.sock: connect: connection refused"', or 'connection closed'
-# when the connection dropped. Only Snapshots calls go to such a plugin; grpc-core, our own client, words its
-# transport failures otherwise.
-_RELAYED_MARKERS = ("connection error: desc =", "connection closed", "transport is closing")
-_PROXIED_SERVICE = "Snapshots."
-# Waits between tries of a call that failed that way: containerd reconnects to a restarted plugin within a second.
+# Waits between tries of a call containerd could not pass on to a proxy snapshotter (errors.py tells those
+# apart): containerd reconnects to a restarted plugin within a second.
 PLUGIN_RETRY_DELAYS_S = (0.25, 0.5, 1.0)
 
 _T = TypeVar("_T")
-
-
-# ---------------------------------------------------------------------------------------------- errors
-
-
-class RpcError(ContainerdError):
-    """containerd answered a call with an error status. Keeps the RPC name, status code and details."""
-
-    def __init__(self, message: str, *, rpc: str, code: Any, details: str) -> None:
-        super().__init__(message)
-        self.rpc = rpc
-        self.code = code  # a grpc.StatusCode
-        self.details = details
-
-
-class NotFoundError(RpcError):
-    """gRPC NOT_FOUND."""
-
-
-class AlreadyExistsError(RpcError):
-    """gRPC ALREADY_EXISTS."""
-
-
-class CommitMismatchError(RpcError):
-    """A Content.Write COMMIT found a size or digest other than the expected one."""
-
-
-def map_rpc_error(rpc: str, exc: Any, address: str) -> ContainerdError:
-    """Turn a grpc.aio.AioRpcError from `rpc` (e.g. "Content.Info") into socirun's error for it."""
-    code = exc.code()
-    details = str(exc.details() or "")
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFoundError(f"containerd {rpc}: {details}", rpc=rpc, code=code, details=details)
-    if code == grpc.StatusCode.ALREADY_EXISTS:
-        return AlreadyExistsError(f"containerd {rpc}: {details}", rpc=rpc, code=code, details=details)
-    if code == grpc.StatusCode.UNAVAILABLE and _is_relayed_transport_failure(rpc, details):
-        return RpcError(
-            f"containerd {rpc}: containerd could not reach the plugin that serves it ({details}); is that "
-            "snapshotter running? (`socirun doctor` checks)",
-            rpc=rpc,
-            code=code,
-            details=details,
-        )
-    if code == grpc.StatusCode.UNAVAILABLE and _is_transport_failure(details):
-        return RpcError(
-            f"containerd at {address} is not answering ({rpc}: {details}): is containerd running?",
-            rpc=rpc,
-            code=code,
-            details=details,
-        )
-    name = getattr(code, "name", str(code))
-    return RpcError(f"containerd {rpc} failed ({name}): {details}", rpc=rpc, code=code, details=details)
-
-
-def _is_relayed_transport_failure(rpc: str, details: str) -> bool:
-    return rpc.startswith(_PROXIED_SERVICE) and any(marker in details for marker in _RELAYED_MARKERS)
-
-
-def _is_transport_failure(details: str) -> bool:
-    lowered = details.lower()
-    return any(marker in lowered for marker in _TRANSPORT_MARKERS)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Mount:
-    type: str
-    source: str
-    target: str = ""
-    options: tuple[str, ...] = ()
-
-    def to_proto(self) -> Any:
-        return mount_pb2.Mount(type=self.type, source=self.source, target=self.target, options=self.options)
-
-    @classmethod
-    def from_proto(cls, msg: Any) -> Mount:
-        return cls(str(msg.type), str(msg.source), str(msg.target), tuple(str(o) for o in msg.options))
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    name: str
-    parent: str
-    kind: str  # "committed", "active", "view" or "unknown"
-    labels: dict[str, str] = field(hash=False)
-
-
-@dataclass(frozen=True)
-class ContentInfo:
-    digest: str
-    size: int
-    labels: dict[str, str] = field(hash=False)
-    created_at: float = 0.0  # seconds since the epoch
-
-
-@dataclass(frozen=True)
-class IngestStatus:
-    ref: str
-    offset: int
-    total: int
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    type: str
-    id: str
-    ok: bool
-    error: str  # init_err.message when not ok (contains "skip plugin" for plugins skipped on purpose)
-    exports: dict[str, str] = field(hash=False)
-
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    id: str
-    labels: dict[str, str] = field(hash=False)
-    created_at: float = 0.0  # seconds since the epoch
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    name: str
-    target: Descriptor
-    labels: dict[str, str] = field(hash=False)
-
-
-def descriptor_to_proto(desc: Descriptor) -> Any:
-    return descriptor_pb2.Descriptor(
-        media_type=desc.media_type, digest=desc.digest, size=desc.size, annotations=dict(desc.annotations)
-    )
-
-
-def descriptor_from_proto(msg: Any) -> Descriptor:
-    return Descriptor(
-        media_type=str(msg.media_type),
-        digest=str(msg.digest),
-        size=int(msg.size),
-        annotations={str(k): str(v) for k, v in msg.annotations.items()},
-    )
-
-
-def _labels(msg_map: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in msg_map.items()}
-
-
-def _seconds(ts: Any) -> float:
-    return float(ts.seconds) + float(ts.nanos) / 1e9
-
-
-def _snapshot_info(info: Any) -> SnapshotInfo:
-    return SnapshotInfo(
-        name=str(info.name),
-        parent=str(info.parent),
-        kind=_SNAPSHOT_KINDS.get(int(info.kind), "unknown"),
-        labels=_labels(info.labels),
-    )
-
-
-def _content_info(info: Any) -> ContentInfo:
-    return ContentInfo(
-        digest=str(info.digest),
-        size=int(info.size),
-        labels=_labels(info.labels),
-        created_at=_seconds(info.created_at),
-    )
-
-
-def _ingest_status(status: Any) -> IngestStatus:
-    return IngestStatus(ref=str(status.ref), offset=int(status.offset), total=int(status.total))
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -276,7 +89,7 @@ def resolve_address(flag: str | None, env: Mapping[str, str]) -> str:
 
 
 def resolve_namespace(flag: str | None, env: Mapping[str, str]) -> str:
-    """The containerd namespace: --namespace, else CONTAINERD_NAMESPACE, else "default"; validated as §1."""
+    """The containerd namespace: --namespace, else CONTAINERD_NAMESPACE, else "default"; validated as identifiers."""
     namespace = flag or env.get("CONTAINERD_NAMESPACE") or DEFAULT_NAMESPACE
     if len(namespace) > _IDENTIFIER_MAX or not _IDENTIFIER.match(namespace):
         raise UsageError(
@@ -459,7 +272,7 @@ class ContainerdClient:
                 return await method(request, metadata=self.metadata(), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 delay = next(delays, None)
-                relayed = exc.code() == grpc.StatusCode.UNAVAILABLE and _is_relayed_transport_failure(
+                relayed = exc.code() == grpc.StatusCode.UNAVAILABLE and is_relayed_transport_failure(
                     rpc, str(exc.details() or ""))
                 if delay is None or not relayed:
                     raise map_rpc_error(rpc, exc, self.address) from exc
@@ -478,6 +291,10 @@ class ContainerdClient:
         finally:
             call.cancel()  # no-op when finished; stops the stream when the consumer left early
 
+    def content_write_stream(self, requests: AsyncIterator[Any]) -> Any:
+        """Open a Content.Write bidirectional stream fed by `requests`, with our metadata (ContentWriter's)."""
+        return self._content.Write(requests, metadata=self.metadata())
+
     async def _optional(self, coro: Awaitable[_T]) -> _T | None:
         """Await `coro`, turning NotFoundError into None."""
         try:
@@ -495,7 +312,7 @@ class ContainerdClient:
     async def lease(
         self, expire_after: float = 24 * 3600, labels: Mapping[str, str] | None = None
     ) -> AsyncIterator[str]:
-        """Hold a lease for the block: GC keeps everything created inside it (§2). Yields the lease id.
+        """Hold a lease for the block: GC keeps everything created inside it. Yields the lease id.
 
         The lease expires on its own after `expire_after` seconds, so a crashed socirun leaks nothing for
         long. On exit it is deleted with sync=False (GC runs later), even on an exception or cancellation.
@@ -559,12 +376,11 @@ class ContainerdClient:
             "Leases.List", self._leases.List, leases_pb2.ListRequest(filters=list(filters))
         )
         return [
-            LeaseInfo(id=str(lease.id), labels=_labels(lease.labels), created_at=_seconds(lease.created_at))
-            for lease in resp.leases
+            LeaseInfo.from_proto(lease) for lease in resp.leases
         ]
 
     async def add_lease_resource(self, lease_id: str, resource_id: str, resource_type: str) -> None:
-        """Leases.AddResource; type is "content", "ingests" or "snapshots/<snapshotter>" (§2)."""
+        """Leases.AddResource; type is "content", "ingests" or "snapshots/<snapshotter>"."""
         request = leases_pb2.AddResourceRequest(
             id=lease_id, resource=leases_pb2.Resource(id=resource_id, type=resource_type)
         )
@@ -583,7 +399,7 @@ class ContainerdClient:
         resp = await self._optional(
             self.call("Content.Info", self._content.Info, content_pb2.InfoRequest(digest=digest))
         )
-        return None if resp is None else _content_info(resp.info)
+        return None if resp is None else ContentInfo.from_proto(resp.info)
 
     async def content_update_labels(self, digest: str, labels: Mapping[str, str]) -> None:
         """Set (or, with value "", delete) the given labels only; other labels stay (mask labels.<key>)."""
@@ -599,20 +415,20 @@ class ContainerdClient:
         out: list[ContentInfo] = []
         request = content_pb2.ListContentRequest(filters=list(filters))
         async for resp in self.stream("Content.List", self._content.List, request):
-            out.extend(_content_info(info) for info in resp.info)
+            out.extend(ContentInfo.from_proto(info) for info in resp.info)
         return out
 
     async def ingest_status(self, ref: str) -> IngestStatus | None:
         resp = await self._optional(
             self.call("Content.Status", self._content.Status, content_pb2.StatusRequest(ref=ref))
         )
-        return None if resp is None else _ingest_status(resp.status)
+        return None if resp is None else IngestStatus.from_proto(resp.status)
 
     async def list_ingests(self, filters: Sequence[str] = ()) -> list[IngestStatus]:
         """Active ingests; filters use containerd syntax on the only field, ref (e.g. `ref~="^layer-"`)."""
         request = content_pb2.ListStatusesRequest(filters=list(filters))
         resp = await self.call("Content.ListStatuses", self._content.ListStatuses, request)
-        return [_ingest_status(s) for s in resp.statuses]
+        return [IngestStatus.from_proto(s) for s in resp.statuses]
 
     async def abort_ingest(self, ref: str) -> None:
         with contextlib.suppress(NotFoundError):
@@ -712,7 +528,7 @@ class ContainerdClient:
     async def snapshot_stat(self, snapshotter: str, key: str) -> SnapshotInfo | None:
         request = snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=key)
         resp = await self._optional(self.call("Snapshots.Stat", self._snapshots.Stat, request))
-        return None if resp is None else _snapshot_info(resp.info)
+        return None if resp is None else SnapshotInfo.from_proto(resp.info)
 
     async def snapshot_prepare(
         self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str]
@@ -755,11 +571,12 @@ class ContainerdClient:
     async def snapshot_list(
         self, snapshotter: str, filters: Sequence[str] = (), timeout: float | None = None
     ) -> list[SnapshotInfo]:
-        """Snapshots.List. With a timeout it doubles as a liveness probe of a proxy snapshotter (§11)."""
+        """Snapshots.List. With a timeout it doubles as a liveness probe of a proxy snapshotter (a dead one gives
+        UNAVAILABLE)."""
         request = snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter, filters=list(filters))
         out: list[SnapshotInfo] = []
         async for resp in self.stream("Snapshots.List", self._snapshots.List, request, timeout=timeout):
-            out.extend(_snapshot_info(info) for info in resp.info)
+            out.extend(SnapshotInfo.from_proto(info) for info in resp.info)
         return out
 
     # ------------------------------------------------------------------------------------ diff
@@ -767,7 +584,7 @@ class ContainerdClient:
     async def diff_apply(self, desc: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         """Diff.Apply: containerd reads blob `desc` from its content store and unpacks it onto `mounts`.
 
-        Returns the applied (uncompressed) descriptor, whose digest must equal the layer's diff_id (§6).
+        Returns the applied (uncompressed) descriptor, whose digest must equal the layer's diff_id.
         """
         request = diff_pb2.ApplyRequest(diff=descriptor_to_proto(desc), mounts=[m.to_proto() for m in mounts])
         resp = await self.call("Diff.Apply", self._diff.Apply, request)
@@ -779,12 +596,15 @@ class ContainerdClient:
         resp = await self._optional(
             self.call("Images.Get", self._images.Get, images_pb2.GetImageRequest(name=name))
         )
-        return None if resp is None else _image_record(resp.image)
+        return None if resp is None else ImageRecord.from_proto(resp.image)
 
     async def image_create_or_update(
         self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None
     ) -> None:
-        """Images.Create; on ALREADY_EXISTS, Update with no mask; on its NOT_FOUND, Create again (§5)."""
+        """Images.Create; on ALREADY_EXISTS, Update with no mask; on its NOT_FOUND, Create again.
+
+        As Go's Client.createNewImage does: https://github.com/containerd/containerd/blob/v1.6.20/pull.go
+        """
         image = images_pb2.Image(name=name, target=descriptor_to_proto(target), labels=dict(labels or {}))
         # Bounded: the race (deleted between our Create and Update) needs another client to be busy.
         for _ in range(3):
@@ -808,7 +628,7 @@ class ContainerdClient:
         resp = await self.call(
             "Images.List", self._images.List, images_pb2.ListImagesRequest(filters=list(filters))
         )
-        return [_image_record(image) for image in resp.images]
+        return [ImageRecord.from_proto(image) for image in resp.images]
 
     async def image_delete(self, name: str, sync: bool = False) -> None:
         """Images.Delete; NOT_FOUND is ignored. sync=True makes containerd run GC before answering."""
@@ -823,257 +643,9 @@ class ContainerdClient:
         """Introspection.Plugins; filters on `type`, `id`: "type==io.containerd.snapshotter.v1,id==soci"."""
         request = introspection_pb2.PluginsRequest(filters=list(filters))
         resp = await self.call("Introspection.Plugins", self._introspection.Plugins, request)
-        return [
-            PluginInfo(
-                type=str(p.type),
-                id=str(p.id),
-                ok=not p.HasField("init_err"),
-                error=str(p.init_err.message) if p.HasField("init_err") else "",
-                exports=_labels(p.exports),
-            )
-            for p in resp.plugins
-        ]
+        return [PluginInfo.from_proto(p) for p in resp.plugins]
 
     async def snapshotters(self) -> list[PluginInfo]:
-        """Every snapshotter plugin (ok or not). A proxy plugin is ok even if its socket is dead (§11)."""
+        """Every snapshotter plugin (ok or not). A proxy plugin is ok even if its socket is dead: containerd dials
+        it lazily, so ok only means configured (probe it with `snapshot_list(..., timeout=...)`)."""
         return await self.plugins([f"type=={SNAPSHOTTER_PLUGIN_TYPE}"])
-
-
-def _image_record(image: Any) -> ImageRecord:
-    return ImageRecord(
-        name=str(image.name), target=descriptor_from_proto(image.target), labels=_labels(image.labels)
-    )
-
-
-# ---------------------------------------------------------------------------------------------- writer
-
-
-def _write_pieces(data: bytes) -> Iterator[bytes]:
-    if len(data) <= WRITE_CHUNK_BYTES and type(data) is bytes:
-        yield data
-        return
-    view = memoryview(data)
-    for start in range(0, len(view), WRITE_CHUNK_BYTES):
-        yield bytes(view[start : start + WRITE_CHUNK_BYTES])
-
-
-class ContentWriter:
-    """One Content.Write stream (§3): STAT to open/resume, WRITEs at the current offset, COMMIT.
-
-    Usage (what the pull engine does):
-
-        async with await client.open_writer(ref, desc.digest, desc.size) as writer:
-            offset = await writer.start()
-            if not writer.already_exists:
-                async for chunk in fetch_from(offset):
-                    await writer.write(chunk)
-                await writer.commit(labels)
-
-    Leaving the block without `commit()` ends the stream uncommitted; the ingest keeps its bytes for a
-    later resume (it goes with the lease, or after 24 h without one). Each request gets exactly one
-    response, so the stream is driven one request at a time from an asyncio.Queue.
-    """
-
-    def __init__(self, client: ContainerdClient, ref: str, expected: str, total: int) -> None:
-        self.client = client
-        self.ref = ref
-        self.expected = expected
-        self.total = total
-        self.offset = 0
-        self.already_exists = False
-        self.committed = False
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._call: Any = None
-        self._pending: collections.deque[int] = collections.deque()  # offsets of unanswered WRITEs
-        self._acked = 0  # the offset containerd last confirmed
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @staticmethod
-    async def _requests(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-        # Each call reads its own queue: a retried open must not feed (or end) an earlier call's stream.
-        while True:
-            request = await queue.get()
-            if request is None:
-                return
-            yield request
-
-    def _drop_call(self) -> None:
-        """The call ended (an error, or EOF): end its request iterator too, so grpc's task that consumes it
-        finishes instead of waiting on the queue for ever (and being reported as destroyed while pending)."""
-        call, self._call = self._call, None
-        self._pending.clear()
-        self._queue.put_nowait(None)
-        if call is not None:
-            call.cancel()
-
-    async def _roundtrip(self, request: Any) -> Any:
-        """Send one request and return its response (after the responses of pipelined WRITEs)."""
-        await self.flush()
-        self._send(request)
-        return await self._receive()
-
-    def _send(self, request: Any) -> None:
-        if self._call is None:
-            raise RuntimeError("ContentWriter: call start() first")
-        self._queue.put_nowait(request)
-
-    async def _receive(self) -> Any:
-        if self._call is None:
-            raise RuntimeError("ContentWriter: the stream has ended")
-        try:
-            resp = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            self._drop_call()
-            raise map_rpc_error("Content.Write", exc, self.client.address) from exc
-        if resp is grpc.aio.EOF:
-            self._drop_call()
-            raise ContainerdError(f"containerd ended the write of {self.ref} without answering")
-        return resp
-
-    async def flush(self) -> None:
-        """Wait until containerd has acknowledged every WRITE sent; afterwards `offset` is stored."""
-        while self._pending:
-            await self._ack_one()
-
-    async def _ack_one(self) -> None:
-        resp = await self._receive()
-        expected_offset = self._pending.popleft()
-        if int(resp.offset) != expected_offset:
-            raise ContainerdError(
-                f"containerd stored {resp.offset} bytes of {self.ref}, expected {expected_offset}"
-            )
-        self._acked = expected_offset
-
-    def _open(self) -> None:
-        self._queue = asyncio.Queue()
-        self._pending.clear()
-        self._call = self.client._content.Write(self._requests(self._queue), metadata=self.client.metadata())
-
-    async def start(self, *, lock_timeout: float = 60.0) -> int:
-        """Open the ingest and return its current offset (> 0 when resuming a partial write).
-
-        When the blob already exists containerd refuses to open it (pitfall #3): `already_exists` is set
-        and `total` returned, meaning nothing is left to write. Another writer holding the same ref makes
-        containerd answer UNAVAILABLE "locked"; like Go's OpenWriter this retries, for `lock_timeout` s.
-        """
-        delay = 0.016
-        deadline = time.monotonic() + lock_timeout
-        while True:
-            self._open()
-            request = content_pb2.WriteContentRequest(
-                action=content_pb2.STAT, ref=self.ref, total=self.total, expected=self.expected
-            )
-            try:
-                resp = await self._roundtrip(request)
-            except AlreadyExistsError:
-                self.already_exists = True
-                self.offset = self.total
-                return self.offset
-            except RpcError as exc:
-                locked = exc.code == grpc.StatusCode.UNAVAILABLE and "locked" in exc.details
-                if not locked:
-                    raise
-                if time.monotonic() >= deadline:
-                    raise ContainerdError(
-                        f"blob {self.expected} (ingest {self.ref}) is being written by another client and "
-                        f"stayed locked for {lock_timeout:g}s: try again later"
-                    ) from exc
-                await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-                delay = min(delay * 2, 2.048)
-                continue
-            self.offset = self._acked = int(resp.offset)
-            return self.offset
-
-    async def truncate(self) -> int:
-        """Discard the ingest's bytes and start over at 0 (a WRITE at offset 0 truncates, §3)."""
-        resp = await self._roundtrip(content_pb2.WriteContentRequest(action=content_pb2.WRITE, offset=0))
-        self.offset = self._acked = int(resp.offset)
-        return self.offset
-
-    async def write(self, data: bytes) -> None:
-        """Append `data` at the current offset, in messages of at most WRITE_CHUNK_BYTES.
-
-        Up to WRITE_WINDOW_BYTES stay unacknowledged (containerd answers each message, in order), so
-        our Python work overlaps containerd's disk writes; `offset` counts bytes sent, `flush()`
-        waits for them, and `commit()` flushes first. An error of a pipelined message surfaces on a
-        later call. `data` that fits one message (a standard pull's 1 MiB reads) is sent without a copy.
-        """
-        for piece in _write_pieces(data):
-            # offset is always set: > 0 makes containerd verify it, and 0 only happens on an empty ingest.
-            request = content_pb2.WriteContentRequest(action=content_pb2.WRITE, offset=self.offset, data=piece)
-            self._send(request)
-            self.offset += len(piece)
-            self._pending.append(self.offset)
-            while self._pending and self.offset - self._acked > WRITE_WINDOW_BYTES:
-                await self._ack_one()
-
-    async def commit(self, labels: Mapping[str, str] | None = None) -> None:
-        """COMMIT with total, expected digest and labels; the blob then exists under its digest.
-
-        A blob that appeared meanwhile (ALREADY_EXISTS) counts as committed; its labels are set by Update.
-        A size or digest mismatch raises CommitMismatchError and aborts the ingest: its bytes are wrong,
-        so resuming it could never succeed.
-        """
-        labels = dict(labels or {})
-        # offset must be the current one: COMMIT with offset 0 would truncate the ingest first (§3).
-        request = content_pb2.WriteContentRequest(
-            action=content_pb2.COMMIT,
-            offset=self.offset,
-            total=self.total,
-            expected=self.expected,
-            labels=labels,
-        )
-        await self.flush()  # errors of earlier WRITEs are theirs, not the commit's
-        try:
-            await self._roundtrip(request)
-        except AlreadyExistsError:
-            self.already_exists = True
-            self.committed = True
-            await self.client.content_update_labels(self.expected, labels)
-            return
-        except RpcError as exc:
-            if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
-            await self.client.abort_ingest(self.ref)
-            raise CommitMismatchError(
-                f"blob {self.expected} ({self.ref}) does not match what was written "
-                f"({self.offset} of {self.total} bytes): {exc.details}",
-                rpc="Content.Write",
-                code=exc.code,
-                details=exc.details,
-            ) from exc
-        self.committed = True
-        await self._finish()
-
-    async def _finish(self) -> None:
-        """End the stream after COMMIT, draining the duplicate final response (pitfall #4)."""
-        await self._end_stream()
-
-    async def _end_stream(self) -> None:
-        # Half-close rather than cancel: containerd then ends the call cleanly (a cancelled Write is
-        # logged as an error in its journal) and releases the ref's lock before we see EOF. Cancel is the
-        # fallback when it does not answer promptly.
-        call, self._call = self._call, None
-        self._pending.clear()  # unanswered WRITEs are drained below; the ingest keeps what arrived
-        if call is None:
-            return
-        self._queue.put_nowait(None)
-        try:
-            async with asyncio.timeout(2.0):
-                while await call.read() is not grpc.aio.EOF:
-                    pass
-        except (grpc.aio.AioRpcError, TimeoutError):
-            pass  # nothing after COMMIT (or after giving up) matters
-        finally:
-            call.cancel()
-
-    async def aclose(self) -> None:
-        """End the stream without committing; the ingest keeps its bytes for a later resume."""
-        await self._end_stream()
-
-    close = aclose

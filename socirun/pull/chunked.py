@@ -29,8 +29,8 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
+from socirun.decide.transfer import SCHEDULES, Schedule
 from socirun.errors import (
     AuthError,
     DigestMismatchError,
@@ -40,8 +40,6 @@ from socirun.errors import (
 )
 
 MIB = 1 << 20
-Schedule = Literal["in-order", "largest-first", "interleave"]
-SCHEDULES: tuple[str, ...] = get_args(Schedule)
 DEFAULT_ATTEMPTS = 3
 
 # (start, end_inclusive) -> the bytes of that range. May raise RangeNotSupportedError (never retried).

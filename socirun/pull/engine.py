@@ -1,8 +1,9 @@
 """The standard pull path: registry → Content.Write → Snapshots.Prepare → Diff.Apply → Commit → image record.
 
-Everything a pull creates lives under one lease until the image record references it (containerd-client.md
-§2). Layers download concurrently (bounded) and each is applied as soon as it and its parent are ready, so
-unpacking overlaps the transfers of later layers.
+Everything a pull creates lives under one lease until the image record references it
+(https://github.com/containerd/containerd/blob/v1.6.20/docs/garbage-collection.md). Layers download concurrently
+(bounded) and each is applied as soon as it and its parent are ready, so unpacking overlaps the transfers of later
+layers.
 """
 
 from __future__ import annotations
@@ -13,46 +14,35 @@ import json
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal
 
 from socirun import events as ev
-from socirun.containerd.client import (
-    AlreadyExistsError,
-    CommitMismatchError,
-    ContainerdClient,
-    ContentWriter,
-    Mount,
-)
+from socirun.containerd.client import ContainerdClient
+from socirun.containerd.errors import AlreadyExistsError, CommitMismatchError
+from socirun.containerd.types import Mount
+from socirun.containerd.writer import ContentWriter
+from socirun.decide.facts import DEFAULT_SNAPSHOTTER, LOCAL_SNAPSHOTTERS
+from socirun.decide.transfer import TransferPlan
 from socirun.errors import DigestMismatchError, PullError
 from socirun.oci import Descriptor, Platform, chain_ids
 from socirun.pull import labels as lb
-from socirun.pull.chunked import Schedule, TransferBudget, download_chunked
+from socirun.pull.chunked import TransferBudget, download_chunked
 from socirun.pull.leases import PullLease
 from socirun.pull.remote import Planner, classify, plan_events, planned_mode, soci_prepare_labels
 from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 
 PROGRESS_INTERVAL_S = 0.1
-DEFAULT_MAX_CONCURRENT_DOWNLOADS = 4
-
-# Snapshotters that unpack locally; any other (soci, stargz, …) gets the remote-snapshotter labels.
-LOCAL_SNAPSHOTTERS = frozenset({"overlayfs", "native", "btrfs", "zfs", "devmapper", "aufs"})
 
 
 @dataclass(frozen=True)
 class PullRequest:
     reference: ImageReference
     platform: Platform
-    snapshotter: str = "overlayfs"
-    max_concurrent_downloads: int = DEFAULT_MAX_CONCURRENT_DOWNLOADS
+    # "standard": one stream per layer, `transfer.connections` at a time; "parallel": ranged chunks over
+    # `transfer.connections` connections shared by all layers, at most `transfer.settings.window` in memory.
+    transfer: TransferPlan
+    snapshotter: str = DEFAULT_SNAPSHOTTER
     expanded_from: str | None = None
-    # "standard": one stream per layer; "parallel": ranged chunks over max_concurrent_downloads connections
-    # shared by all layers, at most chunk_window chunks in memory (0: twice the connections).
-    pull_mode: Literal["standard", "parallel"] = "standard"
-    chunk_size: int = 8 << 20
-    chunk_window: int = 0
-    schedule: Schedule = "in-order"
-    transfer_reasons: tuple[str, ...] = ()  # why this pull_mode, for the plan
     # Decides snapshotter and per-layer modes once the image is resolved (socirun.pull.remote.make_planner);
     # None: `snapshotter` as given, every layer downloaded by socirun.
     planner: Planner | None = None
@@ -92,12 +82,13 @@ class _Pull:
         self.snapshotter = request.snapshotter
         self.fetched = 0
         self._throttle = _Throttle()
-        connections = max(1, request.max_concurrent_downloads)
+        transfer = request.transfer
+        connections = max(1, transfer.connections)
         self._budget: TransferBudget | None = None
         self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
-        if request.pull_mode == "parallel":
-            self._budget = TransferBudget(connections=connections, window=request.chunk_window or 2 * connections,
-                                          chunk_size=request.chunk_size, schedule=request.schedule)
+        if transfer.mode == "parallel":
+            self._budget = TransferBudget(connections=connections, window=transfer.settings.window or 2 * connections,
+                                          chunk_size=transfer.settings.chunk_size, schedule=transfer.settings.schedule)
         # In parallel mode the budget bounds connections and memory; a layer limit as well could hold back the
         # very layer the schedule waits for, so every layer may open its ingest at once.
         self._downloads = asyncio.Semaphore(connections if self._budget is None else 1 << 16)
@@ -218,16 +209,6 @@ class _Pull:
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
                                        detail="registry does not serve byte ranges: one stream"))
 
-    def _plan_reasons(self) -> tuple[str, ...]:
-        req = self.request
-        if req.pull_mode == "parallel":
-            how = (f"socirun downloads ranged chunks of {req.chunk_size} bytes over {req.max_concurrent_downloads} "
-                   f"connections shared by all layers, written in order ({req.schedule})")
-        else:
-            how = f"socirun downloads each layer in one stream ({req.max_concurrent_downloads} at a time)"
-        return (*req.transfer_reasons,
-                f"{how}, and containerd unpacks each layer into {self.snapshotter} as soon as its parent is ready")
-
     def _progress(self, layer: Descriptor, downloaded: int, *, force: bool = False, applied: int = 0) -> None:
         if force or self._throttle.due(layer.digest, time.monotonic()):
             self.emit(ev.LayerProgress(digest=layer.digest, downloaded=downloaded, total=layer.size,
@@ -319,10 +300,11 @@ class _Pull:
                                    layer_count=len(img.layers), total_size=total))
         plan = await req.planner(self.ctd, self.registry, img) if req.planner is not None else None
         if plan is None:
-            self.emit(ev.PlanMade(mode=req.pull_mode, snapshotter=self.snapshotter, reasons=self._plan_reasons()))
+            self.emit(ev.PlanMade(mode=req.transfer.mode, snapshotter=self.snapshotter,
+                                  reasons=(*req.transfer.reasons, req.transfer.how(self.snapshotter))))
         else:
             self.snapshotter = plan.snapshotter
-            for event in plan_events(plan, req.pull_mode, self._plan_reasons()):
+            for event in plan_events(plan):
                 self.emit(event)
             if plan.blocker:
                 raise PullError(f"{plan.blocker}; " + "; ".join(plan.fixes or ("see `socirun doctor`",)))
@@ -330,7 +312,7 @@ class _Pull:
         present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
         for i, layer in enumerate(img.layers):
             self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
-                                      size=layer.size, mode=planned_mode(plan, i, present[i], req.pull_mode)))
+                                      size=layer.size, mode=planned_mode(plan, i, present[i], req.transfer.mode)))
 
         async with PullLease(self.ctd, str(img.reference)) as lease:
             self.lease = lease
@@ -370,7 +352,7 @@ class _Pull:
         elapsed = time.monotonic() - started
         self.emit(ev.PullFinished(reference=str(img.reference), manifest_digest=img.manifest.digest,
                                   snapshotter=self.snapshotter,
-                                  mode=plan.mode if plan is not None and self.snapshotter == "soci" else req.pull_mode,
+                                  mode=plan.mode if plan is not None else req.transfer.mode,
                                   fetched=self.fetched,
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed,

@@ -1,5 +1,6 @@
 """Labels a containerd client must set so that GC, `ctr` and remote snapshotters see a pull as containerd's own
-client would leave it (reference containerd-client.md §§4, 6). Pure functions."""
+client would leave it (https://github.com/containerd/containerd/blob/v1.6.20/docs/garbage-collection.md). Pure
+functions."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The remote-snapshotter (SOCI) side of the pull engine: Prepare labels, classifying what the snapshotter did
 with a layer from the labels on its committed snapshot, the plan's events, and the planner the CLI hands the
-engine (soci-contract.md §1)."""
+engine (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/snapshot/snapshot.go)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from socirun import events as ev
 from socirun.containerd.client import ContainerdClient
+from socirun.decide.facts import HostProfile, SociConfig, UserChoice
+from socirun.decide.plan import Plan, decide
+from socirun.decide.transfer import TransferPlan
 from socirun.oci import Descriptor
-from socirun.plan import Plan, UserChoice, decide, default_choose_transfer
 from socirun.pull import labels as lb
 from socirun.registry.client import RegistryClient, ResolvedImage
 from socirun.soci import constants as c
@@ -35,7 +37,7 @@ def soci_prepare_labels(image_ref: str, manifest_digest: str, layers: Sequence[D
 
 
 def classify(labels: Mapping[str, str]) -> tuple[ev.LayerMode, str]:
-    """What SOCI did with a layer it committed itself (ALREADY_EXISTS), from the snapshot's labels (§1.3)."""
+    """What SOCI did with a layer it committed itself (ALREADY_EXISTS), from the snapshot's labels."""
     if labels.get(c.REMOTE) == c.REMOTE_VALUE:
         return "lazy", "mounted lazily by SOCI: its bytes arrive on demand and in the background"
     if labels.get(c.HAS_SOCI_INDEX) == "true":
@@ -43,29 +45,25 @@ def classify(labels: Mapping[str, str]) -> tuple[ev.LayerMode, str]:
     return "parallel", "downloaded and unpacked by SOCI (parallel pull)"
 
 
-def make_planner(user: UserChoice, *, soci_index_digest: str = "") -> Planner:
-    """The engine calls this once the image is resolved: gather the facts, decide."""
+def make_planner(user: UserChoice, transfer: TransferPlan, host: HostProfile, soci: SociConfig, *,
+                 soci_index_digest: str = "") -> Planner:
+    """The engine calls this once the image is resolved: gather the facts, decide (with the transfer, the host
+    and SOCI's configuration the request builder already has)."""
 
     async def planner(ctd: ContainerdClient, registry: RegistryClient, img: ResolvedImage) -> Plan:
         from socirun.soci.probe import gather_facts
 
-        facts = await gather_facts(ctd, registry, img, user, explicit_index=soci_index_digest or None)
-        return decide(facts, default_choose_transfer())
+        facts = await gather_facts(ctd, registry, img, user, transfer, host, soci,
+                                   explicit_index=soci_index_digest or None)
+        return decide(facts)
 
     return planner
 
 
-def plan_events(plan: Plan, transfer_mode: str, transfer_reasons: Sequence[str] = ()) -> list[ev.Event]:
-    """PlanMade (reasons, then the fixes) and a warning per warning. Layer rows are the caller's.
-
-    When socirun downloads layers, `transfer_mode` / `transfer_reasons` are what the engine was told to do
-    (socirun.pull.transfer_plan), and replace the plan's own estimate of it."""
-    if not any(layer.mode == "standard" for layer in plan.layers):
-        transfer_reasons = ()  # socirun downloads nothing itself
-    own = [r for r in plan.reasons if not (transfer_reasons and r.startswith("socirun's download:"))]
-    reasons = (*own, *transfer_reasons, *(f"fix: {fix}" for fix in plan.fixes))
-    mode = plan.mode if plan.snapshotter == "soci" else transfer_mode
-    out: list[ev.Event] = [ev.PlanMade(mode=mode, snapshotter=plan.snapshotter, reasons=reasons)]
+def plan_events(plan: Plan) -> list[ev.Event]:
+    """PlanMade (reasons, then the fixes) and a warning per warning. Layer rows are the caller's."""
+    reasons = (*plan.reasons, *(f"fix: {fix}" for fix in plan.fixes))
+    out: list[ev.Event] = [ev.PlanMade(mode=plan.mode, snapshotter=plan.snapshotter, reasons=reasons)]
     out += [ev.WarningMessage(message=w) for w in plan.warnings]
     return out
 

@@ -1,18 +1,20 @@
-"""One place that turns the user's choices into a PullRequest, so `socirun pull` and `socirun run` pull alike:
-the same plan (SOCI or not, decided once the image is resolved), the same transfer settings, the same reasons."""
+"""One place that turns the user's choices into a PullRequest, so `socirun pull`, `socirun run` and `socirun plan`
+decide alike: the pull mode read once, the host probed once, the transfer decided once, SOCI's configuration
+loaded once; the plan (SOCI or not) is made from these once the image is resolved."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from socirun.config import SocirunConfig
-from socirun.errors import UsageError
+from socirun.decide.facts import DEFAULT_SNAPSHOTTER, HostProfile, SociConfig, UserChoice
+from socirun.decide.transfer import TransferPlan, plan_transfer, pull_mode_for
+from socirun.host import probe_host
 from socirun.oci import Platform
-from socirun.plan import PULL_MODES, PullMode, UserChoice
-from socirun.pull.engine import DEFAULT_MAX_CONCURRENT_DOWNLOADS, PullRequest
+from socirun.pull.engine import PullRequest
 from socirun.pull.remote import make_planner
-from socirun.pull.transfer_plan import plan_overlay_pull, probe_host
 from socirun.reference import ImageReference
+from socirun.soci.config import load_soci_config
 
 
 @dataclass(frozen=True)
@@ -26,39 +28,37 @@ class PullChoices:
     soci_index_digest: str = ""
 
 
-def pull_mode_for(choices: PullChoices, config: SocirunConfig) -> PullMode:
-    """--pull-mode, else `[pull] mode` in socirun's config, else auto."""
-    table = config.raw.get("pull")
-    from_config = table.get("mode") if isinstance(table, dict) else None
-    mode = choices.pull_mode or from_config or "auto"
-    if mode not in PULL_MODES:
-        raise UsageError(f'invalid --pull-mode "{mode}": use one of {", ".join(PULL_MODES)}')
-    return mode  # type: ignore[return-value]  # checked against PULL_MODES just above
+@dataclass(frozen=True)
+class PullSetup:
+    """The inputs every decision of one pull shares, each gathered or decided once."""
+
+    user: UserChoice
+    transfer: TransferPlan
+    host: HostProfile
+    soci: SociConfig
+
+
+def pull_setup(config: SocirunConfig, choices: PullChoices) -> PullSetup:
+    mode = pull_mode_for(choices.pull_mode, config.raw)
+    host = probe_host()
+    transfer = plan_transfer(
+        mode=mode, raw_config=config.raw, snapshotter=choices.snapshotter or DEFAULT_SNAPSHOTTER, host=host,
+        max_concurrent_downloads=choices.max_concurrent_downloads, chunk_size=choices.chunk_size,
+    )
+    return PullSetup(UserChoice(choices.snapshotter, mode), transfer, host, load_soci_config(config.soci_config_path))
 
 
 def build_pull_request(
-    reference: ImageReference, platform: Platform, config: SocirunConfig, choices: PullChoices,
+    reference: ImageReference, platform: Platform, setup: PullSetup, choices: PullChoices,
     *, expanded_from: str | None = None,
 ) -> PullRequest:
-    snapshotter = choices.snapshotter or "overlayfs"
-    transfer = plan_overlay_pull(
-        requested=choices.pull_mode, raw_config=config.raw, snapshotter=snapshotter, host=probe_host(),
-        max_concurrent_downloads=choices.max_concurrent_downloads, chunk_size=choices.chunk_size,
-    )
-    parallel = transfer.mode == "parallel"
     return PullRequest(
         reference=reference,
         platform=platform,
-        snapshotter=snapshotter,
-        max_concurrent_downloads=transfer.settings.max_concurrent_downloads if parallel
-        else choices.max_concurrent_downloads or DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+        transfer=setup.transfer,
+        snapshotter=choices.snapshotter or DEFAULT_SNAPSHOTTER,
         expanded_from=expanded_from,
-        pull_mode=transfer.mode,
-        chunk_size=transfer.settings.chunk_size,
-        chunk_window=transfer.settings.window,
-        schedule=transfer.settings.schedule,
-        transfer_reasons=transfer.reasons,
-        planner=make_planner(UserChoice(choices.snapshotter, pull_mode_for(choices, config)),
+        planner=make_planner(setup.user, setup.transfer, setup.host, setup.soci,
                              soci_index_digest=choices.soci_index_digest),
         soci_index_digest=choices.soci_index_digest,
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from socirun.errors import SocirunError
-from socirun.options import PortMapping
+from socirun.runtime.options import PortMapping
 
 CNI_VERSION = "1.0.0"
 DEFAULT_BRIDGE = "socirun0"

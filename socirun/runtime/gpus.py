@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from socirun.errors import SocirunError
-from socirun.options import GpuRequest
+from socirun.runtime.options import GpuRequest
 from socirun.runtime.spec import Hook, SpecDevice, SpecMount
 
 CDI_DIRS = ("etc/cdi", "var/run/cdi")

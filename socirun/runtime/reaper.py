@@ -2,7 +2,7 @@
 the task to exit, then tears down what a foreground run would have (task, CNI DEL + netns; with --rm the
 container, snapshot, anonymous volumes and state).
 
-Started by run.py in its own session, before Tasks.Create, as
+Started by socirun/runtime/container.py in its own session, before Tasks.Create, as
 `python -m socirun.runtime.reaper STATE_DIR --log LOG FIFO [FIFO]`. If it is killed, the teardown does not
 happen (socirun has no daemon), as with nerdctl's client-side --rm.
 """
@@ -17,8 +17,9 @@ import threading
 from typing import BinaryIO
 
 from socirun.containerd.client import ContainerdClient
+from socirun.containerd.runtime import Runtime
 from socirun.errors import SocirunError
-from socirun.runtime.lifecycle import ContainerState, Runtime, teardown
+from socirun.runtime.lifecycle import ContainerState, teardown
 
 TASK_APPEAR_TIMEOUT_S = 120
 DRAIN_TIMEOUT_S = 10

@@ -1,7 +1,8 @@
 """The OCI runtime spec, built by a pure function from the options, the image config and lookups already made
 in the rootfs (`/etc/passwd`, `/etc/group`) and on the host (devices, mounts, namespace paths).
 
-Layering, as containerd and nerdctl do it (shared/reference/containerd-client.md §9, docker-run-cli.md §3.5):
+Layering, as containerd and nerdctl do it (https://github.com/containerd/containerd/blob/v1.6.20/oci/spec_opts.go and
+nerdctl's pkg/cmd/container/create.go):
 containerd's Linux defaults, then nerdctl's changes (no /run tmpfs, a ro cgroup mount, rlimits inherited,
 NoNewPrivileges off), then the image's Env/Entrypoint/Cmd/WorkingDir/User, then the flags.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from socirun.errors import SocirunError, UsageError
-from socirun.options import CAPABILITIES, SIGNALS, RunOptions
+from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions
 
 OCI_VERSION = "1.0.2-dev"
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -136,7 +137,8 @@ def _entries(text: str | None) -> list[list[str]]:
 
 
 def resolve_user(spec: str, passwd: str | None, group: str | None, extra_groups: Sequence[str] = ()) -> ResolvedUser:
-    """containerd's WithUser + WithAdditionalGIDs (§9): `name`, `uid`, `user:group`, numeric or looked up."""
+    """containerd's WithUser + WithAdditionalGIDs (oci/spec_opts.go): `name`, `uid`, `user:group`, numeric or looked
+    up."""
     users = [e for e in _entries(passwd) if len(e) >= 4]
     groups = [e for e in _entries(group) if len(e) >= 3]
     user_part, sep, group_part = (spec or "0").partition(":")

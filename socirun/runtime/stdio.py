@@ -1,7 +1,8 @@
 """The task's stdio: FIFOs in the container's state directory, copied by threads.
 
 containerd's shim opens the stdout/stderr FIFOs for writing with a blocking open, so `Tasks.Create` blocks until
-the read ends are open (reference §8, pitfall 16): the readers are opened in threads *before* Create. Closing
+the read ends are open (https://github.com/containerd/containerd/blob/v1.6.20/cio/io_unix.go): the readers are opened
+in threads *before* Create. Closing
 our write end of stdin does not give the container EOF; `Tasks.CloseIO` does, and `on_stdin_eof` is called for it.
 """
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from socirun.errors import SocirunError
-from socirun.options import VolumeSpec
+from socirun.runtime.options import VolumeSpec
 from socirun.runtime.spec import SpecMount
 
 

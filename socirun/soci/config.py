@@ -1,9 +1,9 @@
-"""SOCI's effective configuration, as far as the mode decision and the observer need it (soci-contract.md §4).
+"""SOCI's effective configuration, as far as the mode decision and the observer need it.
 
 Sources, best first: `soci-snapshotter-grpc [--config X] config dump` when that binary is on PATH (the
-daemon's own view, defaults filled in), else the TOML file (`SOCI_SNAPSHOTTER_CONFIG`, else
-`/etc/soci-snapshotter-grpc/config.toml`) read with tomllib and completed with the reference's defaults, else
-the defaults alone. `parse_soci_config` is pure; `load_soci_config` is the thin I/O shell around it.
+daemon's own view, defaults filled in), else the TOML file (SocirunConfig.soci_config_path:
+`SOCI_SNAPSHOTTER_CONFIG`, else `/etc/soci-snapshotter-grpc/config.toml`) read with tomllib and completed with
+SOCI's defaults, else the defaults alone. `parse_soci_config` is pure; `load_soci_config` is the thin I/O shell.
 """
 
 from __future__ import annotations
@@ -13,56 +13,12 @@ import shutil
 import subprocess
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from socirun.soci import constants as c
+from socirun.config import SOCI_CONFIG_PATH
+from socirun.decide.facts import SociConfig
 
 _DUMP_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class SociConfig:
-    """The keys that change what a pull does or what can be observed. Defaults are SOCI v0.15.0's."""
-
-    source: str = "built-in defaults"  # where the values came from, for the plan and doctor
-    v1_enable: bool = False
-    v2_enable: bool = True
-    parallel_enable: bool = False
-    parallel_as_fallback: bool = False
-    max_concurrent_downloads_per_image: int = 3
-    concurrent_download_chunk_size: str = ""
-    discard_unpacked_layers: bool = False
-    content_store_type: str = "soci"
-    min_layer_size: int = 0
-    metrics_address: str = ""
-    metrics_network: str = "tcp"
-    no_prometheus: bool = False
-    log_fuse_operations: bool = False
-    background_fetch_disable: bool = False
-    fetch_period_msec: int = 500
-    root: str = c.DEFAULT_ROOT
-    problem: str = ""  # why the file could not be used (then the defaults apply)
-
-    @property
-    def metrics_enabled(self) -> bool:
-        return bool(self.metrics_address) and not self.no_prometheus
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "pull_modes.soci_v1.enable": self.v1_enable,
-            "pull_modes.soci_v2.enable": self.v2_enable,
-            "pull_modes.parallel_pull_unpack.enable": self.parallel_enable,
-            "pull_modes.parallel_pull_unpack.experimental_parallel_pull_as_fallback": self.parallel_as_fallback,
-            "content_store.type": self.content_store_type,
-            "snapshotter.min_layer_size": self.min_layer_size,
-            "metrics_address": self.metrics_address,
-            "metrics_network": self.metrics_network,
-            "fuse.log_fuse_operations": self.log_fuse_operations,
-            "background_fetch.disable": self.background_fetch_disable,
-            "problem": self.problem,
-        }
 
 
 def _table(doc: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
@@ -126,14 +82,9 @@ def parse_soci_config(text: str, source: str) -> SociConfig:
     )
 
 
-def config_path(env: Mapping[str, str]) -> str:
-    return env.get(c.CONFIG_ENV) or c.DEFAULT_CONFIG_PATH
-
-
-def load_soci_config(env: Mapping[str, str] | None = None, *, use_dump: bool = True) -> SociConfig:
-    """The effective SOCI config on this host (see the module docstring for the order of sources)."""
-    env = os.environ if env is None else env
-    path = config_path(env)
+def load_soci_config(path: str = SOCI_CONFIG_PATH, *, use_dump: bool = True) -> SociConfig:
+    """The effective SOCI config on this host, for the daemon's config file `path` (SocirunConfig's
+    soci_config_path); see the module docstring for the order of sources."""
     binary = shutil.which("soci-snapshotter-grpc") if use_dump else None
     if binary is not None:
         argv = [binary, "--config", path, "config", "dump"] if os.path.exists(path) else [binary, "config", "dump"]

@@ -1,9 +1,10 @@
-"""The names SOCI defines (soci-contract.md §§1, 2, 4, 5), in one place for the plan, the engine, the observer
-and the sandbox's SOCI emulator."""
+"""The names SOCI defines (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/: snapshot/snapshot.go,
+docs/soci-index-manifest-v2.md, docs/config.md, fs/metrics/common/metrics.go), in one place for the plan, the
+engine, the observer and the sandbox's SOCI emulator."""
 
 from __future__ import annotations
 
-# -- Prepare labels (§1.1) and the labels SOCI puts on its snapshots (§1.2)
+# -- Prepare labels and the labels SOCI puts on its snapshots (snapshot/snapshot.go)
 SOCI_SIZE = "containerd.io/snapshot/remote/soci.size"
 SOCI_IMAGE_LAYERS_SIZE = "containerd.io/snapshot/remote/image.layers.size"
 SOCI_INDEX_DIGEST = "containerd.io/snapshot/remote/soci.index.digest"
@@ -12,7 +13,7 @@ REMOTE_VALUE = "remote snapshot"
 HAS_SOCI_INDEX = "containerd.io/snapshot/remote/has.soci.index.digest"
 REMOTE_NAMESPACE = "containerd.io/snapshot/remote/namespace"
 
-# -- index media types and annotations (§2)
+# -- index media types and annotations (docs/soci-index-manifest-v2.md)
 INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
 INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
 ZTOC_MEDIA_TYPE = "application/octet-stream"
@@ -27,14 +28,11 @@ EMPTY_CONFIG_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310
 DEFAULT_SPAN_SIZE = 1 << 22
 DEFAULT_MIN_LAYER_SIZE = 10 << 20  # `soci create/convert` skip smaller layers (no zTOC)
 
-# -- daemon defaults (§4)
-DEFAULT_CONFIG_PATH = "/etc/soci-snapshotter-grpc/config.toml"
-CONFIG_ENV = "SOCI_SNAPSHOTTER_CONFIG"
-DEFAULT_ROOT = "/var/lib/soci-snapshotter-grpc/"
+# -- daemon defaults (docs/config.md)
 DEFAULT_SOCKET = "/run/soci-snapshotter-grpc/soci-snapshotter-grpc.sock"
 SYSTEMD_UNIT = "soci-snapshotter"
 
-# -- metrics (§5.1)
+# -- metrics (fs/metrics/common/metrics.go)
 M_LAYER_FETCHED = "soci_fs_layer_fetched_size_bytes"
 M_LAYER_SIZE = "soci_fs_layer_size_bytes"
 M_OPERATION_COUNT = "soci_fs_operation_count"
@@ -48,10 +46,10 @@ OP_BG_FETCH = "background_fetch"
 OP_FUSE_MOUNT_FAILURE = "fuse_mount_failure_count"
 OP_BYTES_SERVED = "synchronous_bytes_served"
 
-# -- per-layer state file directory (§5.2)
+# -- per-layer state file directory
 STATE_DIR_NAME = ".soci-snapshotter"
 
-# -- log messages (§5.3)
+# -- log messages
 LOG_REMOTE_PREPARED = "remote snapshot successfully prepared."
 LOG_DEFER = "no valid SOCI index found; deferring to container runtime"
 LOG_PARALLEL = "preparing snapshot with parallel pull/unpack"

@@ -1,5 +1,5 @@
 """The SOCI observer: turns what the snapshotter exposes into fetch-log and progress events
-(soci-contract.md §5).
+(https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/fs/metrics/common/metrics.go).
 
 Three sources, each optional:
 - the metrics endpoint (`metrics_address`, TCP or unix): per-layer `soci_fs_layer_fetched_size_bytes` /
@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 
 from socirun import events as ev
+from socirun.decide.facts import SociConfig
 from socirun.soci import constants as c
-from socirun.soci.config import SociConfig
 
 POLL_INTERVAL_S = 0.5
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
@@ -177,14 +177,6 @@ def journal_available() -> bool:
     return shutil.which("journalctl") is not None and os.path.isdir("/run/systemd/system")
 
 
-SOCI_LOG_ENV = "SOCIRUN_SOCI_LOG"
-
-
-def soci_log_path(flag: str | None) -> str | None:
-    """--soci-log, else $SOCIRUN_SOCI_LOG (set by `socirun sandbox env` for the emulator's log file)."""
-    return flag or os.environ.get(SOCI_LOG_ENV) or None
-
-
 def observation_sources(cfg: SociConfig, soci_log: str | None = None) -> list[Source]:
     """Which of SOCI's observation sources this host has, and how to turn on the others."""
     out: list[Source] = []
@@ -197,7 +189,6 @@ def observation_sources(cfg: SociConfig, soci_log: str | None = None) -> list[So
     state_root = os.path.join(cfg.root, "snapshotter", "snapshots")
     out.append(Source("state files", os.path.isdir(state_root), state_root,
                       "" if os.path.isdir(state_root) else "appear once SOCI mounts a layer lazily (needs root)"))
-    soci_log = soci_log_path(soci_log)
     if soci_log:
         out.append(Source("log", os.path.exists(soci_log), f"file {soci_log}",
                           "" if os.path.exists(soci_log) else f"{soci_log} does not exist"))
@@ -380,14 +371,11 @@ def state_root(cfg: SociConfig) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def observe_lazy_layers(emit: ev.Emit, soci_log: str | None = None,
-                              cfg: SociConfig | None = None) -> AsyncIterator[ev.Emit]:
+async def observe_lazy_layers(emit: ev.Emit, cfg: SociConfig, soci_log: str | None) -> AsyncIterator[ev.Emit]:
     """Wrap `emit` for a pull or run: every layer the engine reports as lazily mounted (LayerClassified lazy) is
-    then followed through SOCI's metrics / state files / log, as progress and fetch-log events. Yields the
-    emit to hand the engine."""
-    from socirun.soci.config import load_soci_config
-
-    observer = SociObserver(cfg or load_soci_config(), emit, soci_log=soci_log_path(soci_log), layers=frozenset())
+    then followed through SOCI's metrics / state files / log (`soci_log`; None: journald), as progress and
+    fetch-log events. Yields the emit to hand the engine."""
+    observer = SociObserver(cfg, emit, soci_log=soci_log, layers=frozenset())
 
     def tap(event: ev.Event) -> None:
         if isinstance(event, ev.LayerClassified) and event.mode == "lazy":

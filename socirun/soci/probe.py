@@ -1,6 +1,6 @@
 """Thin probes that gather the plan's facts: containerd's snapshotters (and whether the soci proxy answers),
 the image's SOCI index (explicit digest, v2 manifest annotation, v1 referrers API or referrers tag), which
-layers already have snapshots. The decision itself is socirun.plan.decide (pure)."""
+layers already have snapshots. The decision itself is socirun.decide.plan.decide (pure)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,30 @@ from collections.abc import Sequence
 from typing import Any
 
 from socirun.containerd.client import ContainerdClient
+from socirun.decide.facts import (
+    SOCI,
+    HostProfile,
+    ImageFacts,
+    IndexKind,
+    LayerFact,
+    PlanFacts,
+    SnapshotterFacts,
+    SociConfig,
+    SociIndex,
+    UserChoice,
+)
+from socirun.decide.transfer import TransferPlan
 from socirun.errors import ContainerdError, RegistryError
-from socirun.host import probe_host
 from socirun.oci import OCI_MANIFEST, chain_ids
-from socirun.plan import ImageFacts, IndexKind, LayerFact, PlanFacts, SnapshotterFacts, SociIndex, UserChoice
 from socirun.registry.client import RegistryClient, ResolvedImage
 from socirun.soci import constants as c
-from socirun.soci.config import SociConfig, load_soci_config
 
-SOCI = "soci"
 PROBE_TIMEOUT_S = 2.0
 
 
 async def probe_snapshotters(ctd: ContainerdClient, timeout: float = PROBE_TIMEOUT_S) -> SnapshotterFacts:
     """Introspection.Plugins, then a deadline-bound Snapshots.List on soci: a proxy plugin is "ok" even when
-    its socket is dead (containerd-client.md §11)."""
+    its socket is dead."""
     plugins = await ctd.snapshotters()
     available = tuple(p.id for p in plugins if p.ok)
     soci = next((p for p in plugins if p.id == SOCI), None)
@@ -46,7 +55,7 @@ def _first_line(text: str) -> str:
 
 
 def ztoc_layers(index_manifest: dict[str, Any]) -> frozenset[str]:
-    """Image layer digests that have a zTOC in a SOCI index manifest (§2: zTOC descriptors in `layers`)."""
+    """Image layer digests that have a zTOC in a SOCI index manifest (zTOC descriptors in its `layers`)."""
     out: set[str] = set()
     for blob in index_manifest.get("layers") or []:
         if not isinstance(blob, dict):
@@ -159,13 +168,13 @@ async def gather_facts(
     registry: RegistryClient,
     img: ResolvedImage,
     user: UserChoice,
+    transfer: TransferPlan,
+    host: HostProfile,
+    cfg: SociConfig,
     *,
     explicit_index: str | None = None,
-    soci_config: SociConfig | None = None,
-    disk_path: str = "/var/lib/containerd",
 ) -> PlanFacts:
     sn = await probe_snapshotters(ctd)
-    cfg = soci_config if soci_config is not None else load_soci_config()
     up = sn.soci_registered and sn.soci_alive
     v2 = v1 = explicit = None
     notes: tuple[str, ...] = ()
@@ -183,4 +192,4 @@ async def gather_facts(
         discovery_notes=notes,
         cached=cached,
     )
-    return PlanFacts(sn, cfg, image, probe_host(disk_path), user)
+    return PlanFacts(sn, cfg, image, host, user, transfer)

@@ -6,12 +6,10 @@ Fixtures hand values over explicitly; nothing here sets environment variables.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,35 +18,21 @@ import pytest
 from socirun.sandbox.push import PushStats
 from socirun.sandbox.sample import SampleImage, build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
+from tests.support.sandbox import (
+    SAMPLE_5_LAYERS_MB,
+    SAMPLE_5_NAME,
+    SAMPLE_5_TAG,
+    CtrRunner,
+    missing_requirement,
+    short_tmp_dir,
+)
 
 HERE = Path(__file__).parent
-# The base layer plus four small data layers: five layers, ~4 MB compressed, quick to push and pull.
-SAMPLE_5_LAYERS_MB = (1.0, 1.0, 2.0, 4.0)
-SAMPLE_5_NAME = "socirun/sample5"
-SAMPLE_5_TAG = "latest"
-
-CtrRunner = Callable[..., "subprocess.CompletedProcess[str]"]
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
-
-
-def missing_requirement() -> str | None:
-    """Why the sandbox cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "the integration tests need root (containerd mounts snapshots and runs runc)"
-    for binary in ("containerd", "ctr", "runc", "docker-registry"):
-        if shutil.which(binary) is None:
-            return f"{binary} is not installed"
-    return None
-
-
-def short_tmp_dir(prefix: str = "srt-") -> Path:
-    """A fresh directory directly under /tmp: unix socket paths inside it stay far below 108 bytes."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 @pytest.fixture(scope="session")

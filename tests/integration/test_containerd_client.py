@@ -1,4 +1,4 @@
-"""socirun.containerd.client against a real, private containerd (no mocks).
+"""socirun.containerd (client, writer) against a real, private containerd (no mocks).
 
 Each module run starts its own containerd (root, state, sockets under a pytest tmp dir, CRI off) and stops
 it by PID afterwards. Needs root and the `containerd` binary; skipped otherwise.
@@ -21,15 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from socirun.containerd.client import (
-    WRITE_WINDOW_BYTES,
-    AlreadyExistsError,
-    CommitMismatchError,
-    ContainerdClient,
-    Mount,
-    RpcError,
-    parse_version,
-)
+from socirun.containerd.client import ContainerdClient, parse_version
+from socirun.containerd.errors import AlreadyExistsError, CommitMismatchError, RpcError
+from socirun.containerd.types import Mount
+from socirun.containerd.writer import WRITE_WINDOW_BYTES
 from socirun.errors import EXIT_DAEMON, ContainerdError
 from socirun.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST, Descriptor, sha256_digest
 
@@ -544,7 +539,7 @@ async def test_snapshot_prepare_commit_stat_remove(client: ContainerdClient, sna
         assert info.labels["containerd.io/snapshot.ref"] == name
         assert await client.snapshot_stat(snapshotter, key) is None
 
-        # Preparing the same target again is refused before the backend is asked (§6).
+        # Preparing the same target again is refused before the backend is asked.
         with pytest.raises(AlreadyExistsError, match="already exists"):
             await client.snapshot_prepare(
                 snapshotter, f"extract-2 {name}", "", {"containerd.io/snapshot.ref": name}

@@ -27,7 +27,7 @@ from aiohttp import web
 from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
-from tests.integration.cli_result import CliResult
+from tests.support.cli_result import CliResult
 
 SAMPLE_TEXT = "hello from the socirun sample"
 Ctr = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -17,7 +17,7 @@ import pytest
 from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo, start_registry
-from tests.integration.cli_result import CliResult
+from tests.support.cli_result import CliResult
 
 SAMPLE_TEXT = "hello from the socirun sample"
 

@@ -23,8 +23,8 @@ from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_emulator.process import emulator_config
 from socirun.soci.config import load_soci_config
 from socirun.soci.observer import SociObserver, fetch_metrics, observing, parse_metrics
-from tests.integration.cli_result import CliResult
-from tests.integration.conftest import missing_requirement, short_tmp_dir
+from tests.support.cli_result import CliResult
+from tests.support.sandbox import missing_requirement, short_tmp_dir
 
 SAMPLE_TEXT = "hello from the socirun sample"
 MIB = 1 << 20
@@ -86,7 +86,7 @@ async def test_lazy_run_starts_before_big_layers_complete(soci_box: SociBox) -> 
     ref = soci_box.push("soci/lazy", LAZY_LAYERS_MB, "v2", seed=51)
     digests = layer_digests(LAZY_LAYERS_MB, 51)
     big = digests[-1]
-    cfg = load_soci_config(soci_box.env(), use_dump=False)
+    cfg = load_soci_config(soci_box.env()["SOCI_SNAPSHOTTER_CONFIG"], use_dump=False)
     seen: list[ev.Event] = []
     # The whole log (earlier tests' lines name other layers): no span line can slip past the follower.
     observer = SociObserver(cfg, seen.append, soci_log=str(soci_box.box.soci.log), use_journal=False,

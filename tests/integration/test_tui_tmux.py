@@ -15,7 +15,7 @@ import pytest
 
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
-from tests.integration.conftest import CtrRunner
+from tests.support.sandbox import CtrRunner
 
 ROW = re.compile(r"^\s*\S\s+[0-9a-f]{12}\s", re.MULTILINE)
 RECAP = re.compile(r"^[0-9a-f]{12}: done \(", re.MULTILINE)

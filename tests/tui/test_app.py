@@ -12,13 +12,13 @@ from textual.widgets import Log
 
 from socirun import events as ev
 from socirun.errors import SocirunError
-from socirun.replay import replay_work
+from socirun.ui.replay import replay_work
 from socirun.ui.tui import run_with_tui_async
 from socirun.ui.tui.app import NOTHING_LAZY, PullApp
 from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen
-from tests.tui.conftest import app_with
-from tests.unit import streams
-from tests.unit.streams import L2, T0, A, B, C
+from tests.support import streams
+from tests.support.streams import L2, T0, A, B, C
+from tests.support.tui import app_with
 
 
 def row(app: PullApp, digest: str) -> dict[str, str]:

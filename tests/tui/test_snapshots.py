@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.tui.conftest import app_with
-from tests.unit import streams
+from tests.support import streams
+from tests.support.tui import app_with
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 

@@ -4,7 +4,7 @@ from contextlib import redirect_stderr
 import pytest
 
 from socirun import events as ev
-from socirun.cli import main
+from socirun.commands.main import main
 from socirun.ui.jsonl import QuietRenderer
 from socirun.ui.plain import PlainRenderer
 

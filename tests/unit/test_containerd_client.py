@@ -1,4 +1,4 @@
-"""socirun.containerd.client pieces that need no containerd: config, error mapping, connect checks."""
+"""socirun.containerd pieces that need no containerd: config, error mapping, connect checks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import pytest
 
 from socirun.containerd import client as ctd
 from socirun.containerd.api.services.version.v1 import version_pb2, version_pb2_grpc
+from socirun.containerd.errors import AlreadyExistsError, NotFoundError, RpcError, map_rpc_error
+from socirun.containerd.types import Mount, descriptor_from_proto, descriptor_to_proto
 from socirun.errors import ContainerdError, UsageError
 from socirun.oci import Descriptor
 
@@ -56,29 +58,29 @@ def _rpc_error(code: Any, details: str) -> Any:
 
 
 def test_map_rpc_error() -> None:
-    err = ctd.map_rpc_error("Images.Get", _rpc_error(grpc.StatusCode.NOT_FOUND, "image x: not found"), "/s")
-    assert isinstance(err, ctd.NotFoundError) and isinstance(err, ContainerdError)
+    err = map_rpc_error("Images.Get", _rpc_error(grpc.StatusCode.NOT_FOUND, "image x: not found"), "/s")
+    assert isinstance(err, NotFoundError) and isinstance(err, ContainerdError)
     assert err.exit_code == 125 and err.rpc == "Images.Get" and err.details == "image x: not found"
 
-    err = ctd.map_rpc_error("Images.Create", _rpc_error(grpc.StatusCode.ALREADY_EXISTS, "exists"), "/s")
-    assert isinstance(err, ctd.AlreadyExistsError)
+    err = map_rpc_error("Images.Create", _rpc_error(grpc.StatusCode.ALREADY_EXISTS, "exists"), "/s")
+    assert isinstance(err, AlreadyExistsError)
 
     transport = _rpc_error(
         grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; Connection refused"
     )
-    err = ctd.map_rpc_error("Content.Info", transport, "/run/c.sock")
+    err = map_rpc_error("Content.Info", transport, "/run/c.sock")
     assert str(err).startswith("containerd at /run/c.sock is not answering")
 
     # UNAVAILABLE that containerd itself returned (a locked ingest) keeps its own message.
     locked = _rpc_error(grpc.StatusCode.UNAVAILABLE, "ref default/1/x locked for 1s: unavailable")
-    err = ctd.map_rpc_error("Content.Write", locked, "/s")
+    err = map_rpc_error("Content.Write", locked, "/s")
     assert (
         str(err)
         == "containerd Content.Write failed (UNAVAILABLE): ref default/1/x locked for 1s: unavailable"
     )
 
-    err = ctd.map_rpc_error("Leases.Create", _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad"), "/s")
-    assert type(err) is ctd.RpcError and str(err) == "containerd Leases.Create failed (INVALID_ARGUMENT): bad"
+    err = map_rpc_error("Leases.Create", _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad"), "/s")
+    assert type(err) is RpcError and str(err) == "containerd Leases.Create failed (INVALID_ARGUMENT): bad"
 
 
 RELAYED = ('connection error: desc = "transport: failed to write client preface: write unix '
@@ -86,7 +88,7 @@ RELAYED = ('connection error: desc = "transport: failed to write client preface:
 
 
 def test_a_plugin_containerd_cannot_reach_is_not_blamed_on_containerd() -> None:
-    err = ctd.map_rpc_error("Snapshots.Prepare", _rpc_error(grpc.StatusCode.UNAVAILABLE, RELAYED), "/run/c.sock")
+    err = map_rpc_error("Snapshots.Prepare", _rpc_error(grpc.StatusCode.UNAVAILABLE, RELAYED), "/run/c.sock")
     assert str(err).startswith("containerd Snapshots.Prepare: containerd could not reach the plugin that serves it")
     assert "is containerd running" not in str(err)
 
@@ -120,23 +122,23 @@ async def test_a_call_containerd_could_not_pass_on_is_tried_again(offline_client
 
 async def test_retries_end_and_some_failures_are_never_retried(offline_client: ctd.ContainerdClient) -> None:
     always = FlakyMethod(failures=99)
-    with pytest.raises(ctd.RpcError, match="could not reach the plugin"):
+    with pytest.raises(RpcError, match="could not reach the plugin"):
         await offline_client.call("Snapshots.Stat", always, object())
     assert always.calls == 4  # the first try and one per delay
 
     probe = FlakyMethod(failures=99)  # a probe (it has a timeout) must answer fast
-    with pytest.raises(ctd.RpcError):
+    with pytest.raises(RpcError):
         await offline_client.call("Snapshots.List", probe, object(), timeout=2.0)
     assert probe.calls == 1
 
     locked = FlakyMethod(failures=99, details="ref default/1/x locked for 1s: unavailable")
-    with pytest.raises(ctd.RpcError, match="locked"):
+    with pytest.raises(RpcError, match="locked"):
         await offline_client.call("Content.Write", locked, object())
     assert locked.calls == 1
 
     # Only Snapshots calls pass through a proxy plugin; the same words elsewhere are containerd's own answer.
     content = FlakyMethod(failures=99, details="connection closed: unavailable")
-    with pytest.raises(ctd.RpcError):
+    with pytest.raises(RpcError):
         await offline_client.call("Content.Info", content, object())
     assert content.calls == 1
 
@@ -150,10 +152,10 @@ async def test_a_dropped_plugin_connection_is_tried_again(offline_client: ctd.Co
 
 def test_descriptor_and_mount_conversion() -> None:
     desc = Descriptor("application/x", "sha256:" + "a" * 64, 42, annotations={"k": "v"})
-    assert ctd.descriptor_from_proto(ctd.descriptor_to_proto(desc)) == desc
-    assert ctd.descriptor_from_proto(ctd.descriptor_to_proto(desc)).annotations == {"k": "v"}
-    mount = ctd.Mount("bind", "/src", "", ("rbind", "ro"))
-    assert ctd.Mount.from_proto(mount.to_proto()) == mount
+    assert descriptor_from_proto(descriptor_to_proto(desc)) == desc
+    assert descriptor_from_proto(descriptor_to_proto(desc)).annotations == {"k": "v"}
+    mount = Mount("bind", "/src", "", ("rbind", "ro"))
+    assert Mount.from_proto(mount.to_proto()) == mount
 
 
 async def test_connect_missing_socket(tmp_path: Path) -> None:

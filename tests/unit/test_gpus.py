@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from socirun.options import GpuRequest, parse_gpus
+from socirun.commands.run_flags import parse_gpus
 from socirun.runtime.gpus import GpuError, driver_libraries, plan_gpus
+from socirun.runtime.options import GpuRequest
 
 LDCONFIG = """\
 1234 libs found in cache `/etc/ld.so.cache'

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from socirun.host import nic_speeds, probe_host
@@ -29,3 +32,13 @@ def test_probe_host_picks_fastest_nic(tmp_path: Path) -> None:
 def test_probe_host_without_nic(tmp_path: Path) -> None:
     host = probe_host("/", tmp_path)
     assert host.nic_speed_mbps is None and host.nic_name == ""
+
+
+def test_cpus_are_the_ones_this_process_may_use() -> None:
+    """One CPU probe: a process pinned to one CPU (taskset, a cgroup cpuset) counts one, as the transfer decision
+    and `socirun plan` both read it (they used to disagree: psutil's machine count vs the affinity mask)."""
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]});"
+            "from socirun.host import probe_host; print(probe_host('/').cpus)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
+    assert probe_host("/").cpus == len(os.sched_getaffinity(0))

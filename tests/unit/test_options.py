@@ -6,19 +6,9 @@ from typing import Any
 
 import pytest
 
+from socirun.commands.run_flags import FLAGS, REFUSED, help_text, parse_run_args
 from socirun.errors import UsageError
-from socirun.options import (
-    DEFAULT_RUNTIME,
-    FLAGS,
-    REFUSED,
-    DeviceSpec,
-    GpuRequest,
-    PortMapping,
-    Ulimit,
-    VolumeSpec,
-    help_text,
-    parse_run_args,
-)
+from socirun.runtime.options import DEFAULT_RUNTIME, DeviceSpec, GpuRequest, PortMapping, Ulimit, VolumeSpec
 
 
 def parse(*argv: str, env: dict[str, str] | None = None, files: dict[str, str] | None = None) -> Any:

@@ -8,19 +8,18 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from socirun.host import HostProfile
-from socirun.plan import (
+from socirun.decide.facts import (
+    HostProfile,
     ImageFacts,
     LayerFact,
     PlanFacts,
     SnapshotterFacts,
+    SociConfig,
     SociIndex,
-    TransferChoice,
     UserChoice,
-    decide,
-    describe,
 )
-from socirun.soci.config import SociConfig
+from socirun.decide.plan import decide, describe
+from socirun.decide.transfer import TransferPlan, default_transfer_settings, plan_transfer
 
 MB = 1 << 20
 GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -58,13 +57,19 @@ def image(v2: SociIndex | None = None, v1: SociIndex | None = None, explicit: So
     return ImageFacts("r.example/app:1", "sha256:" + "f" * 64, LAYERS, v2, v1, explicit, (), cached or {})
 
 
-def host_transfer(host: HostProfile, layers: tuple[LayerFact, ...], requested: str) -> TransferChoice:
-    """A deterministic chooser for the table (the real one lives in socirun.pull.transfer_plan)."""
+def host_transfer(host: HostProfile, requested: str) -> TransferPlan:
+    """A deterministic transfer decision for the table (the real one is socirun.decide.transfer.plan_transfer,
+    made once before the plan and handed to it in PlanFacts.transfer)."""
+    settings = default_transfer_settings(host.cpus, host.memory_bytes)
     if requested in ("parallel", "standard"):
-        return TransferChoice(requested, f"--pull-mode {requested}")
+        return TransferPlan(requested, (f"--pull-mode {requested}",), settings)  # type: ignore[arg-type]
     if host.cpus >= 8:
-        return TransferChoice("parallel", f"{host.cpus} CPUs")
-    return TransferChoice("standard", f"only {host.cpus} CPUs")
+        return TransferPlan("parallel", (f"{host.cpus} CPUs",), settings)
+    return TransferPlan("standard", (f"only {host.cpus} CPUs",), settings)
+
+
+def facts(sn: SnapshotterFacts, cfg: SociConfig, img: ImageFacts, host: HostProfile, user: UserChoice) -> PlanFacts:
+    return PlanFacts(sn, cfg, img, host, user, host_transfer(host, user.pull_mode))
 
 
 @dataclass(frozen=True)
@@ -153,9 +158,9 @@ ROWS = [
         UserChoice(), "overlayfs", "standard", "no snapshotter called soci", ("cached", "standard", "standard")),
     # host profiles
     Row("small-host-stream", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "standard",
-        "standard — only 2 CPUs", host=SMALL),
+        "only 2 CPUs socirun downloads each layer in one stream", host=SMALL),
     Row("large-host-chunked", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "parallel",
-        "parallel — 64 CPUs", host=LARGE),
+        "64 CPUs socirun downloads ranged chunks", host=LARGE),
     Row("small-disk-warns", NO_SOCI, DEFAULTS, image(), UserChoice(), "overlayfs", "standard",
         "are free on /var/lib/containerd", host=SMALL),
     Row("small-disk-lazy-no-warning", SOCI_UP, DEFAULTS, image(v2=V2), UserChoice(), "soci", "lazy",
@@ -165,7 +170,7 @@ ROWS = [
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
 def test_plan_table(row: Row) -> None:
-    plan = decide(PlanFacts(row.sn, row.cfg, row.img, row.host, row.user), host_transfer)
+    plan = decide(facts(row.sn, row.cfg, row.img, row.host, row.user))
     text = " ".join((*plan.reasons, *plan.warnings, *plan.fixes, plan.blocker))
     assert plan.snapshotter == row.snapshotter
     assert plan.mode == row.mode
@@ -181,7 +186,7 @@ def test_asking_for_lazy_never_falls_back_silently() -> None:
     for row in ROWS:
         if row.user.pull_mode != "lazy":
             continue
-        plan = decide(PlanFacts(row.sn, row.cfg, row.img, row.host, row.user), host_transfer)
+        plan = decide(facts(row.sn, row.cfg, row.img, row.host, row.user))
         if plan.mode != "lazy":
             assert plan.warnings, row.name
             assert plan.fixes, row.name
@@ -189,14 +194,14 @@ def test_asking_for_lazy_never_falls_back_silently() -> None:
 
 def test_small_disk_warning_only_counts_full_fetches() -> None:
     lazy_host = replace(SMALL, free_disk_bytes=100 * MB)
-    plan = decide(PlanFacts(SOCI_UP, DEFAULTS, image(v2=V2), lazy_host, UserChoice()), host_transfer)
+    plan = decide(facts(SOCI_UP, DEFAULTS, image(v2=V2), lazy_host, UserChoice()))
     assert not any("free" in w for w in plan.warnings)
-    full = decide(PlanFacts(SOCI_UP, DEFAULTS, image(v2=V2), lazy_host, UserChoice("overlayfs")), host_transfer)
+    full = decide(facts(SOCI_UP, DEFAULTS, image(v2=V2), lazy_host, UserChoice("overlayfs")))
     assert any("are free" in w for w in full.warnings)
 
 
 def test_plan_json_and_text() -> None:
-    plan = decide(PlanFacts(SOCI_UP, DEFAULTS, image(v2=V2), LARGE, UserChoice()), host_transfer)
+    plan = decide(facts(SOCI_UP, DEFAULTS, image(v2=V2), LARGE, UserChoice()))
     doc = plan.to_json()
     assert doc["snapshotter"] == "soci" and doc["mode"] == "lazy"
     assert doc["index"]["kind"] == "v2"
@@ -206,10 +211,16 @@ def test_plan_json_and_text() -> None:
     assert "SOCI index: v2" in text and "lazy" in text
 
 
-def test_default_choose_transfer_is_callable() -> None:
-    from socirun.plan import default_choose_transfer
-
-    choice = default_choose_transfer()(SMALL, LAYERS, "auto")
-    assert choice.strategy in ("parallel", "standard") and choice.reason
-    forced = default_choose_transfer()(SMALL, LAYERS, "parallel")
-    assert forced.strategy == "parallel"
+def test_the_plan_reports_the_transfer_it_was_given_and_decides_none() -> None:
+    """The transfer is decided once (plan_transfer) and the plan only reports it: whatever the host, the plan's
+    mode and reasons for socirun's own downloads are the given decision's."""
+    for forced in ("parallel", "standard"):
+        given = plan_transfer(mode=forced, raw_config={}, snapshotter="overlayfs", host=SMALL)  # type: ignore[arg-type]
+        plan = decide(PlanFacts(NO_SOCI, DEFAULTS, image(), LARGE, UserChoice(pull_mode=forced), given))  # type: ignore[arg-type]
+        assert plan.mode == forced and plan.transfer is given
+        assert given.reasons[0] in plan.reasons and given.how("overlayfs") in plan.reasons
+        assert plan.to_json()["transfer"]["strategy"] == forced
+    cached = image(cached={"overlayfs": frozenset(layer.digest for layer in LAYERS)})
+    given = plan_transfer(mode="parallel", raw_config={}, snapshotter="overlayfs", host=SMALL)
+    plan = decide(PlanFacts(NO_SOCI, DEFAULTS, cached, SMALL, UserChoice(pull_mode="parallel"), given))
+    assert plan.mode == "parallel" and plan.transfer is None  # nothing to download: no transfer reasons

@@ -7,13 +7,13 @@ import pytest
 
 from socirun import events as ev
 from socirun.errors import UsageError
-from socirun.progress import choose_progress
-from socirun.replay import dump_events, load_events, replay_lines
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.model import PullModel, human_bytes, human_duration
 from socirun.ui.plain import PlainRenderer
-from tests.unit import streams
-from tests.unit.streams import T0, standard_pull
+from socirun.ui.progress import choose_progress
+from socirun.ui.replay import dump_events, load_events, replay_lines
+from tests.support import streams
+from tests.support.streams import T0, standard_pull
 
 ANSI = re.compile(r"\x1b\[|\x1b\]|\r")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from socirun import events as ev
-from socirun.cli import main
+from socirun.commands.main import main
 from socirun.errors import SocirunError, UsageError
-from socirun.replay import dump_events, load_events, replay_lines, replay_work
-from tests.unit import streams
+from socirun.ui.replay import dump_events, load_events, replay_lines, replay_work
+from tests.support import streams
 
 
 def test_recording_round_trips(tmp_path: Path) -> None:
@@ -68,16 +68,16 @@ def test_cli_replay_plain_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["replay", "--speed", "-1", str(path)]) == 125
 
 
-@pytest.mark.parametrize("module", ["socirun.cli", "socirun.progress", "socirun.replay"])
+@pytest.mark.parametrize("module", ["socirun.commands.main", "socirun.ui.progress", "socirun.ui.replay"])
 def test_the_plain_path_never_imports_textual(module: str, tmp_path: Path) -> None:
     path = tmp_path / "rec.jsonl"
     dump_events(streams.standard_pull(), path)
     code = (
         f"import sys, io, {module}\n"
-        "from socirun.progress import make_renderer\n"
-        "from socirun.replay import load_events, replay_lines\n"
+        "from socirun.ui.progress import make_renderer\n"
+        "from socirun.ui.replay import load_events, replay_lines\n"
         f"replay_lines(load_events({str(path)!r}), 'plain', io.StringIO())\n"
-        "from socirun.cli import main\n"
+        "from socirun.commands.main import main\n"
         f"main(['replay', '--progress', 'plain', {str(path)!r}])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('socirun.ui.tui'))\n"
         "print(','.join(bad))\n"

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from socirun.containerd.client import Mount
-from socirun.options import PortMapping, VolumeSpec
-from socirun.run import read_rootfs_file
+from socirun.containerd.runtime import exit_code_for
+from socirun.containerd.types import Mount
 from socirun.runtime.cni import BridgeNetwork, NetworkError, conflist, port_mappings
-from socirun.runtime.lifecycle import ContainerState, exit_code_for
+from socirun.runtime.container import read_rootfs_file
+from socirun.runtime.lifecycle import ContainerState
+from socirun.runtime.options import PortMapping, VolumeSpec
 from socirun.runtime.spec import hosts_file
 from socirun.runtime.volumes import remove_volumes, resolve_volumes, volume_path
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from socirun.soci.config import SociConfig, load_soci_config, parse_soci_config
+from socirun.decide.facts import SociConfig
+from socirun.soci.config import load_soci_config, parse_soci_config
 
 
 def test_defaults_match_the_reference() -> None:
@@ -57,7 +58,7 @@ def test_wrong_types_keep_defaults_and_bad_toml_is_reported() -> None:
 def test_load_from_env_path_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("[pull_modes.parallel_pull_unpack]\nenable = true\n")
-    cfg = load_soci_config({"SOCI_SNAPSHOTTER_CONFIG": str(path)}, use_dump=False)
+    cfg = load_soci_config(str(path), use_dump=False)
     assert cfg.parallel_enable and cfg.source == str(path)
-    missing = load_soci_config({"SOCI_SNAPSHOTTER_CONFIG": str(tmp_path / "nope.toml")}, use_dump=False)
+    missing = load_soci_config(str(tmp_path / "nope.toml"), use_dump=False)
     assert "does not exist" in missing.source and missing.v2_enable

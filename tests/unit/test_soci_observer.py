@@ -1,4 +1,5 @@
-"""The SOCI observer's parsers over real-format fixtures (metric and log names as soci-contract.md §5 gives
+"""The SOCI observer's parsers over real-format fixtures (metric and log names as
+https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/fs/metrics/common/metrics.go gives
 them), and the events it turns them into."""
 
 from __future__ import annotations

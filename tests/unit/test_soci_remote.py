@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from socirun import events as ev
+from socirun.decide.plan import LayerPlan, Plan
+from socirun.decide.transfer import TransferPlan, default_transfer_settings
 from socirun.oci import OCI_LAYER_GZIP, Descriptor
-from socirun.plan import LayerPlan, Plan, TransferChoice
 from socirun.pull import labels as lb
 from socirun.pull.remote import classify, plan_events, planned_mode, soci_prepare_labels
 from socirun.sandbox.sandbox import containerd_config
@@ -43,9 +44,10 @@ def test_classify_from_snapshot_labels(labels: dict[str, str], mode: str) -> Non
 
 
 def test_plan_events_and_rows() -> None:
-    plan = Plan("overlayfs", "standard", (LayerPlan(0, "sha256:x", 1, "standard", "r"),), ("because",),
-                ("careful",), ("do this",), None, TransferChoice("parallel", "estimate"))
-    events = plan_events(plan, "parallel", ("ranged chunks",))
+    transfer = TransferPlan("parallel", ("ranged chunks",), default_transfer_settings(2))
+    plan = Plan("overlayfs", "parallel", (LayerPlan(0, "sha256:x", 1, "standard", "r"),), ("because", "ranged chunks"),
+                ("careful",), ("do this",), None, transfer)
+    events = plan_events(plan)
     made = events[0]
     assert isinstance(made, ev.PlanMade) and made.mode == "parallel"
     assert made.reasons == ("because", "ranged chunks", "fix: do this")

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from socirun.commands.run_flags import parse_run_args
 from socirun.errors import SocirunError
-from socirun.options import parse_run_args
 from socirun.runtime.spec import (
     DEFAULT_CAPS,
     DEFAULT_PATH_ENV,
@@ -183,7 +183,7 @@ def test_resolv_conf_drops_loopback_resolvers_off_the_host_network() -> None:
 
 
 def test_tty_starts_at_the_users_terminal_size() -> None:
-    from socirun.options import parse_run_args
+    from socirun.commands.run_flags import parse_run_args
     from socirun.runtime.spec import ImageConfig, SpecInputs, build_spec
 
     image = ImageConfig.from_blob({"config": {"Cmd": ["sh"]}})

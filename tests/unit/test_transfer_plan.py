@@ -6,16 +6,22 @@ from dataclasses import dataclass
 
 import pytest
 
-from socirun.errors import ConfigError, UsageError
-from socirun.pull.transfer_plan import (
+from socirun.decide.facts import HostProfile
+from socirun.decide.transfer import (
     MIB,
-    HostFacts,
     choose_overlay_transfer,
     config_pull_mode,
     default_transfer_settings,
     parse_size,
     resolve_transfer_settings,
 )
+from socirun.errors import ConfigError, UsageError
+
+
+def HostFacts(cpus: int, nic_speed_mbps: int | None = None) -> HostProfile:
+    """A host profile with only what the transfer decision weighs set."""
+    return HostProfile(cpus=cpus, memory_bytes=16 << 30, nic_speed_mbps=nic_speed_mbps, nic_name="eth0",
+                       free_disk_bytes=None, disk_path="/")
 
 
 @dataclass(frozen=True)

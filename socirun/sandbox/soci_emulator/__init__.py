@@ -1,6 +1,7 @@
 """The SOCI emulator: a stand-in for soci-snapshotter-grpc in the sandbox, for demos, tests and benchmarks.
 
-It reproduces SOCI's *external* contract (reference/soci-contract.md), and nothing more:
+It reproduces SOCI's *external* contract (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/docs/pull-modes.md
+and snapshot/snapshot.go), and nothing more:
 
 - a containerd proxy snapshotter (`[proxy_plugins.soci] type = "snapshot"`) serving the Snapshots gRPC API on
   a unix socket, with real directories and real overlay/bind mounts, so containers really run on its snapshots;

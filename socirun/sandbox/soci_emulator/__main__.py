@@ -13,11 +13,12 @@ from pathlib import Path
 import grpc.aio
 
 from socirun.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc
+from socirun.decide.facts import SociConfig
 from socirun.registry.client import RegistryClient
 from socirun.sandbox.soci_emulator import LABEL
 from socirun.sandbox.soci_emulator.observe import log, serve_metrics
 from socirun.sandbox.soci_emulator.service import EmulatorSettings, SociEmulator
-from socirun.soci.config import SociConfig, parse_soci_config
+from socirun.soci.config import parse_soci_config
 
 
 async def serve(args: argparse.Namespace) -> None:

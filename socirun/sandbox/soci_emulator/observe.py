@@ -1,4 +1,5 @@
-"""What the SOCI emulator exposes, under SOCI's own names (soci-contract.md §5): the Prometheus metrics
+"""What the SOCI emulator exposes, under SOCI's own names
+(https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/fs/metrics/common/metrics.go): the Prometheus metrics
 endpoint, the per-layer state files, and logrus-style JSON log lines on stderr."""
 
 from __future__ import annotations

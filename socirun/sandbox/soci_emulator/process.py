@@ -52,7 +52,8 @@ class EmulatorPaths:
 
 
 def proxy_plugin_lines(socket: Path) -> list[str]:
-    """`[proxy_plugins.soci]`, as soci-contract.md §8 documents it, pointing at the emulator's socket."""
+    """`[proxy_plugins.soci]`, as https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/docs/getting-started.md
+    documents it, pointing at the emulator's socket."""
     return ["[proxy_plugins]", "  [proxy_plugins.soci]", '    type = "snapshot"',
             f"    address = {json.dumps(str(socket))}", ""]
 

@@ -1,5 +1,5 @@
 """Attach a SOCI index to a pushed sample image, as `soci create` + `soci push` (v1) or `soci convert` (v2)
-would leave it in a registry (soci-contract.md §2):
+would leave it in a registry (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/docs/soci-index-manifest-v2.md):
 
 - the index is an OCI image manifest whose config is the empty JSON `{}` with `config.mediaType` = the artifact
   type, and whose `layers` are one zTOC descriptor per layer of at least `min_layer_size` bytes (media type

@@ -1,4 +1,5 @@
-"""The SOCI emulator's Snapshots gRPC service: SOCI's Prepare outcomes (soci-contract.md §1.2) over a real
+"""The SOCI emulator's Snapshots gRPC service: SOCI's Prepare outcomes
+(https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/snapshot/snapshot.go) over a real
 overlay/bind snapshot store.
 
 Prepare with the target label `containerd.io/snapshot.ref` and the `cri.*` labels:
@@ -37,6 +38,7 @@ from google.protobuf import empty_pb2, timestamp_pb2  # type: ignore[import-unty
 from socirun.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from socirun.containerd.api.types import mount_pb2
 from socirun.containerd.client import ContainerdClient
+from socirun.decide.facts import SociConfig
 from socirun.errors import SocirunError
 from socirun.oci import OCI_MANIFEST, Descriptor, layer_compression
 from socirun.pull import labels as lb
@@ -46,7 +48,6 @@ from socirun.sandbox.soci_emulator.observe import Metrics, log, write_state_file
 from socirun.sandbox.soci_emulator.store import NotFound, Snap, Store, StoreError
 from socirun.sandbox.soci_emulator.unpack import apply_tar
 from socirun.soci import constants as c
-from socirun.soci.config import SociConfig
 from socirun.soci.probe import referrers_tag, v1_referrer, v2_index_digest, ztoc_layers
 
 NAMESPACE_HEADER = "containerd-namespace"
@@ -182,7 +183,8 @@ class SociEmulator(snapshots_pb2_grpc.SnapshotsServicer):  # type: ignore[misc]
         except SocirunError as err:
             await context.abort(grpc.StatusCode.UNKNOWN, err.message)
 
-    # -- image context: index discovery (soci-contract.md §2) ----------------------------------------------
+    # -- image context: index discovery (SOCI's docs/soci-index-manifest-v2.md)
+    # ----------------------------------------------
 
     async def _image_context(self, ref: str, manifest_digest: str, explicit: str) -> ImageContext:
         if manifest_digest not in self._contexts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.text import Text
@@ -26,8 +26,6 @@ from socirun.ui.model import PullModel
 from socirun.ui.tui import format as fmt
 from socirun.ui.tui.driver import PromptStopDriver
 from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, TextLine, columns_for
-
-Work = Callable[[ev.Emit], Awaitable[int]]
 
 TICK_S = 0.1
 FETCH_LOG_MAX = 500
@@ -52,7 +50,7 @@ class PullApp(App[int]):
 
     def __init__(
         self,
-        work: Work | None = None,
+        work: ev.Work | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         interactive: bool = True,
@@ -157,7 +155,7 @@ class PullApp(App[int]):
             else:
                 self._close_on_mount = True
 
-    async def _run_work(self, work: Work) -> None:
+    async def _run_work(self, work: ev.Work) -> None:
         try:
             code = await work(self.emit)
         except asyncio.CancelledError:

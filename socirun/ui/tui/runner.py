@@ -22,7 +22,7 @@ import contextlib
 import importlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TextIO
 
 from socirun import events as ev
@@ -31,12 +31,10 @@ from socirun.errors import Interrupted, SocirunError
 if TYPE_CHECKING:
     from textual.pilot import Pilot
 
-# Kept free of textual and rich at import time: the work starts before they are loaded (see below).
-Work = Callable[[ev.Emit], Awaitable[int]]
 
 
 def run_with_tui(
-    work: Work,
+    work: ev.Work,
     *,
     detach: bool = False,
     foreground: bool = False,
@@ -55,7 +53,7 @@ def run_with_tui(
 
 
 async def run_with_tui_async(
-    work: Work,
+    work: ev.Work,
     *,
     detach: bool = False,
     foreground: bool = False,

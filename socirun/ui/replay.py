@@ -12,15 +12,13 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from socirun import events as ev
 from socirun.errors import SocirunError, UsageError
-from socirun.progress import make_renderer
-
-Work = Callable[[ev.Emit], Awaitable[int]]
+from socirun.ui.progress import make_renderer
 
 
 def load_events(path: str | Path) -> list[ev.Event]:
@@ -54,7 +52,7 @@ def _raise_recorded_error(events: Sequence[ev.Event]) -> None:
             raise SocirunError(event.message, exit_code=event.exit_code)
 
 
-def replay_work(events: Sequence[ev.Event], *, speed: float = 1.0) -> Work:
+def replay_work(events: Sequence[ev.Event], *, speed: float = 1.0) -> ev.Work:
     """A work function emitting `events` with their recorded spacing divided by `speed` (0: no waiting)."""
 
     async def work(emit: ev.Emit) -> int:

@@ -8,19 +8,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol, TextIO
 
 from socirun import events as ev
-from socirun.config import PROGRESS_MODES
+from socirun.config import PROGRESS_MODES, SocirunConfig
 from socirun.errors import SocirunError, UsageError
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.plain import PlainRenderer
 
 TICK_S = 1.0
 
-# What a command does, as a function of where its events go; `run_work` picks the face that receives them.
-Work = Callable[[ev.Emit], Awaitable[int]]
 
 
 class Renderer(Protocol):
@@ -49,6 +47,39 @@ def make_renderer(mode: str, out: TextIO) -> Renderer:
         return QuietRenderer(out)
     # tty is not a line renderer: the TUI owns the event loop, so `run_work` runs it (run_with_tui).
     raise UsageError(f"--progress={mode} has no line renderer; choose plain, json or quiet")
+
+
+class Silent:
+    """No output at all (docker run -q prints nothing of the pull; pull -q still names the image)."""
+
+    def handle(self, event: ev.Event) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        pass
+
+
+class PullOnly:
+    """A line face for `socirun run` that shows the pull only: once the container runs, stderr belongs to it
+    (as with docker)."""
+
+    def __init__(self, inner: Renderer) -> None:
+        self.inner = inner
+
+    def handle(self, event: ev.Event) -> None:
+        if not isinstance(event, ev.ContainerCreated | ev.ContainerStarted | ev.ContainerExited):
+            self.inner.handle(event)
+
+    def tick(self, now: float) -> None:
+        self.inner.tick(now)
+
+
+def run_renderer(mode: str, out: TextIO) -> Renderer:
+    """The line face of `socirun run` for `mode` (plain, json or quiet; the TUI is run_work's)."""
+    if mode == "quiet":
+        return Silent()
+    renderer = make_renderer(mode, out)
+    return renderer if mode == "json" else PullOnly(renderer)
 
 
 class Recorder:
@@ -87,13 +118,15 @@ async def rendering(renderer: Renderer) -> AsyncIterator[ev.Emit]:
             await task
 
 
-def progress_mode_for(requested: str) -> str:
+def progress_mode_for(flag: str | None, config: SocirunConfig) -> str:
+    """The one resolution of the face: the flag, else the configuration (file, then SOCIRUN_PROGRESS: see
+    load_config), with `auto` decided against this process's terminals."""
     return choose_progress(
-        requested, stdin_tty=sys.stdin.isatty(), stderr_tty=sys.stderr.isatty(), env=os.environ
+        flag or config.progress, stdin_tty=sys.stdin.isatty(), stderr_tty=sys.stderr.isatty(), env=os.environ
     )
 
 
-def run_work(work: Work, mode: str, *, record: str | None = None, out: TextIO | None = None,
+def run_work(work: ev.Work, mode: str, *, record: str | None = None, out: TextIO | None = None,
              detach: bool = False, foreground: bool = False) -> int:
     """Run `work` with the face `mode` (already resolved: tty, plain, json or quiet) and return its code.
 

@@ -1,20 +1,25 @@
 """`socirun doctor`: check the host and say what is missing, with the fix for each.
 
 Each check is a small probe returning `Check(name, ok, detail, fix)`; `render` turns them into lines. The
-probes are thin; nothing here decides a pull (that is socirun.plan)."""
+probes are thin; nothing here decides a pull (that is socirun.decide.plan)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import glob
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from socirun.containerd.client import ContainerdClient
+from socirun.commands.context import GlobalOptions
+from socirun.config import SocirunConfig
+from socirun.containerd.client import ContainerdClient, resolve_target
+from socirun.decide.facts import SnapshotterFacts, SociConfig
 from socirun.errors import ContainerdError
-from socirun.plan import SnapshotterFacts
-from socirun.soci.config import SociConfig
+from socirun.soci.config import load_soci_config
 from socirun.soci.observer import observation_sources
 from socirun.soci.probe import probe_snapshotters
 
@@ -128,3 +133,21 @@ def render(checks: list[Check]) -> list[str]:
         if not check.ok and check.fix:
             lines.append(f"       fix: {check.fix}")
     return lines
+
+
+async def _doctor(args: argparse.Namespace, config: SocirunConfig, glob_opts: GlobalOptions) -> list[Check]:
+    address, namespace = resolve_target(glob_opts.address, glob_opts.namespace, config)
+    checks, _facts = await check_containerd(address, namespace)
+    checks += soci_config_checks(load_soci_config(config.soci_config_path), args.soci_log or config.soci_log)
+    checks.append(cni_check())
+    checks.append(gpu_check())
+    if args.image:
+        checks.append(credentials_check(args.image))
+    return checks
+
+
+def doctor_command(args: argparse.Namespace, config: SocirunConfig, glob_opts: GlobalOptions) -> int:
+    checks = asyncio.run(_doctor(args, config, glob_opts))
+    print("\n".join(render(checks)), file=sys.stderr)
+    failed = [c for c in checks if not c.ok and not c.optional]
+    return 1 if failed else 0

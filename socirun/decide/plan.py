@@ -1,102 +1,33 @@
 """The mode decision: which snapshotter, which pull mode, and what happens to each layer — with the reasons in
 plain sentences. A pure function (`decide`) over facts that thin probes gather (`socirun.soci.probe`).
 
-It follows SOCI's own decision table (soci-contract.md §4, "Mode decision per layer") so that what the plan
+It follows SOCI's own decision table (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/docs/pull-modes.md) so
+that what the plan
 says is what the snapshotter will do, and it never falls back silently: whenever the user asked for something
 that cannot happen, a warning says what happens instead and a fix says how to get it.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from socirun.decide.facts import (
+    DEFAULT_SNAPSHOTTER,
+    SOCI,
+    ImageFacts,
+    PlanFacts,
+    SociConfig,
+    SociIndex,
+)
+from socirun.decide.transfer import TransferPlan
 from socirun.events import LayerMode
-from socirun.host import HostProfile
 from socirun.oci import layer_compression
-from socirun.soci.config import SociConfig
 
-PullMode = Literal["auto", "lazy", "parallel", "standard"]
-PULL_MODES: tuple[str, ...] = ("auto", "lazy", "parallel", "standard")
 PlanMode = Literal["lazy", "parallel", "standard"]
-IndexKind = Literal["v2", "v1", "explicit"]
-
-SOCI = "soci"
-DEFAULT_SNAPSHOTTER = "overlayfs"
 FIX_CONVERT = "make a SOCI-enabled (v2) image with `soci convert SRC DST` and push DST"
 # Compressed layers unpack to roughly twice their size; used only for the free-disk warning.
 UNPACK_FACTOR = 2
-
-
-@dataclass(frozen=True)
-class SnapshotterFacts:
-    """What containerd says about its snapshotters, and whether the soci proxy really answers."""
-
-    available: tuple[str, ...] = (DEFAULT_SNAPSHOTTER,)  # plugins with no init error
-    soci_registered: bool = False
-    soci_alive: bool = False  # a deadline-bound Snapshots.List answered
-    soci_problem: str = ""  # the probe's error, or the plugin's init error
-    soci_address: str = ""  # the proxy plugin's `address` export
-
-
-@dataclass(frozen=True)
-class SociIndex:
-    kind: IndexKind
-    digest: str
-    ztoc_layers: frozenset[str]  # image layer digests that have a zTOC
-    found_via: str  # a sentence fragment: "the manifest annotation com.amazon.soci.index-digest"
-
-
-@dataclass(frozen=True)
-class LayerFact:
-    digest: str
-    size: int
-    media_type: str
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    reference: str
-    manifest_digest: str
-    layers: tuple[LayerFact, ...]
-    v2_index: SociIndex | None = None
-    v1_index: SociIndex | None = None
-    explicit_index: SociIndex | None = None
-    discovery_notes: tuple[str, ...] = ()  # e.g. "the registry has no referrers API; the tag fallback was used"
-    # snapshotter → digests of the layers whose snapshot (chainID) it already has
-    cached: dict[str, frozenset[str]] = field(default_factory=dict)
-
-    def cached_in(self, snapshotter: str) -> frozenset[str]:
-        return self.cached.get(snapshotter, frozenset())
-
-
-@dataclass(frozen=True)
-class UserChoice:
-    snapshotter: str | None = None  # --snapshotter / CONTAINERD_SNAPSHOTTER / config; None = let the plan pick
-    pull_mode: PullMode = "auto"
-
-
-@dataclass(frozen=True)
-class TransferChoice:
-    """How socirun downloads the layers it downloads itself (socirun.pull.transfer_plan decides)."""
-
-    strategy: str  # "parallel" (ranged chunks over several connections) | "standard" (one stream per layer)
-    reason: str
-
-
-# (host, the layers socirun downloads itself, the --pull-mode asked for) → how.
-ChooseTransfer = Callable[[HostProfile, tuple[LayerFact, ...], str], TransferChoice]
-
-
-@dataclass(frozen=True)
-class PlanFacts:
-    snapshotters: SnapshotterFacts
-    soci_config: SociConfig
-    image: ImageFacts
-    host: HostProfile
-    user: UserChoice = field(default_factory=UserChoice)
 
 
 @dataclass(frozen=True)
@@ -123,7 +54,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     fixes: tuple[str, ...] = ()
     index: SociIndex | None = None
-    transfer: TransferChoice | None = None  # set when socirun downloads any layer
+    transfer: TransferPlan | None = None  # set when socirun downloads any layer (facts.transfer)
     blocker: str = ""  # the pull cannot work as asked (e.g. --snapshotter soci while soci is dead)
 
     def layer_mode(self, digest: str) -> LayerMode | None:
@@ -144,61 +75,9 @@ class Plan:
                 "kind": self.index.kind, "digest": self.index.digest, "found_via": self.index.found_via,
                 "ztoc_layers": sorted(self.index.ztoc_layers)},
             "transfer": None if self.transfer is None else {
-                "strategy": self.transfer.strategy, "reason": self.transfer.reason},
+                "strategy": self.transfer.mode, "reason": "; ".join(self.transfer.reasons)},
             "layers": [layer.to_json() for layer in self.layers],
         }
-
-
-# ------------------------------------------------------------------------------------------ transfer choice
-
-
-def _standin_transfer(host: HostProfile, layers: tuple[LayerFact, ...], requested: str) -> TransferChoice:
-    """Used only when socirun.pull.transfer_plan is absent: chunked ranges pay off on a fast link with
-    CPUs to spare, one stream per layer otherwise."""
-    if requested in ("parallel", "standard"):
-        return TransferChoice(requested, f"--pull-mode {requested} was chosen")
-    biggest = max((layer.size for layer in layers), default=0)
-    if host.cpus >= 4 and (host.nic_speed_mbps is None or host.nic_speed_mbps >= 1000) and biggest >= 64 << 20:
-        return TransferChoice("parallel", f"{host.cpus} CPUs and a {_speed(host)} link: big layers are "
-                                          "downloaded in parallel byte ranges")
-    return TransferChoice("standard", f"{host.cpus} CPUs and a {_speed(host)} link: one stream per layer "
-                                      "is enough")
-
-
-def default_choose_transfer() -> ChooseTransfer:
-    """socirun.pull.transfer_plan.choose_overlay_transfer when it exists, adapted; else the stand-in."""
-    try:
-        transfer_plan = importlib.import_module("socirun.pull.transfer_plan")
-    except ImportError:
-        return _standin_transfer
-    chooser = getattr(transfer_plan, "choose_overlay_transfer", None)
-    if chooser is None:
-        return _standin_transfer
-    return _adapt(chooser)
-
-
-def _adapt(chooser: Callable[..., Any]) -> ChooseTransfer:
-    def choose(host: HostProfile, layers: tuple[LayerFact, ...], requested: str) -> TransferChoice:
-        try:
-            result = chooser(host, layers, requested=requested)
-        except TypeError:
-            return _standin_transfer(host, layers, requested)
-        strategy = str(getattr(result, "strategy", getattr(result, "mode", result)))
-        reason = str(getattr(result, "reason", "") or "")
-        if not reason:
-            reasons = getattr(result, "reasons", ())
-            reason = "; ".join(str(r) for r in reasons) if reasons else f"socirun's transfer plan chose {strategy}"
-        return TransferChoice(strategy, reason)
-
-    return choose
-
-
-def _speed(host: HostProfile) -> str:
-    if host.nic_speed_mbps is None:
-        return "link of unknown speed"
-    if host.nic_speed_mbps >= 1000:
-        return f"{host.nic_speed_mbps / 1000:g} Gb/s"
-    return f"{host.nic_speed_mbps} Mb/s"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -213,7 +92,7 @@ def _short(digest: str) -> str:
 
 
 def usable_index(cfg: SociConfig, image: ImageFacts) -> tuple[SociIndex | None, list[str], list[str]]:
-    """The index SOCI would use (§2 discovery order), plus sentences on why others are not used and fixes."""
+    """The index SOCI would use (in SOCI's discovery order), plus sentences on why others are not used and fixes."""
     notes: list[str] = []
     fixes: list[str] = []
     if image.explicit_index is not None:
@@ -278,9 +157,9 @@ def _uniform(image: ImageFacts, snapshotter: str, mode: LayerMode, reason: str) 
 # ------------------------------------------------------------------------------------------ the decision
 
 
-def decide(facts: PlanFacts, choose_transfer: ChooseTransfer | None = None) -> Plan:
-    """The plan for pulling `facts.image`. Pure: same facts, same plan."""
-    choose = choose_transfer or _standin_transfer
+def decide(facts: PlanFacts) -> Plan:
+    """The plan for pulling `facts.image`. Pure: same facts, same plan. How socirun downloads the layers it
+    downloads itself is `facts.transfer`, decided before; the plan reports it and never decides it again."""
     sn, cfg, image, user = facts.snapshotters, facts.soci_config, facts.image, facts.user
     mode_asked = user.pull_mode
     reasons: list[str] = []
@@ -291,10 +170,12 @@ def decide(facts: PlanFacts, choose_transfer: ChooseTransfer | None = None) -> P
     def standard(snapshotter: str, why_layers: str) -> Plan:
         layers = _uniform(image, snapshotter, "standard", why_layers)
         todo = tuple(fact for fact, lp in zip(image.layers, layers, strict=True) if lp.mode == "standard")
-        transfer = choose(facts.host, todo, mode_asked) if todo else None
+        transfer = facts.transfer if todo else None
         if transfer is not None:
-            reasons.append(f"socirun's download: {transfer.strategy} — {transfer.reason}")
-        mode: PlanMode = "parallel" if transfer is not None and transfer.strategy == "parallel" else "standard"
+            reasons.extend((*transfer.reasons, transfer.how(snapshotter)))
+        # The mode is the transfer's even when every layer is already here (nothing to download this time).
+        mode: PlanMode = "parallel" if facts.transfer is not None and facts.transfer.mode == "parallel" \
+            else "standard"
         _disk_warning(facts, layers, warnings)
         blocker = ""
         if snapshotter not in sn.available and not (snapshotter == SOCI and soci_up):
@@ -356,7 +237,7 @@ def decide(facts: PlanFacts, choose_transfer: ChooseTransfer | None = None) -> P
 
     up = f"the soci snapshotter answers{' at ' + sn.soci_address if sn.soci_address else ''}"
 
-    # 4. SOCI's parallel mode is on: lazy loading is skipped entirely (§4).
+    # 4. SOCI's parallel mode is on: lazy loading is skipped entirely (docs/parallel-mode.md).
     if cfg.parallel_enable:
         reasons.append(f"{up}, and [pull_modes.parallel_pull_unpack] enable = true in {cfg.source}: SOCI "
                        f"downloads and unpacks every layer itself, {cfg.max_concurrent_downloads_per_image} at a "

@@ -1,4 +1,5 @@
-"""`socirun run` (and bare `socirun [OPTIONS] IMAGE`): docker run's behaviour over containerd's gRPC API.
+"""The engine of `socirun run`: docker run's behaviour over containerd's gRPC API, for options and a context the
+command (socirun.commands.run) built once, reporting through the `emit` it was handed.
 
 resolve the image per --pull (pulling with the engine and its progress face when needed) → rw snapshot under a
 lease → volumes, GPUs, network namespace + CNI → spec (pure) → Containers.Create → task with FIFOs → wait →
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
@@ -19,22 +19,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from socirun import events as ev
-from socirun.config import SocirunConfig
-from socirun.containerd.client import ContainerdClient, Mount, resolve_target
+from socirun.containerd.client import ContainerdClient
+from socirun.containerd.runtime import Runtime
+from socirun.containerd.types import Mount
 from socirun.errors import EXIT_DAEMON, ContainerdError, ImageNotFoundError, SocirunError, UsageError
-from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids, host_platform, parse_platform
-from socirun.options import CAPABILITIES, RunOptions, help_text, parse_run_args
-from socirun.progress import Renderer, make_renderer, progress_mode_for, rendering
-from socirun.reference import ImageReference, expand_alias, parse_reference
+from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids
+from socirun.pull.request import PullSetup
+from socirun.reference import ImageReference
 from socirun.registry.client import select_platform
 from socirun.runtime import cni
 from socirun.runtime.gpus import GpuInjection, host_device_numbers, plan_gpus
-from socirun.runtime.lifecycle import ContainerState, Runtime, cni_ipam_dir, teardown
+from socirun.runtime.lifecycle import ContainerState, cni_ipam_dir, teardown
+from socirun.runtime.options import CAPABILITIES, RunOptions
 from socirun.runtime.spec import (
     ImageConfig,
     SpecDevice,
@@ -52,51 +53,6 @@ from socirun.runtime.volumes import resolve_volumes
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 OUTPUT_DRAIN_S = 10.0
 _SKIP_DEV_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev", "console"}
-
-
-# ---------------------------------------------------------------------------------------------- entry
-
-
-def run_command(argv: Sequence[str], config: SocirunConfig, *, address: str | None = None,
-                namespace: str | None = None, debug: bool = False) -> int:  # fmt: skip
-    """The CLI's entry: parse docker-run argv, run the container, return the exit code."""
-    opts = parse_run_args(argv, read_file=lambda p: Path(p).read_text(encoding="utf-8"))
-    if opts.help:
-        sys.stdout.write(help_text())
-        return 0
-    opts.address = opts.address or address or ""
-    opts.namespace = opts.namespace or namespace or ""
-    if _progress_mode(opts, config) != "tty":
-        return asyncio.run(run_container(opts, config))
-    from socirun.progress import run_work
-
-    if opts.detach:
-        # The TUI keeps following lazily loaded layers after the start until `q`, then prints the ID (as -d does).
-        return run_work(lambda emit: _detached_with_tui(opts, config, emit), "tty", detach=True)
-    # Attached: the TUI shows the pull, then closes and hands the terminal to the container (raw mode for -t).
-    run_work(lambda emit: _image_only(opts, config, emit), "tty")
-    attached = dataclasses.replace(opts, pull="never")  # the image is there now: no second pull
-    return asyncio.run(run_container(attached, config, renderer=_Silent()))
-
-
-async def _image_only(opts: RunOptions, config: SocirunConfig, emit: ev.Emit) -> int:
-    address, namespace = resolve_target(opts.address, opts.namespace, config)
-    async with await ContainerdClient.connect(address, namespace) as ctd:
-        await ensure_image(ctd, opts, config, _chosen_snapshotter(opts, config), _EmitRenderer(emit))
-    return 0
-
-
-async def _detached_with_tui(opts: RunOptions, config: SocirunConfig, emit: ev.Emit) -> int:
-    from socirun.soci.observer import observe_lazy_layers
-
-    async with observe_lazy_layers(emit) as tapped:
-        await run_container(opts, config, renderer=_EmitRenderer(tapped), print_id=False, observe=False)
-        await asyncio.Event().wait()  # until the user presses q: the runner then cancels this and prints the ID
-    return 0
-
-
-def data_root_for(opts: RunOptions, config: SocirunConfig) -> str:
-    return opts.data_root or os.environ.get("SOCIRUN_DATA_ROOT") or config.data_root
 
 
 # ---------------------------------------------------------------------------------------------- image
@@ -132,11 +88,6 @@ async def local_image(ctd: ContainerdClient, name: str, platform: Platform) -> t
     return ImageConfig.from_blob(config_blob), chain_ids(diff_ids)[-1]
 
 
-def _chosen_snapshotter(opts: RunOptions, config: SocirunConfig) -> str | None:
-    """--snapshotter, else CONTAINERD_SNAPSHOTTER / the config file (folded into config); None: the plan picks."""
-    return opts.snapshotter or config.snapshotter or None
-
-
 def _since_command_start() -> float:
     """Seconds since this socirun process began: the "time to container start" the user waited."""
     import psutil
@@ -144,94 +95,66 @@ def _since_command_start() -> float:
     return max(0.0, time.time() - psutil.Process().create_time())
 
 
-def _progress_mode(opts: RunOptions, config: SocirunConfig) -> str:
-    wanted = "quiet" if opts.quiet else (opts.progress or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
-    return progress_mode_for(wanted)
+@dataclass(frozen=True)
+class RunContext:
+    """Where the container goes and how its image is brought in: decided once by the command (socirun.commands.run)
+    from the flags, the configuration and the environment, then only read."""
+
+    address: str
+    namespace: str
+    data_root: str  # absolute
+    reference: ImageReference
+    expanded_from: str | None  # the short-name alias the user typed, if any
+    platform: Platform
+    snapshotter: str | None  # --snapshotter / CONTAINERD_SNAPSHOTTER / config; None: the plan picks
+    pull: PullSetup  # the pull's shared inputs (mode, host, transfer, SOCI config), used if a pull is needed
+    hosts_dir: str | None
+    insecure_registries: tuple[str, ...]
+    soci_log: str | None
+    bridge: cni.BridgeNetwork
 
 
-def _renderer(opts: RunOptions, config: SocirunConfig) -> Renderer:
-    """The line faces; the TUI is driven by run_command through progress.run_work."""
-    mode = _progress_mode(opts, config)
-    if mode == "quiet":
-        return _Silent()  # docker run -q: no pull output at all (pull -q still names the image; run does not)
-    renderer = make_renderer("plain" if mode == "tty" else mode, sys.stderr)
-    return renderer if mode == "json" else _PullOnly(renderer)
+@dataclass(frozen=True)
+class EnsuredImage:
+    """The image ready to run (nerdctl's EnsuredImage): its config, top chainID and the snapshotter it is in."""
+
+    config: ImageConfig
+    top_chain_id: str
+    snapshotter: str
 
 
-class _EmitRenderer:
-    """Hands the engine's events to an `emit` (the TUI's); the TUI keeps its own clock."""
-
-    def __init__(self, emit: ev.Emit) -> None:
-        self.handle = emit
-
-    def tick(self, now: float) -> None:
-        pass
-
-
-class _Silent:
-    def handle(self, event: ev.Event) -> None:
-        pass
-
-    def tick(self, now: float) -> None:
-        pass
-
-
-class _PullOnly:
-    """Plain and quiet faces show the pull only: once the container runs, stderr belongs to it (as docker)."""
-
-    def __init__(self, inner: Renderer) -> None:
-        self.inner = inner
-
-    def handle(self, event: ev.Event) -> None:
-        if not isinstance(event, ev.ContainerCreated | ev.ContainerStarted | ev.ContainerExited):
-            self.inner.handle(event)
-
-    def tick(self, now: float) -> None:
-        self.inner.tick(now)
-
-
-async def ensure_image(
-    ctd: ContainerdClient, opts: RunOptions, config: SocirunConfig, chosen_snapshotter: str | None,
-    renderer: Renderer, *, observe: bool = True,
-) -> tuple[ImageReference, ImageConfig, str, Platform, str]:
-    """The image ready to run: (reference, config, top chainID, platform, snapshotter it is unpacked in).
-
-    With no snapshotter chosen, an image already unpacked for overlayfs or soci is used as it is; a pull lets
-    the plan pick (SOCI lazy loading when the host and the image allow it), exactly as `socirun pull` does.
-    """
-    text, alias = expand_alias(opts.image, config.aliases)
-    reference = parse_reference(text)
-    platform = parse_platform(opts.platform) if opts.platform else host_platform()
-    name = str(reference)
-    found = None if opts.pull == "always" else await local_image(ctd, name, platform)
+async def ensure_image(ctd: ContainerdClient, opts: RunOptions, ctx: RunContext, emit: ev.Emit, *,
+                       observe: bool = True) -> EnsuredImage:
+    """The image ready to run. With no snapshotter chosen, an image already unpacked for overlayfs or soci is used
+    as it is; a pull lets the plan pick (SOCI lazy loading when the host and the image allow it), exactly as
+    `socirun pull` does. `observe=False` when the caller already follows lazily loaded layers."""
+    name = str(ctx.reference)
+    found = None if opts.pull == "always" else await local_image(ctd, name, ctx.platform)
     if found is not None:
-        for candidate in [chosen_snapshotter] if chosen_snapshotter else ["overlayfs", "soci"]:
+        for candidate in [ctx.snapshotter] if ctx.snapshotter else ["overlayfs", "soci"]:
             with contextlib.suppress(ContainerdError):  # a snapshotter this containerd does not have
                 if await ctd.snapshot_stat(candidate, found[1]) is not None:
-                    return reference, found[0], found[1], platform, candidate
+                    return EnsuredImage(found[0], found[1], candidate)
     if opts.pull == "never":
-        raise ImageNotFoundError(f"No such image: {reference.familiar()} (--pull=never)")
+        raise ImageNotFoundError(f"No such image: {ctx.reference.familiar()} (--pull=never)")
     if found is None and opts.pull == "missing" and not opts.quiet:
-        print(f"Unable to find image '{reference.familiar()}' locally", file=sys.stderr)
+        print(f"Unable to find image '{ctx.reference.familiar()}' locally", file=sys.stderr)
     from socirun.pull.engine import pull_image
     from socirun.pull.request import PullChoices, build_pull_request
     from socirun.registry.client import RegistryClient
-
-    choices = PullChoices(snapshotter=chosen_snapshotter, pull_mode=opts.pull_mode or None)
-    request = build_pull_request(reference, platform, config, choices, expanded_from=alias)
     from socirun.soci.observer import observe_lazy_layers
 
-    async with RegistryClient(hosts_dir=config.hosts_dir, insecure=config.insecure_registries) as registry, \
-            rendering(renderer) as emit:  # fmt: skip
+    choices = PullChoices(snapshotter=ctx.snapshotter, pull_mode=opts.pull_mode or None)
+    request = build_pull_request(ctx.reference, ctx.platform, ctx.pull, choices, expanded_from=ctx.expanded_from)
+    async with RegistryClient(hosts_dir=ctx.hosts_dir, insecure=list(ctx.insecure_registries)) as registry:
         if observe:
-            async with observe_lazy_layers(emit) as tapped:
+            async with observe_lazy_layers(emit, ctx.pull.soci, ctx.soci_log) as tapped:
                 result = await pull_image(ctd, registry, request, tapped)
         else:
             result = await pull_image(ctd, registry, request, emit)
-    found = await local_image(ctd, name, platform)
-    if found is None:
-        raise SocirunError(f"the pull of {name} finished but containerd has no usable image record for it")
-    return reference, found[0], found[1], platform, result.snapshotter
+    # The pull's own result says what it wrote: the config it stored and the chain it unpacked.
+    image = ImageConfig.from_blob(json.loads(result.image.config_bytes))
+    return EnsuredImage(image, result.top_chain_id, result.snapshotter)
 
 
 # ---------------------------------------------------------------------------------------------- rootfs lookups
@@ -310,7 +233,8 @@ def device_for(host_path: str, container_path: str, permissions: str) -> SpecDev
 def container_labels(opts: RunOptions, image: ImageConfig, *, name: str, namespace: str, hostname: str,
                      state_dir: str, platform: Platform, mounts: list[dict[str, object]],
                      anonymous: list[str]) -> dict[str, str]:  # fmt: skip
-    """nerdctl's labels (reference docker-run-cli.md §4.1), so `nerdctl ps` shows socirun's containers."""
+    """nerdctl's labels (https://github.com/containerd/nerdctl/blob/main/pkg/labels/labels.go), so `nerdctl ps` shows
+    socirun's containers."""
     labels: dict[str, str] = dict(image.labels)
     labels.update({
         "nerdctl/namespace": namespace,
@@ -357,52 +281,46 @@ async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
     found = await rt.find_container(target)
     if found is None:
         raise SocirunError(f"No such container: {target}")
-    task = await rt.get_task(str(found.id))
-    if task is None or task[1] != "RUNNING":
+    task = await rt.get_task(found.id)
+    if task is None or task.status != "RUNNING":
         raise SocirunError(f"cannot join the {kind} namespace of {target}: it is not running")
-    return f"/proc/{task[0]}/ns/{kind}"
+    return f"/proc/{task.pid}/ns/{kind}"
 
 
-async def run_container(opts: RunOptions, config: SocirunConfig, *, renderer: Renderer | None = None,
-                        print_id: bool = True, observe: bool = True) -> int:
+async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, print_id: bool = True,
+                        observe: bool = True) -> int:
     """Pull if needed, create and start the container; attached, wait for it and return its exit code.
 
-    `renderer` defaults to the line face the options ask for; `print_id=False` leaves printing a detached
+    Events go to `emit` (the face is the caller's choice); `print_id=False` leaves printing a detached
     container's ID to the caller (the TUI prints it when the user leaves); `observe=False` when the caller
     already follows lazily loaded layers."""
-    address, namespace = resolve_target(opts.address, opts.namespace, config)
-    data_root = os.path.abspath(data_root_for(opts, config))
     if opts.cidfile and os.path.exists(opts.cidfile):
         raise SocirunError(f"Container ID file found, make sure the other container isn't running or delete "
                            f"{opts.cidfile}")  # fmt: skip
     gpu: GpuInjection | None = plan_gpus(opts.gpus) if opts.gpus is not None else None
-    bridge = cni.BridgeNetwork.from_config(config.raw)
-    renderer = renderer or _renderer(opts, config)
-    async with await ContainerdClient.connect(address, namespace) as ctd:
+    async with await ContainerdClient.connect(ctx.address, ctx.namespace) as ctd:
         rt = Runtime(ctd)
-        reference, image, top_chain, platform, snapshotter = await ensure_image(
-            ctd, opts, config, _chosen_snapshotter(opts, config), renderer, observe=observe
-        )
+        image = await ensure_image(ctd, opts, ctx, emit, observe=observe)
         container_id = secrets.token_hex(32)
-        name = opts.name or f"{os.path.basename(reference.path)}-{container_id[:5]}"
+        name = opts.name or f"{os.path.basename(ctx.reference.path)}-{container_id[:5]}"
         await _check_name(rt, name)
-        state_dir = os.path.join(data_root, "containers", namespace, container_id)
+        state_dir = os.path.join(ctx.data_root, "containers", ctx.namespace, container_id)
         os.makedirs(state_dir, mode=0o700)
         state = ContainerState(
-            id=container_id, name=name, namespace=namespace, address=address, snapshotter=snapshotter,
-            data_root=data_root, state_dir=state_dir, rm=opts.rm, network=opts.network,
+            id=container_id, name=name, namespace=ctx.namespace, address=ctx.address, snapshotter=image.snapshotter,
+            data_root=ctx.data_root, state_dir=state_dir, rm=opts.rm, network=opts.network,
         )
         created = False
         try:
             # One lease from Prepare to Containers.Create: once the record references the snapshot the lease
             # can go; ending it earlier lets containerd's GC remove the unreferenced snapshot.
             async with ctd.lease():
-                spec, labels, rootfs = await _prepare(rt, opts, image, top_chain, platform, state, gpu, bridge)
-                await rt.create_container(container_id, image=str(reference), runtime=opts.runtime,
-                                          runtime_binary=opts.runtime_binary, spec=spec, snapshotter=snapshotter,
-                                          labels=labels)  # fmt: skip
+                spec, labels, rootfs = await _prepare(rt, opts, image, ctx, state, gpu)
+                await rt.create_container(container_id, image=str(ctx.reference), runtime=opts.runtime,
+                                          runtime_binary=opts.runtime_binary, spec=spec,
+                                          snapshotter=image.snapshotter, labels=labels)  # fmt: skip
             created = True
-            renderer.handle(ev.ContainerCreated(container_id=container_id, name=name))
+            emit(ev.ContainerCreated(container_id=container_id, name=name))
             if opts.cidfile:
                 Path(opts.cidfile).write_text(container_id, encoding="utf-8")
         except BaseException:
@@ -410,16 +328,16 @@ async def run_container(opts: RunOptions, config: SocirunConfig, *, renderer: Re
                 await teardown(rt, state, remove=True)
             raise
         if opts.detach:
-            return await _run_detached(rt, opts, state, rootfs, renderer, print_id=print_id)
-        return await _run_foreground(rt, opts, state, rootfs, renderer)
+            return await _run_detached(rt, opts, state, rootfs, emit, print_id=print_id)
+        return await _run_foreground(rt, opts, state, rootfs, emit)
 
 
-async def _prepare(rt: Runtime, opts: RunOptions, image: ImageConfig, top_chain: str, platform: Platform,
-                   state: ContainerState, gpu: GpuInjection | None, bridge: cni.BridgeNetwork,
-                   ) -> tuple[dict[str, Any], dict[str, str], list[Mount]]:  # fmt: skip
+async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: RunContext, state: ContainerState,
+                   gpu: GpuInjection | None) -> tuple[dict[str, Any], dict[str, str], list[Mount]]:
     """Snapshot, volumes, network and files; returns the spec, the labels and the rootfs mounts."""
     ctd = rt.ctd
-    rootfs = await ctd.snapshot_prepare(state.snapshotter, state.id, top_chain, {})
+    image, bridge = ensured.config, ctx.bridge
+    rootfs = await ctd.snapshot_prepare(state.snapshotter, state.id, ensured.top_chain_id, {})
     hostname = opts.hostname or state.id[:12]
     volumes = resolve_volumes(opts.volumes, image.volumes, state.data_root, state.namespace, os.getcwd())
     state.anonymous_volumes = volumes.anonymous
@@ -471,7 +389,7 @@ async def _prepare(rt: Runtime, opts: RunOptions, image: ImageConfig, top_chain:
     inputs.mounts = [*etc, *inputs.mounts]
     spec = build_spec(opts, image, inputs)
     labels = container_labels(opts, image, name=state.name, namespace=state.namespace, hostname=hostname,
-                              state_dir=state.state_dir, platform=platform, mounts=volumes.records,
+                              state_dir=state.state_dir, platform=ctx.platform, mounts=volumes.records,
                               anonymous=volumes.anonymous)  # fmt: skip
     return spec, labels, rootfs
 
@@ -495,7 +413,7 @@ def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | 
 
 
 async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
-                        renderer: Renderer, *, print_id: bool = True) -> int:  # fmt: skip
+                        emit: ev.Emit, *, print_id: bool = True) -> int:  # fmt: skip
     # No daemon: a reaper process drains the output FIFOs into <state>/container.log, waits for the exit and does
     # the teardown (network; with --rm everything). It starts before Tasks.Create because it must already hold
     # the FIFOs' read ends (the shim's open blocks Create). A file:// URI would do for non-tty output, but the
@@ -520,14 +438,14 @@ async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, ro
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         await teardown(rt, state, remove=opts.rm)
         raise
-    renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid, since_command_start=_since_command_start()))
+    emit(ev.ContainerStarted(container_id=state.id, pid=pid, since_command_start=_since_command_start()))
     if print_id:
         print(state.id, flush=True)
     return 0
 
 
 async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
-                          renderer: Renderer) -> int:  # fmt: skip
+                          emit: ev.Emit) -> int:  # fmt: skip
     loop = asyncio.get_running_loop()
     fifo_dir = os.path.join(state.state_dir, "fifo")
     io = TaskIO(fifo_dir, state.id, stdin=opts.interactive, stderr=not opts.tty)
@@ -556,8 +474,7 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
             except BaseException:
                 wait.cancel()
                 raise
-            renderer.handle(ev.ContainerStarted(container_id=state.id, pid=pid,
-                                                since_command_start=_since_command_start()))  # fmt: skip
+            emit(ev.ContainerStarted(container_id=state.id, pid=pid, since_command_start=_since_command_start()))
             installed = _install_signal_handlers(loop, rt, opts, state.id)
             try:
                 exit_code = await wait
@@ -565,7 +482,7 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
                 for sig in installed:
                     loop.remove_signal_handler(sig)
         await asyncio.to_thread(io.wait_output, OUTPUT_DRAIN_S)
-        renderer.handle(ev.ContainerExited(container_id=state.id, exit_code=exit_code))
+        emit(ev.ContainerExited(container_id=state.id, exit_code=exit_code))
     finally:
         io.close()
         with contextlib.suppress(ValueError, OSError):

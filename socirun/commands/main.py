@@ -1,24 +1,23 @@
-"""Command line: argv → options → the engine. stdout is data (references, IDs); everything else goes to stderr.
+"""The command line's entry: argv → the command's options → the engine. stdout is data (references, IDs);
+everything else goes to stderr.
 
-One top-level handler turns every SocirunError into one sentence on stderr and docker's exit code; a
-traceback is printed only with --debug.
+The one error-handling shell: every SocirunError becomes one sentence on stderr and docker's exit code; a
+traceback is printed only with --debug. The configuration and environment are read once (load_config) and
+handed down with the global flags as one GlobalOptions value.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
 from socirun import __version__
-from socirun import events as ev
-from socirun.config import PROGRESS_MODES, SocirunConfig, load_config
+from socirun.commands.context import GlobalOptions
+from socirun.config import PROGRESS_MODES, load_config
 from socirun.errors import EXIT_INTERRUPTED, SocirunError, UsageError
-from socirun.progress import Work, progress_mode_for, run_work
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"socirun {__version__}")
     _add_connection_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    # Listed for --help only: main() hands `run ...` and a bare `[OPTIONS] IMAGE ...` to socirun.run first.
+    # Listed for --help only: main() hands `run ...` and a bare `[OPTIONS] IMAGE ...` to socirun.commands.run.
     sub.add_parser("run", add_help=False,
                    help="run a container: docker run's flags and exit codes (also `socirun [OPTIONS] IMAGE`)")
 
@@ -135,156 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_layers(text: str) -> list[float]:
-    try:
-        sizes = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f'invalid --layers "{text}": give comma-separated sizes in MB, e.g. 1,2,4') from None
-    if any(s < 0 for s in sizes):
-        raise UsageError(f'invalid --layers "{text}": sizes cannot be negative')
-    return sizes
-
-
-def progress_mode(requested: str | None, config: SocirunConfig) -> str:
-    """The face to use: flag, then SOCIRUN_PROGRESS, then the config file; `auto` resolved against the TTYs."""
-    return progress_mode_for(requested or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
-
-
-def _pull(args: argparse.Namespace, config: SocirunConfig) -> int:
-    mode = progress_mode("quiet" if args.quiet else args.progress, config)
-    return run_work(_pull_work(args, config), mode, record=args.record_events)
-
-
-def _pull_work(args: argparse.Namespace, config: SocirunConfig) -> Work:
-    """The pull as `async (emit) -> int`, so any face (plain in asyncio.run, or the TUI's loop) can run it."""
-    # Imported here so `socirun --help` stays fast and needs no gRPC.
-    from socirun.containerd.client import ContainerdClient, resolve_target
-    from socirun.oci import host_platform, parse_platform
-    from socirun.pull.engine import pull_image
-    from socirun.pull.request import PullChoices, build_pull_request
-    from socirun.reference import expand_alias, parse_reference
-    from socirun.registry.client import RegistryClient
-
-    text, alias = expand_alias(args.image, config.aliases)
-    reference = parse_reference(text)
-    platform = parse_platform(args.platform) if args.platform else host_platform()
-    address, namespace = resolve_target(getattr(args, "address", None), getattr(args, "namespace", None), config)
-    choices = PullChoices(
-        snapshotter=args.snapshotter or config.snapshotter,  # config holds CONTAINERD_SNAPSHOTTER already
-        pull_mode=getattr(args, "pull_mode", None),
-        max_concurrent_downloads=args.max_concurrent_downloads,
-        chunk_size=getattr(args, "chunk_size", None),
-        soci_index_digest=getattr(args, "soci_index_digest", None) or "",
-    )
-    request = build_pull_request(reference, platform, config, choices, expanded_from=alias)
-    insecure = [*config.insecure_registries, *args.insecure_registry]
-
-    async def work(emit: ev.Emit) -> int:
-        async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(
-            hosts_dir=args.hosts_dir or config.hosts_dir, insecure=insecure
-        ) as registry:
-            from socirun.soci.observer import observe_lazy_layers
-
-            async with observe_lazy_layers(emit, getattr(args, "soci_log", None)) as tapped:
-                await pull_image(ctd, registry, request, tapped)
-        return 0
-
-    return work
-
-
-def _replay(args: argparse.Namespace, config: SocirunConfig) -> int:
-    from socirun.replay import replay
-
-    if args.speed is not None and args.speed < 0:
-        raise UsageError(f"invalid --speed {args.speed}: give 0 (no waiting) or a positive factor")
-    return replay(args.file, progress_mode(args.progress, config), speed=args.speed)
-
-
-def _sandbox(args: argparse.Namespace) -> int:
-    from socirun.sandbox.sandbox import Sandbox, default_dir
-
-    box = Sandbox(args.dir or default_dir())
-    match args.sandbox_command:
-        case "up":
-            info = box.up(soci=args.soci)
-            if info.soci_address:
-                print(f"SOCI emulator (a stand-in for soci-snapshotter-grpc) registered as snapshotter soci: "
-                      f"{info.soci_address} (pid {info.soci_pid})", file=sys.stderr)
-            print(f"sandbox up in {info.dir}: containerd {info.containerd_address} (pid {info.containerd_pid}), "
-                  f"registry {info.registry_host} (pid {info.registry_pid})", file=sys.stderr)
-            print("run `eval \"$(socirun sandbox env)\"` to point socirun and ctr at it", file=sys.stderr)
-        case "down":
-            box.down()
-            print(f"sandbox in {box.dir} stopped and removed", file=sys.stderr)
-        case "status":
-            status = box.status()
-            if status is None:
-                print(f"sandbox in {box.dir} is not running", file=sys.stderr)
-                return 1
-            print(f"sandbox in {status.dir} is running: containerd {status.containerd_address} "
-                  f"(pid {status.containerd_pid}), registry {status.registry_host} (pid {status.registry_pid})")
-        case "env":
-            if box.status() is None:
-                raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
-            print("\n".join(box.env_lines()))
-        case "push-sample":
-            from socirun.sandbox.sample import push_sample
-
-            running = box.status()
-            if running is None:
-                raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
-            print(push_sample(running.registry_host, args.name, args.tag, _parse_layers(args.layers),
-                              seed=args.seed, with_glibc=args.with_glibc, soci=args.soci))
-    return 0
-
-
-DEMO_LAYERS_MB = (8.0, 16.0, 64.0, 384.0)
-DEMO_SPAN_PACE_MS = 120.0  # the emulator fetches a 4 MiB span every 120 ms: slow enough to watch
-
-
-def _demo(args: argparse.Namespace, config: SocirunConfig) -> int:
-    """Sandbox with the SOCI emulator, a sample with a SOCI v2 index, and `socirun run` of it: the container
-    starts while its big layer is still being fetched, and the fetch log shows the spans as they arrive."""
-    from socirun.run import run_command
-    from socirun.sandbox.sample import push_sample
-    from socirun.sandbox.sandbox import Sandbox, default_dir
-    from socirun.sandbox.soci_emulator.process import emulator_config
-
-    box = Sandbox(args.dir or default_dir())
-    info = box.up(soci=True)
-    # A fresh, slowly paced emulator each time, so the lazy fill is there to be seen.
-    box.restart_soci(emulator_config(box.soci), span_pace_ms=DEMO_SPAN_PACE_MS)
-    os.environ["SOCI_SNAPSHOTTER_CONFIG"] = str(box.soci.config)
-    os.environ["SOCIRUN_SOCI_LOG"] = str(box.soci.log)
-    print(f"sandbox: containerd {info.containerd_address}, registry {info.registry_host}, and the SOCI "
-          "emulator (a stand-in for soci-snapshotter-grpc, which cannot be installed here)", file=sys.stderr)
-    reference = push_sample(info.registry_host, "demo/lazy", "latest", DEMO_LAYERS_MB, soci="v2")
-    print(f"pushed {reference} with a SOCI v2 index", file=sys.stderr)
-    _forget_demo_image(info.containerd_address, reference)
-    progress = progress_mode_for(args.progress or os.environ.get("SOCIRUN_PROGRESS") or config.progress)
-    run_args = ["--rm", "--net", "none", "--progress", progress]
-    if progress == "tty":
-        # Detached, the TUI keeps following the lazy fill after the start; q leaves it (the container ends
-        # by itself after a minute and --rm removes it).
-        run_args += ["-d", reference, "sh", "-c", "echo hello from the socirun sample; sleep 60"]
-    else:
-        run_args += [reference]
-    code = run_command(run_args, config, address=info.containerd_address, namespace="default")
-    print(f"\nlook around with: ctr -a {info.containerd_address} images ls   |   socirun plan {reference}\n"
-          "stop the sandbox with: socirun sandbox down", file=sys.stderr)
-    return code
-
-
-def _forget_demo_image(address: str, reference: str) -> None:
-    """A demo shows a cold start each time: drop the image and its snapshots from an earlier demo."""
-    subprocess.run(["ctr", "-a", address, "images", "rm", "--sync", reference], capture_output=True, check=False)
-
-
 _GLOBAL_VALUE_FLAGS = {"--address": "address", "-a": "address", "--namespace": "namespace", "-n": "namespace"}
 
 
-def _split_global_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """The leading global flags (--address/-a, --namespace/-n, --debug) and the rest of argv."""
+def _split_global_flags(argv: Sequence[str]) -> tuple[GlobalOptions, list[str]]:
+    """The leading global flags (--address/-a, --namespace/-n, --debug) and the rest of argv. The one reader of
+    the leading flags: a bare `socirun [OPTIONS] IMAGE` passes docker's flags on, which argparse cannot."""
     found: dict[str, str] = {}
     i = 0
     while i < len(argv):
@@ -300,7 +155,7 @@ def _split_global_flags(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]
         else:
             break
         i += 1
-    return found, list(argv[i:])
+    return GlobalOptions(found.get("address"), found.get("namespace"), "debug" in found), list(argv[i:])
 
 
 def _run_argv(parser: argparse.ArgumentParser, rest: list[str]) -> list[str] | None:
@@ -320,31 +175,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        global_flags, rest = _split_global_flags(argv)
-        run_argv = _run_argv(build_parser(), rest)
+        leading, rest = _split_global_flags(argv)
+        parser = build_parser()
+        run_argv = _run_argv(parser, rest)
         if run_argv is not None:
-            from socirun.run import run_command
+            from socirun.commands.run import run_command
 
-            return run_command(run_argv, load_config(), address=global_flags.get("address"),
-                               namespace=global_flags.get("namespace"))
-        args = build_parser().parse_args(argv)
-        debug = bool(getattr(args, "debug", False))
+            return run_command(run_argv, load_config(), leading)
+        # The leading global flags are taken; a subcommand may repeat them after its name (nerdctl does).
+        args = parser.parse_args(rest)
+        glob = GlobalOptions(address=getattr(args, "address", None) or leading.address,
+                             namespace=getattr(args, "namespace", None) or leading.namespace,
+                             debug=bool(getattr(args, "debug", False)) or leading.debug)
+        debug = glob.debug
         config = load_config()
         match args.command:
-            case "plan" | "doctor":
-                from socirun.soci.commands import doctor_command, plan_command
+            case "plan":
+                from socirun.commands.plan import plan_command
 
-                return plan_command(args, config) if args.command == "plan" else doctor_command(args, config)
+                return plan_command(args, config, glob)
+            case "doctor":
+                from socirun.commands.doctor import doctor_command
+
+                return doctor_command(args, config, glob)
             case "pull":
-                return _pull(args, config)
+                from socirun.commands.pull import pull_command
+
+                return pull_command(args, config, glob)
             case "replay":
-                return _replay(args, config)
+                from socirun.commands.replay import replay_command
+
+                return replay_command(args, config)
             case "sandbox":
-                return _sandbox(args)
+                from socirun.commands.sandbox import sandbox_command
+
+                return sandbox_command(args)
             case "demo":
-                return _demo(args, config)
+                from socirun.commands.sandbox import demo_command
+
+                return demo_command(args, config)
             case _:
-                build_parser().print_help(sys.stderr)
+                parser.print_help(sys.stderr)
                 return 0 if not argv else 125
     except SocirunError as err:
         if debug:

@@ -1,5 +1,8 @@
 """How bytes reach an overlayfs (or other local-snapshotter) pull: pure decisions, no I/O.
 
+- `plan_transfer` is the one place the transfer is decided (flag, then `[pull]`, then the host); the request
+  builder calls it once, the plan reports it, the engine follows it.
+
 - `choose_overlay_transfer` picks "parallel" (ranged chunks over several connections) or "standard" (one stream
   per layer) and says why in plain sentences; the plan (and `socirun plan`) shows those sentences.
 - `default_transfer_settings` sizes the parallel mode for a host the way SOCI's parallel pull is tuned: SOCI
@@ -16,21 +19,22 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
+from socirun.decide.facts import LOCAL_SNAPSHOTTERS, PULL_MODES, HostProfile, PullMode
 from socirun.errors import ConfigError, UsageError
-from socirun.pull.chunked import SCHEDULES, Schedule
 
-PullModeRequest = Literal["auto", "lazy", "parallel", "standard"]
-PULL_MODES: tuple[str, ...] = ("auto", "lazy", "parallel", "standard")
 OverlayTransfer = Literal["parallel", "standard"]
+# The order in which a parallel pull's chunks are asked for (socirun.pull.chunked follows it).
+Schedule = Literal["in-order", "largest-first", "interleave"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+# Standard mode: layers downloaded at once, one stream each (--max-concurrent-downloads overrides it).
+DEFAULT_STANDARD_DOWNLOADS = 4
 
 MIB = 1 << 20
 GIB = 1 << 30
 MIN_CHUNK = 256 * 1024
 MAX_CHUNK = 1 * GIB
-# Local snapshotters unpack on the host; their bytes come through socirun's own downloader.
-LOCAL_SNAPSHOTTERS = frozenset({"overlayfs", "native", "btrfs", "zfs", "devmapper", "aufs"})
 
 
 @dataclass(frozen=True)
@@ -62,25 +66,9 @@ def default_transfer_settings(cpus: int, memory_bytes: int | None = None) -> Tra
     return TransferSettings(max_concurrent_downloads=connections, chunk_size=chunk, window=2 * connections)
 
 
-class HostLike(Protocol):
-    """What the decision needs of a host profile (socirun.host.HostProfile has it)."""
-
-    @property
-    def cpus(self) -> int: ...
-
-
 class LayerLike(Protocol):
     @property
     def size(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """A minimal host profile for callers without socirun.host's probe."""
-
-    cpus: int
-    memory_bytes: int | None = None
-    nic_speed_mbps: int | None = None
 
 
 class OverlayTransferChoice(NamedTuple):
@@ -95,7 +83,7 @@ SLOW_LINK_MBPS = 200
 
 
 def choose_overlay_transfer(
-    host: HostLike,
+    host: HostProfile,
     layers: Sequence[LayerLike] = (),
     *,
     requested: str = "auto",
@@ -127,8 +115,8 @@ def choose_overlay_transfer(
     cpus = host.cpus
     if cpus < 2:
         return standard("this host has 1 CPU, which unpacking needs; parallel downloads would compete for it")
-    nic = getattr(host, "nic_speed_mbps", None)
-    if isinstance(nic, int) and 0 < nic < SLOW_LINK_MBPS:
+    nic = host.nic_speed_mbps
+    if nic is not None and 0 < nic < SLOW_LINK_MBPS:
         return standard(f"the network link runs at {nic} Mb/s, which one stream per layer already fills")
     biggest = max((layer.size for layer in layers), default=None)
     if biggest is not None and biggest <= 2 * chunk_size:
@@ -236,39 +224,49 @@ def resolve_transfer_settings(
 
 
 @dataclass(frozen=True)
-class OverlayPullPlan:
+class TransferPlan:
+    """How socirun downloads the layers it downloads itself, decided once per pull."""
+
     mode: OverlayTransfer
     reasons: tuple[str, ...]
-    settings: TransferSettings
+    settings: TransferSettings  # parallel mode: connections, chunk size, window, schedule
+    standard_downloads: int = DEFAULT_STANDARD_DOWNLOADS  # standard mode: layers at once, one stream each
+
+    @property
+    def connections(self) -> int:
+        return self.settings.max_concurrent_downloads if self.mode == "parallel" else self.standard_downloads
+
+    def how(self, snapshotter: str) -> str:
+        """The sentence that says what the engine does with these settings."""
+        if self.mode == "parallel":
+            s = self.settings
+            how = (f"socirun downloads ranged chunks of {s.chunk_size} bytes over {s.max_concurrent_downloads} "
+                   f"connections shared by all layers, written in order ({s.schedule})")
+        else:
+            how = f"socirun downloads each layer in one stream ({self.standard_downloads} at a time)"
+        return f"{how}, and containerd unpacks each layer into {snapshotter} as soon as its parent is ready"
 
 
-def plan_overlay_pull(
+def pull_mode_for(flag: str | None, raw_config: Mapping[str, Any]) -> PullMode:
+    """--pull-mode, else `[pull] mode` in socirun's config, else auto: the one reading of the pull mode."""
+    if flag is not None and flag not in PULL_MODES:
+        raise UsageError(f'invalid --pull-mode "{flag}": use one of {", ".join(PULL_MODES)}')
+    return (flag or config_pull_mode(raw_config) or "auto")  # type: ignore[return-value]  # checked above
+
+
+def plan_transfer(
     *,
-    requested: str | None,
+    mode: PullMode,
     raw_config: Mapping[str, Any],
     snapshotter: str,
-    host: HostFacts,
+    host: HostProfile,
     max_concurrent_downloads: int | None = None,
     chunk_size: str | None = None,
-) -> OverlayPullPlan:
-    """What `socirun pull` does with --pull-mode / --max-concurrent-downloads / --chunk-size and `[pull]`:
-    the flag, then `pull.mode`, then auto."""
-    mode_asked = requested or config_pull_mode(raw_config) or "auto"
+) -> TransferPlan:
+    """The transfer for a pull asked for with `mode` (already resolved by `pull_mode_for`), the `[pull]` table
+    and the flags, on `host`."""
     settings = resolve_transfer_settings(cpus=host.cpus, memory_bytes=host.memory_bytes, raw_config=raw_config,
                                          max_concurrent_downloads=max_concurrent_downloads, chunk_size=chunk_size)
-    mode, reasons = choose_overlay_transfer(host, requested=mode_asked, snapshotter=snapshotter,
-                                            chunk_size=settings.chunk_size)
-    return OverlayPullPlan(mode, reasons, settings)
-
-
-def probe_host() -> HostFacts:
-    """CPUs this process may use and the machine's memory (the small part of the host profile needed here)."""
-    import os
-
-    import psutil
-
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return HostFacts(cpus=cpus, memory_bytes=int(psutil.virtual_memory().total))
+    chosen, reasons = choose_overlay_transfer(host, requested=mode, snapshotter=snapshotter,
+                                              chunk_size=settings.chunk_size)
+    return TransferPlan(chosen, reasons, settings, max_concurrent_downloads or DEFAULT_STANDARD_DOWNLOADS)

@@ -1,7 +1,8 @@
 """The docker-run flag model and parser (pure: no I/O except reading --env-file / --label-file contents,
 which the caller passes in through `read_file`).
 
-docker's rules (shared/reference/docker-run-cli.md §1): flags stop at IMAGE, everything after it belongs to the
+docker's rules (https://github.com/docker/cli/blob/master/cli/command/container/run.go): flags stop at IMAGE,
+everything after it belongs to the
 container, and a `--` right after IMAGE is dropped; flags repeat; short flags bundle (`-itd`, `-it`, `-dp 80:80`);
 `--flag=value` and `--flag value`; bools take `--rm=false`; the comma splitting of nerdctl's StringSlice flags;
 `--help` only (`-h` is `--hostname`). A docker flag socirun does not support is refused with a sentence naming
@@ -10,46 +11,39 @@ it (exit 125), never ignored. Bad values get docker's `invalid argument "V" for 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from socirun.config import PROGRESS_MODES
+from socirun.decide.facts import PULL_MODES
 from socirun.errors import UsageError
-from socirun.plan import PULL_MODES as TRANSFER_MODES
+from socirun.runtime.options import (
+    CAPABILITIES,
+    DEFAULT_RUNTIME,
+    PULL_POLICIES,
+    SIGNALS,
+    DeviceSpec,
+    GpuRequest,
+    PortMapping,
+    RunOptions,
+    Ulimit,
+    VolumeSpec,
+)
 
 HELP_HINT = "See 'socirun run --help'."
-DEFAULT_SHM_SIZE = 64 << 20
-DEFAULT_RUNTIME = "io.containerd.runc.v2"
-PULL_MODES = ("always", "missing", "never")
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 CDI_DEVICE_RE = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9_.-]+=[a-zA-Z0-9_.:-]+$")
 
-# Linux capabilities (capability.h order); `--cap-add NAME` takes them with or without CAP_, any case, or ALL.
-CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)  # fmt: skip
 ULIMITS = (
     "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
     "rtprio", "rttime", "sigpending", "stack",
 )  # fmt: skip
-SIGNALS = {
-    "HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "IOT": 6, "BUS": 7, "FPE": 8, "KILL": 9,
-    "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15, "STKFLT": 16, "CHLD": 17,
-    "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25,
-    "VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
-}  # fmt: skip
-
 Kind = Literal["bool", "string", "array", "slice"]
 
 
@@ -60,6 +54,11 @@ class Flag:
     short: str = ""
     aliases: tuple[str, ...] = ()
     help: str = ""
+
+    @property
+    def dest(self) -> str:
+        """The RunOptions field a bool flag sets (as argparse's dest: dashes become underscores)."""
+        return self.name.replace("-", "_")
 
     @property
     def label(self) -> str:
@@ -206,118 +205,6 @@ for _f in FLAGS:
 _BY_SHORT: dict[str, Flag] = {f.short: f for f in FLAGS if f.short}
 
 
-# ------------------------------------------------------------------------------------------------ values
-
-
-@dataclass(frozen=True)
-class PortMapping:
-    host_ip: str  # "" = every address (0.0.0.0)
-    host_port: int  # 0 = pick a free one
-    container_port: int
-    protocol: str = "tcp"
-
-
-@dataclass(frozen=True)
-class VolumeSpec:
-    """-v / --mount: kind "bind" (source is a host path), "volume" (named; source "" = anonymous) or "tmpfs"."""
-
-    kind: Literal["bind", "volume", "tmpfs"]
-    source: str
-    target: str
-    readonly: bool = False
-    options: tuple[str, ...] = ()  # propagation, tmpfs size/mode options
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    host_path: str
-    container_path: str
-    permissions: str = "rwm"
-    cdi_name: str = ""  # set instead of the paths for `vendor/class=name`
-
-
-@dataclass(frozen=True)
-class Ulimit:
-    name: str
-    soft: int
-    hard: int
-
-
-@dataclass(frozen=True)
-class GpuRequest:
-    """One --gpus value. count -1 = all; device_ids set instead of count for `device=`."""
-
-    count: int = 0
-    device_ids: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ()
-    driver: str = ""
-    options: tuple[tuple[str, str], ...] = ()
-
-
-NetworkMode = Literal["bridge", "host", "none", "container"]
-
-
-@dataclass
-class RunOptions:
-    image: str = ""
-    command: list[str] = field(default_factory=list)
-    detach: bool = False
-    interactive: bool = False
-    tty: bool = False
-    rm: bool = False
-    name: str = ""
-    env: list[str] = field(default_factory=list)  # KEY=VALUE, in order: --env-file entries first, then -e
-    volumes: list[VolumeSpec] = field(default_factory=list)
-    publish: list[PortMapping] = field(default_factory=list)
-    network: NetworkMode = "bridge"
-    network_container: str = ""
-    ipc: str = "private"  # private | host | shareable | container
-    ipc_container: str = ""
-    gpus: GpuRequest | None = None
-    shm_size: int = DEFAULT_SHM_SIZE
-    entrypoint: list[str] | None = None  # None: the image's; [] for --entrypoint ""
-    workdir: str = ""
-    user: str = ""
-    privileged: bool = False
-    cap_add: list[str] = field(default_factory=list)
-    cap_drop: list[str] = field(default_factory=list)
-    ulimits: list[Ulimit] = field(default_factory=list)
-    pull: str = "missing"
-    platform: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    hostname: str = ""
-    devices: list[DeviceSpec] = field(default_factory=list)
-    init: bool = False
-    read_only: bool = False
-    add_hosts: list[tuple[str, str]] = field(default_factory=list)
-    dns: list[str] = field(default_factory=list)
-    dns_search: list[str] = field(default_factory=list)
-    dns_options: list[str] = field(default_factory=list)
-    group_add: list[str] = field(default_factory=list)
-    cpus: float = 0.0
-    memory: int = 0
-    stop_signal: str = "SIGTERM"
-    stop_timeout: int | None = None
-    sig_proxy: bool = True
-    cidfile: str = ""
-    runtime: str = DEFAULT_RUNTIME
-    runtime_binary: str = ""  # e.g. "crun" for --runtime crun
-    quiet: bool = False
-    pid_host: bool = False
-    uts_host: bool = False
-    sysctls: dict[str, str] = field(default_factory=dict)
-    pids_limit: int = 0
-    no_new_privileges: bool = False
-    help: bool = False
-    snapshotter: str = ""
-    progress: str = ""
-    pull_mode: str = ""
-    address: str = ""
-    namespace: str = ""
-    data_root: str = ""
-    debug: bool = False
-
-
 # ------------------------------------------------------------------------------------------------ errors
 
 
@@ -457,7 +344,7 @@ def _csv_fields(text: str) -> list[str]:
 
 
 def parse_gpus(text: str) -> GpuRequest:
-    """docker's `--gpus` grammar (opts/gpus.go) with nerdctl's driver rule (reference §3.1)."""
+    """docker's `--gpus` grammar (opts/gpus.go) with nerdctl's driver rule."""
     seen: set[str] = set()
     count: int | None = None
     devices: tuple[str, ...] = ()
@@ -761,7 +648,7 @@ def parse_run_args(
 ) -> RunOptions:
     """argv after `run` (or after the global flags of a bare `socirun IMAGE`) → validated RunOptions."""
     pairs, rest = split_argv(argv)
-    opts = RunOptions()
+    opts = _Draft()
     env_files: list[str] = []
     env_flags: list[str] = []
     networks: list[str] = []
@@ -772,7 +659,7 @@ def parse_run_args(
                 value = True if raw is None else _parse_bool(raw)
             except _ValueError as err:
                 raise _bad(raw or "", flag, str(err)) from None
-            setattr(opts, flag.name.replace("-", "_"), value)
+            setattr(opts, flag.dest, value)
             continue
         assert raw is not None
         for item in _values(flag, raw):
@@ -781,7 +668,7 @@ def parse_run_args(
             except _ValueError as err:
                 raise _bad(item, flag, str(err)) from None
     if opts.help:
-        return opts
+        return _freeze(opts)
     if not rest:
         raise UsageError(f'"socirun run" requires at least 1 argument. {HELP_HINT}')
     opts.image, opts.command = rest[0], rest[1:]
@@ -798,10 +685,23 @@ def parse_run_args(
     _set_network(opts, networks)
     if len(gpus) > 1:
         raise UsageError(f"--gpus can be given only once (got {', '.join(gpus)}). {HELP_HINT}")
-    return opts
+    return _freeze(opts)
 
 
-def _set_network(opts: RunOptions, networks: list[str]) -> None:
+# The options while argv is walked: RunOptions' fields and defaults, but mutable. Only parse_run_args sees one;
+# everything after it gets the frozen RunOptions.
+_Draft = dataclasses.make_dataclass(
+    "_Draft",
+    [(f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+     for f in dataclasses.fields(RunOptions)],
+)
+
+
+def _freeze(draft: Any) -> RunOptions:
+    return RunOptions(**{f.name: getattr(draft, f.name) for f in dataclasses.fields(RunOptions)})
+
+
+def _set_network(opts: Any, networks: list[str]) -> None:
     unique = list(dict.fromkeys(n for n in networks if n))
     if len(unique) > 1:
         raise UsageError(f"only one --network is supported (got {', '.join(unique)}). {HELP_HINT}")
@@ -809,7 +709,7 @@ def _set_network(opts: RunOptions, networks: list[str]) -> None:
     if net in ("bridge", "default"):
         opts.network = "bridge"
     elif net in ("host", "none"):
-        opts.network = net  # type: ignore[assignment]
+        opts.network = net
     elif net.startswith("container:") and len(net) > len("container:"):
         opts.network = "container"
         opts.network_container = net.removeprefix("container:")
@@ -823,7 +723,7 @@ def _set_network(opts: RunOptions, networks: list[str]) -> None:
 
 
 def _apply(
-    opts: RunOptions,
+    opts: Any,  # a _Draft
     flag: Flag,
     v: str,
     env_files: list[str],
@@ -881,7 +781,7 @@ def _apply(
         case "ulimit":
             opts.ulimits.append(parse_ulimit(v))
         case "pull":
-            if v not in PULL_MODES:
+            if v not in PULL_POLICIES:
                 raise UsageError(f"invalid pull option: '{v}': must be one of \"always\", \"missing\" or \"never\"")
             opts.pull = v
         case "platform":
@@ -974,8 +874,8 @@ def _apply(
                 raise _ValueError(f"must be one of {', '.join(PROGRESS_MODES)}")
             opts.progress = v
         case "pull-mode":
-            if v not in TRANSFER_MODES:
-                raise _ValueError(f"must be one of {', '.join(TRANSFER_MODES)}")
+            if v not in PULL_MODES:
+                raise _ValueError(f"must be one of {', '.join(PULL_MODES)}")
             opts.pull_mode = v
         case "address":
             opts.address = v

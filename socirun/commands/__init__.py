@@ -1,0 +1,1 @@
+"""The commands: argv → one frozen options value → the engine with the chosen face; one error shell."""
