@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what socirun's demo and tests need on a Debian/Ubuntu host (run as root):
-# the Debian packages of the real components, then socirun itself into ./.venv.
+# the Debian packages of the real components, the real soci-snapshotter built with Go into /opt/socirun/bin
+# (scripts/build-go-components.sh: minutes the first time, seconds after), then socirun itself into ./.venv.
 #   scripts/install-deps.sh          runtime only
 #   scripts/install-deps.sh --test   with the test tools (pytest, ruff, mypy, ...)
 set -euo pipefail
@@ -20,6 +21,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+bash scripts/build-go-components.sh
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
