@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ def run_context(opts: RunOptions, config: SocirunConfig, glob: GlobalOptions) ->
     address, namespace = resolve_target(opts.address or glob.address, opts.namespace or glob.namespace, config)
     text, alias = expand_alias(opts.image, config.aliases)
     snapshotter = opts.snapshotter or config.snapshotter or None  # config holds CONTAINERD_SNAPSHOTTER already
+    choices = PullChoices(snapshotter=snapshotter, pull_mode=opts.pull_mode or None)
     return RunContext(
         address=address,
         namespace=namespace,
@@ -56,7 +58,8 @@ def run_context(opts: RunOptions, config: SocirunConfig, glob: GlobalOptions) ->
         expanded_from=alias,
         platform=parse_platform(opts.platform) if opts.platform else host_platform(),
         snapshotter=snapshotter,
-        pull=pull_setup(config, PullChoices(snapshotter=snapshotter, pull_mode=opts.pull_mode or None)),
+        pull_choices=choices,
+        pull=functools.cache(lambda: pull_setup(config, choices)),
         hosts_dir=config.hosts_dir,
         insecure_registries=tuple(config.insecure_registries),
         soci_log=config.soci_log,
@@ -78,7 +81,7 @@ async def _image_only(opts: RunOptions, ctx: RunContext, emit: ev.Emit) -> int:
 async def _detached_with_tui(opts: RunOptions, ctx: RunContext, emit: ev.Emit) -> int:
     from socirun.soci.observer import observe_lazy_layers
 
-    async with observe_lazy_layers(emit, ctx.pull.soci, ctx.soci_log) as tapped:
+    async with observe_lazy_layers(emit, ctx.pull().soci, ctx.soci_log) as tapped:
         await run_container(opts, ctx, tapped, print_id=False, observe=False)
         await asyncio.Event().wait()  # until the user presses q: the runner then cancels this and prints the ID
     return 0

@@ -169,8 +169,8 @@ def decide(facts: PlanFacts) -> Plan:
 
     def standard(snapshotter: str, why_layers: str) -> Plan:
         layers = _uniform(image, snapshotter, "standard", why_layers)
-        todo = tuple(fact for fact, lp in zip(image.layers, layers, strict=True) if lp.mode == "standard")
-        transfer = facts.transfer if todo else None
+        downloads = any(layer.mode == "standard" for layer in layers)  # socirun downloads some layer itself
+        transfer = facts.transfer if downloads else None
         if transfer is not None:
             reasons.extend((*transfer.reasons, transfer.how(snapshotter)))
         # The mode is the transfer's even when every layer is already here (nothing to download this time).

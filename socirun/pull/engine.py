@@ -87,7 +87,7 @@ class _Pull:
         self._budget: TransferBudget | None = None
         self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
         if transfer.mode == "parallel":
-            self._budget = TransferBudget(connections=connections, window=transfer.settings.window or 2 * connections,
+            self._budget = TransferBudget(connections=connections, window=transfer.settings.window,
                                           chunk_size=transfer.settings.chunk_size, schedule=transfer.settings.schedule)
         # In parallel mode the budget bounds connections and memory; a layer limit as well could hold back the
         # very layer the schedule waits for, so every layer may open its ingest at once.

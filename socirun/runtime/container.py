@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from socirun.containerd.runtime import Runtime
 from socirun.containerd.types import Mount
 from socirun.errors import EXIT_DAEMON, ContainerdError, ImageNotFoundError, SocirunError, UsageError
 from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids
-from socirun.pull.request import PullSetup
+from socirun.pull.request import PullChoices, PullSetup
 from socirun.reference import ImageReference
 from socirun.registry.client import select_platform
 from socirun.runtime import cni
@@ -107,7 +107,10 @@ class RunContext:
     expanded_from: str | None  # the short-name alias the user typed, if any
     platform: Platform
     snapshotter: str | None  # --snapshotter / CONTAINERD_SNAPSHOTTER / config; None: the plan picks
-    pull: PullSetup  # the pull's shared inputs (mode, host, transfer, SOCI config), used if a pull is needed
+    pull_choices: PullChoices  # what the flags asked of a pull (snapshotter, --pull-mode)
+    # The pull's shared inputs (mode, host, transfer, SOCI config), gathered on first use and then kept: a run of
+    # an image that is already here probes nothing (SOCI's config may take a `config dump` subprocess).
+    pull: Callable[[], PullSetup]
     hosts_dir: str | None
     insecure_registries: tuple[str, ...]
     soci_log: str | None
@@ -140,15 +143,16 @@ async def ensure_image(ctd: ContainerdClient, opts: RunOptions, ctx: RunContext,
     if found is None and opts.pull == "missing" and not opts.quiet:
         print(f"Unable to find image '{ctx.reference.familiar()}' locally", file=sys.stderr)
     from socirun.pull.engine import pull_image
-    from socirun.pull.request import PullChoices, build_pull_request
+    from socirun.pull.request import build_pull_request
     from socirun.registry.client import RegistryClient
     from socirun.soci.observer import observe_lazy_layers
 
-    choices = PullChoices(snapshotter=ctx.snapshotter, pull_mode=opts.pull_mode or None)
-    request = build_pull_request(ctx.reference, ctx.platform, ctx.pull, choices, expanded_from=ctx.expanded_from)
+    setup = ctx.pull()
+    request = build_pull_request(ctx.reference, ctx.platform, setup, ctx.pull_choices,
+                                 expanded_from=ctx.expanded_from)
     async with RegistryClient(hosts_dir=ctx.hosts_dir, insecure=list(ctx.insecure_registries)) as registry:
         if observe:
-            async with observe_lazy_layers(emit, ctx.pull.soci, ctx.soci_log) as tapped:
+            async with observe_lazy_layers(emit, setup.soci, ctx.soci_log) as tapped:
                 result = await pull_image(ctd, registry, request, tapped)
         else:
             result = await pull_image(ctd, registry, request, emit)
