@@ -1,23 +1,24 @@
-"""Benchmark: time from command start to the container's first output line, lazy loading (the SOCI emulator,
-`socirun run --snapshotter soci`) against a full pull (`socirun run --snapshotter overlayfs`), for the same
-sample (>= 1 GB compressed, 7 layers, SOCI v2 index) behind a per-connection bandwidth cap.
+"""Benchmark: time from the command to the container's first output line on the real soci-snapshotter, for a
+>= 1 GB sample whose start reads about 5% of it spread over many files, three ways:
 
-Each run starts cold: the image is removed with a synchronous GC (content and snapshots gone) and the SOCI
-emulator is restarted (no background fill of an earlier run competes for bandwidth). Pairs alternate which
-mode goes first. Prints every run, the medians, and as its last line the ratio full/lazy.
+- lazy:     `socirun run IMAGE ...` (the plan picks SOCI lazy loading: v2 index made by `soci convert`);
+- parallel: `socirun run --snapshotter overlayfs --pull-mode parallel IMAGE ...` (socirun's full pull);
+- ctr:      `ctr images pull` + `ctr run` of the same layers without an index (containerd 2.x's own full pull).
 
-    python bench/lazy_vs_full.py [--layers 32,128,256,512,512,640] [--pairs 3] [--rate 25MB]
+The registry is behind a cap of --rate per connection (default 25 MB/s, like one stream from S3 or a CDN), no
+total cap. Every run starts cold (images removed, content and snapshots gone in both snapshotters, SOCI
+restarted); the three alternate, for --rounds rounds. Bytes fetched: for lazy, what SOCI's metrics say it
+fetched (soci_fs_layer_fetched_size_bytes) when the first line appeared; for the full pulls, the image.
 
-What the ratio shows: how much sooner a container whose command reads little of a big image starts when its
-layers are mounted lazily than when every layer must be downloaded and unpacked first, with transfer time
-dominating as on a real network. What it does not show: SOCI's FUSE read path. The emulator fills lazy layers
-in the background from ranged registry reads and has no on-demand fetch, so a workload that reads much of the
-image before printing would look better here than with the real snapshotter.
+    python bench/lazy_vs_full.py [--layers 600,900,700] [--rounds 3] [--rate 25MB] [--share 0.05]
+
+The last line is exactly `full/lazy start-time ratio R`, full being ctr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -25,90 +26,134 @@ import sys
 import time
 from pathlib import Path
 
-from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
-from socirun.sandbox.sandbox import Sandbox
-from socirun.sandbox.soci_emulator.process import emulator_config
+import soci_bench
 
-SEED = 11
+from socirun.sandbox.components import containerd2_dir
+from socirun.sandbox.sample import SampleFile, build_sample, default_cache_dir, push_sample, sample_files
+from socirun.sandbox.sandbox import Sandbox, SandboxInfo
+from socirun.sandbox.soci_daemon import SociSettings, metrics_port_of
+from socirun.soci.observer import fetch_metrics, parse_metrics
+
+SEED = 71
 NAME = "bench/lazy"
-TEXT = "hello from the socirun sample"
+MB = soci_bench.MB
+MARK = "socirun-bench-started"
 
 
-def ctr(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ctr", "-a", address, "-n", "default", *args], capture_output=True, text=True,
-                          check=check)
-
-
-def cold(box: Sandbox, address: str, ref: str) -> None:
-    """No image, no content, no snapshots in either snapshotter; a fresh emulator."""
-    ctr(address, "images", "rm", "--sync", ref, check=False)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        content = ctr(address, "content", "ls", "-q").stdout.split()
-        overlay = ctr(address, "snapshots", "--snapshotter", "overlayfs", "ls").stdout.splitlines()[1:]
-        soci = ctr(address, "snapshots", "--snapshotter", "soci", "ls").stdout.splitlines()[1:]
-        if not content and not overlay and not soci:
+def files_to_read(layers: list[float], share: float, image_size: int) -> list[SampleFile]:
+    """Files whose sizes add up to about `share` of the image's compressed size, taken evenly from every kind
+    and every data layer (every k-th file of the listing), so the start touches many files in all layers."""
+    files = [f for f in sample_files(layers, SEED) if f.kind != "big"]
+    budget = share * image_size
+    step = max(1, int(sum(f.size for f in files) // budget))
+    chosen: list[SampleFile] = []
+    for f in files[::step]:
+        if sum(c.size for c in chosen) >= budget:
             break
-        time.sleep(0.5)
-    else:
-        raise SystemExit("the store did not empty within 60 s")
-    box.restart_soci(emulator_config(box.soci))
+        chosen.append(f)
+    return chosen
 
 
-def first_line_after(cmd: list[str], env: dict[str, str]) -> float:
-    """Seconds from start to the container's first stdout line; the command must then exit 0."""
+def first_line(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds from start to the first stdout line (which must be the mark); the command must then exit 0."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     elapsed = time.monotonic() - start
-    proc.stdout.read()
-    if proc.wait() != 0 or TEXT not in line:
-        raise SystemExit(f"`{' '.join(cmd)}` failed (exit {proc.returncode}, first line {line!r})")
+    _, err = proc.communicate()
+    if proc.returncode != 0 or MARK not in line:
+        raise SystemExit(f"`{' '.join(cmd[:8])} ...` failed (exit {proc.returncode}, first line {line!r}): "
+                         f"{err.strip()[-1500:]}")
     return elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--layers", default="32,128,256,512,512,640", help="data layer sizes, MB uncompressed")
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--layers", default="600,900,700", help="data layer sizes, MiB of files (uncompressed)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", default="25MB", help="per-connection cap in front of the registry")
+    parser.add_argument("--share", type=float, default=0.05, help="what the start reads, of the image size")
     parser.add_argument("--dir", default="/tmp/socirun-bench-lazy")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running afterwards")
     args = parser.parse_args()
     layers = [float(x) for x in args.layers.split(",")]
 
+    started = time.monotonic()
     image = build_sample(default_cache_dir(), layers, seed=SEED)
-    print(f"sample: {len(image.layers)} layers, {image.total_size / 1e9:.2f} GB compressed", file=sys.stderr)
+    print(f"machine: {soci_bench.machine()}")
+    print(f"sample: {len(image.layers)} layers, {image.total_size / MB:.0f} MB compressed, "
+          f"{sum(layers):.0f} MiB of files (built or cached in {time.monotonic() - started:.0f} s)")
+    reads = files_to_read(layers, args.share, image.total_size)
+    read_bytes = sum(f.size for f in reads)
+    print(f"the start reads {len(reads)} files, {read_bytes / MB:.1f} MB "
+          f"({100 * read_bytes / image.total_size:.1f}% of the compressed image), then prints a line")
+    script = f"cat {' '.join(f.path for f in reads)} > /dev/null && echo {MARK}"
+
     box = Sandbox(Path(args.dir))
-    info = box.up(soci=True)
-    throttle = subprocess.Popen([sys.executable, "-m", "socirun.sandbox.throttle", "--upstream",
-                                 info.registry_host, "--rate", args.rate], stdout=subprocess.PIPE, text=True)
+    settings = SociSettings()
+    info = box.up(soci=True, soci_settings=settings)
+    print(f"components: {soci_bench.versions(info)}")
+    proxy = soci_bench.Proxy(info.registry_host, args.rate)
     try:
-        assert throttle.stdout is not None
-        capped = throttle.stdout.readline().strip()
-        push_sample(info.registry_host, NAME, "latest", layers, seed=SEED, soci="v2")
-        ref = f"{capped}/{NAME}:latest"
-        env = dict(os.environ, CONTAINERD_ADDRESS=info.containerd_address,
-                   SOCI_SNAPSHOTTER_CONFIG=str(box.soci.config), SOCIRUN_PROGRESS="quiet")
-        base = [sys.executable, "-m", "socirun", "run", "--rm", "--net", "none"]
-        runs: dict[str, list[float]] = {"lazy": [], "full": []}
-        for pair in range(args.pairs):
-            order = ("lazy", "full") if pair % 2 == 0 else ("full", "lazy")
-            for mode in order:
-                cold(box, info.containerd_address, ref)
-                snapshotter = "soci" if mode == "lazy" else "overlayfs"
-                seconds = first_line_after([*base, "--snapshotter", snapshotter, ref], env)
-                runs[mode].append(seconds)
-                print(f"pair {pair + 1} {mode:<4} ({snapshotter}): first line after {seconds:.2f} s", file=sys.stderr)
-        lazy, full = statistics.median(runs["lazy"]), statistics.median(runs["full"])
-        print(f"rate cap {args.rate}/s per connection; medians: lazy {lazy:.2f} s, full {full:.2f} s")
-        print(f"ratio full/lazy (time to first output line): {full / lazy:.1f}x")
+        started = time.monotonic()
+        indexed = push_sample(info.registry_host, NAME, "soci", layers, seed=SEED, soci="v2")
+        plain = push_sample(info.registry_host, NAME, "plain", layers, seed=SEED)
+        print(f"pushed with a SOCI v2 index (soci convert) and without, in {time.monotonic() - started:.0f} s")
+        lazy_ref = indexed.replace(info.registry_host, proxy.host, 1)
+        plain_ref = plain.replace(info.registry_host, proxy.host, 1)
+        env = box_env(box, info)
+        socirun = [sys.executable, "-m", "socirun", "run", "--rm", "--net", "none", "--progress", "quiet"]
+        ctr = [str(containerd2_dir() / "ctr"), "-a", info.containerd_address, "-n", "default"]
+        commands = {
+            "lazy": [*socirun, lazy_ref, "sh", "-c", script],
+            "parallel": [*socirun, "--snapshotter", "overlayfs", "--pull-mode", "parallel", plain_ref, "sh", "-c",
+                         script],
+        }
+        metrics_at = f"127.0.0.1:{metrics_port_of(box.soci.config.read_text())}"
+        runs: dict[str, list[float]] = {"lazy": [], "parallel": [], "ctr": []}
+        fetched: list[int] = []
+        names = list(runs)
+        print(f"cap {args.rate}/s per connection, no total cap; {args.rounds} rounds, alternating")
+        for round_no in range(args.rounds):
+            for name in names[round_no % 3:] + names[:round_no % 3]:
+                soci_bench.cold(box, info, [lazy_ref, plain_ref], settings)
+                if name == "ctr":
+                    start = time.monotonic()
+                    soci_bench.ctr2(info.containerd_address, "images", "pull", "--plain-http", plain_ref)
+                    pulled = time.monotonic() - start
+                    seconds = pulled + first_line([*ctr, "run", "--rm", plain_ref, "bench-ctr", "sh", "-c", script])
+                else:
+                    seconds = first_line(commands[name], env)
+                if name == "lazy":
+                    metrics = parse_metrics(asyncio.run(fetch_metrics(metrics_at, "tcp")))
+                    fetched.append(sum(m.fetched for m in metrics.values()))
+                runs[name].append(seconds)
+                extra = f", SOCI fetched {fetched[-1] / MB:.1f} MB" if name == "lazy" else ""
+                print(f"  round {round_no + 1}: {name:8s} first line after {seconds:7.2f} s{extra}", flush=True)
+        soci_bench.cold(box, info, [lazy_ref, plain_ref], settings)
     finally:
-        throttle.terminate()
-        throttle.wait()
+        proxy.stop()
         if not args.keep:
             box.down()
+
+    med = {name: statistics.median(values) for name, values in runs.items()}
+    lazy_fetched = statistics.median(fetched)
+    print("| way | median time to first line | bytes fetched before it |")
+    print("|---|---|---|")
+    print(f"| socirun, lazy (SOCI) | {med['lazy']:.2f} s | {lazy_fetched / MB:.1f} MB "
+          f"({100 * lazy_fetched / image.total_size:.1f}%) |")
+    print(f"| socirun, parallel pull | {med['parallel']:.2f} s | {image.total_size / MB:.0f} MB (all) |")
+    print(f"| ctr pull + ctr run | {med['ctr']:.2f} s | {image.total_size / MB:.0f} MB (all) |")
+    print(f"parallel/lazy start-time ratio {med['parallel'] / med['lazy']:.1f}")
+    print(f"full/lazy start-time ratio {med['ctr'] / med['lazy']:.1f}")
+
+
+def box_env(box: Sandbox, info: SandboxInfo) -> dict[str, str]:
+    """What `eval "$(socirun sandbox env)"` would set."""
+    return dict(os.environ, CONTAINERD_ADDRESS=info.containerd_address,
+                SOCI_SNAPSHOTTER_CONFIG=str(box.soci.config), SOCI_SNAPSHOTTER_ROOT=str(box.soci.root),
+                SOCIRUN_SOCI_LOG=str(box.soci.log))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import psutil
 import store
 
 from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
@@ -56,16 +55,6 @@ class Run:
     peak_rss: int  # bytes; 0 for ctr
     cpu: float = 0.0  # CPU seconds of the puller itself (socirun or ctr)
     others_cpu: dict[str, float] = field(default_factory=dict)  # containerd, registry, proxy during the run
-
-
-class CpuWatch:
-    """CPU seconds the helper processes (containerd, the registry, the proxy) use while one pull runs."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-
-    def snapshot(self) -> dict[str, float]:
-        return {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
 
 
 def ctr(address: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,7 +80,7 @@ def empty_store(address: str, refs: list[str], *, keep_content: bool = False) ->
     store.empty_store(address, NAMESPACE, refs)
 
 
-def timed(cmd: list[str], env: dict[str, str], watch: CpuWatch | None = None) -> Run:
+def timed(cmd: list[str], env: dict[str, str], watch: store.CpuWatch | None = None) -> Run:
     """Run cmd; its wall time, its own peak RSS and CPU (from wait4, so no polling can miss a peak), and the
     CPU the helper processes used meanwhile."""
     before = watch.snapshot() if watch else {}
@@ -199,7 +188,7 @@ def bench(box: Sandbox, args: argparse.Namespace) -> None:
           f"= {100 * max(layer_sizes) / total:.0f}%; layers (MB): {', '.join(f'{s / MB:.1f}' for s in layer_sizes)}")
     address = info.containerd_address
     proxy = Proxy(info.registry_host, args.rate, None)
-    watch = CpuWatch({"containerd": info.containerd_pid, "registry": info.registry_pid, "proxy": proxy.proc.pid})
+    watch = store.CpuWatch({"containerd": info.containerd_pid, "registry": info.registry_pid, "proxy": proxy.proc.pid})
     cfg_dir = Path(tempfile.mkdtemp(prefix="socirun-bench-cfg-"))
     try:
         throttled = ref.replace(info.registry_host, proxy.host, 1)

@@ -1,10 +1,23 @@
-"""What the benchmarks share: `ctr` against a sandbox namespace, and an empty store between runs."""
+"""What the benchmarks share: `ctr` against a sandbox namespace, an empty store between runs, and the CPU
+seconds of the helper processes during a run."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Sequence
+
+import psutil
+
+
+class CpuWatch:
+    """CPU seconds the helper processes (containerd, the registry, the proxy, SOCI) use while one run goes."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def snapshot(self) -> dict[str, float]:
+        return {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
 
 
 def ctr(address: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:

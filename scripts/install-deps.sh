@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what socirun's demo and tests need on a Debian/Ubuntu host (run as root):
-# the Debian packages of the real components, the real soci-snapshotter built with Go into /opt/socirun/bin
+# the Debian packages of the real components, the real soci-snapshotter and containerd 2.x built with Go into
+# /opt/socirun/bin
 # (scripts/build-go-components.sh: minutes the first time, seconds after), then socirun itself into ./.venv.
 #   scripts/install-deps.sh          runtime only
 #   scripts/install-deps.sh --test   with the test tools (pytest, ruff, mypy, ...)
@@ -22,7 +23,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-bash scripts/build-go-components.sh
+# containerd 2.x too: SOCI v0.16 needs a containerd that passes the namespace to proxy snapshotters, which
+# Debian's 1.6 does not; the SOCI sandbox runs on it (socirun/sandbox/components.py).
+bash scripts/build-go-components.sh --containerd2
 
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -6,8 +6,9 @@ Order, later wins key by key (tables are merged, other values replaced):
 2. `/etc/socirun/config.toml`;
 3. `$XDG_CONFIG_HOME/socirun/config.toml` (default `~/.config/socirun/config.toml`);
 4. environment variables: `CONTAINERD_ADDRESS`, `CONTAINERD_NAMESPACE`, `CONTAINERD_SNAPSHOTTER` (as nerdctl
-   reads them), `SOCIRUN_DATA_ROOT`, `SOCIRUN_PROGRESS`, and the SOCI snapshotter's `SOCI_SNAPSHOTTER_CONFIG` and
-   `SOCIRUN_SOCI_LOG` (its log file, for the fetch log);
+   reads them), `SOCIRUN_DATA_ROOT`, `SOCIRUN_PROGRESS`, and the SOCI snapshotter's `SOCI_SNAPSHOTTER_CONFIG`,
+   `SOCI_SNAPSHOTTER_ROOT` (as soci-snapshotter-grpc reads them: its config file, and its root directory, which
+   is a flag and no config key) and `SOCIRUN_SOCI_LOG` (its log file, for the fetch log);
 5. command-line flags (applied by the CLI, not here).
 
 Example file:
@@ -44,6 +45,7 @@ from socirun.errors import ConfigError
 
 SYSTEM_CONFIG_PATH = "/etc/socirun/config.toml"
 SOCI_CONFIG_PATH = "/etc/soci-snapshotter-grpc/config.toml"  # soci-snapshotter-grpc's own default
+SOCI_ROOT_PATH = "/var/lib/soci-snapshotter-grpc/"  # its --root default (there is no `root` key in its config)
 DEFAULT_DATA_ROOT = "/var/lib/socirun"
 PROGRESS_MODES = ("auto", "tty", "plain", "json", "quiet")
 
@@ -64,6 +66,7 @@ class SocirunConfig:
     snapshotter: str | None = None  # None: decided by the plan
     data_root: str = DEFAULT_DATA_ROOT
     soci_config_path: str = SOCI_CONFIG_PATH  # SOCI_SNAPSHOTTER_CONFIG, as soci-snapshotter-grpc reads it
+    soci_root: str = SOCI_ROOT_PATH  # SOCI_SNAPSHOTTER_ROOT, its --root as soci-snapshotter-grpc reads it
     soci_log: str | None = None  # SOCI's JSON log file (SOCIRUN_SOCI_LOG); None: journald
     files_read: list[str] = field(default_factory=list)  # for `socirun doctor`
     raw: dict[str, Any] = field(default_factory=dict)  # the merged TOML, for tables owned elsewhere
@@ -155,6 +158,7 @@ def load_config(
     if env.get("SOCIRUN_PROGRESS"):
         cfg.progress = _progress(env["SOCIRUN_PROGRESS"], "SOCIRUN_PROGRESS")
     cfg.soci_config_path = env.get("SOCI_SNAPSHOTTER_CONFIG") or SOCI_CONFIG_PATH
+    cfg.soci_root = env.get("SOCI_SNAPSHOTTER_ROOT") or SOCI_ROOT_PATH
     cfg.soci_log = env.get("SOCIRUN_SOCI_LOG") or None
     return cfg
 

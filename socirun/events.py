@@ -108,16 +108,67 @@ class LayerProgress(Event):
     applied: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FetchLogEntry(Event):
-    """Something fetched on demand or in the background by a lazy snapshotter."""
+    """A line of the lazy-loading log.
+
+    `reason` "read": a container read `path` through a lazily mounted layer (SOCI's `FUSE operation` log lines
+    with operation `file.Read`; one line per FUSE read request, folded per path). SOCI does not say which layer
+    served the read, nor whether the read needed a fetch, so `layer_digest` is "" and `offset` / `length` are 0;
+    `requests` counts the FUSE read requests seen for `path` so far. The first entry for a path is the moment it
+    was first read (the log line's own time); a later entry for the same path only updates `requests`.
+
+    Other reasons ("on-demand", "background", "prefetch", with `layer_digest`, `offset`, `length` in compressed
+    bytes) are only found in recordings made before socirun followed the real soci-snapshotter; nothing emits
+    them now (SOCI logs no per-fetch byte ranges: its fetch counts are LazyLayerStats)."""
 
     type_name: ClassVar[str] = "fetch_log"
-    layer_digest: str
-    offset: int
-    length: int
-    reason: str  # "on-demand" | "background" | "prefetch"
+    layer_digest: str = ""
+    offset: int = 0
+    length: int = 0
+    reason: str  # "read" (older recordings: "on-demand" | "background" | "prefetch")
     path: str = ""
+    requests: int = 0  # reason "read": FUSE read requests for `path` seen so far
+
+
+@dataclass(frozen=True)
+class LazyLayerStats(Event):
+    """SOCI's own figures for one lazily mounted layer, as last read from `source`; every field is SOCI's number,
+    none is estimated. Emitted when one of them changes.
+
+    `fetched` / `size`: compressed bytes of the layer SOCI holds so far, and the layer's compressed size
+    (metrics `soci_fs_layer_fetched_size_bytes` / `soci_fs_layer_size_bytes`, or the layer's state file
+    `fetchedSize` / `size`). The counters need the metrics (None when `source` is "state file"):
+    `on_demand_fetches` spans fetched because a read needed them (`synchronous_read_remote_registry_fetch_count`);
+    `background_spans` spans SOCI's background fetcher has been through (`background_span_fetch_count`; it also
+    counts spans an earlier read had already fetched) and `background_failures` those it failed to fetch;
+    `bytes_served` uncompressed bytes SOCI returned to readers (`synchronous_bytes_served`). SOCI keeps these
+    counters per layer digest from its start; they count from when this pull's plan was made (the observer
+    subtracts what they were then; when it could not read them then, from SOCI's start).
+    `complete`: SOCI holds the whole layer (its background fetch finished, or fetched == size)."""
+
+    type_name: ClassVar[str] = "lazy_layer_stats"
+    digest: str
+    fetched: int
+    size: int
+    source: str  # "metrics" | "state file"
+    on_demand_fetches: int | None = None
+    background_spans: int | None = None
+    background_failures: int | None = None
+    bytes_served: int | None = None
+    complete: bool = False
+    error: str = ""  # the state file's `error` (a failed read or fetch SOCI reported for this layer)
+
+
+@dataclass(frozen=True)
+class ObservationSources(Event):
+    """Which of SOCI's sources the fetch log is built from, said once a layer is mounted lazily and again when
+    that changes: `live` names each source in use; `missing` says, per source that is not, what is lost and how
+    to turn it on (sentences)."""
+
+    type_name: ClassVar[str] = "observation_sources"
+    live: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +231,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LayerClassified,
         LayerProgress,
         FetchLogEntry,
+        LazyLayerStats,
+        ObservationSources,
         PullFinished,
         ContainerCreated,
         ContainerStarted,

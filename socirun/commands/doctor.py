@@ -82,7 +82,9 @@ def soci_config_checks(cfg: SociConfig, soci_log: str | None) -> list[Check]:
         f"parallel pull {'on' if cfg.parallel_enable else 'off'}"),
         "fix the TOML syntax of SOCI's config.toml" if cfg.problem else "", optional=True)]
     for source in observation_sources(cfg, soci_log):
-        checks.append(Check(f"SOCI {source.name}", source.live, source.detail, source.enable, optional=True))
+        # Off: what the fetch log then lacks, and (as the fix) how to turn the source on.
+        lost = f": {source.lost}" if source.lost and not source.live else ""
+        checks.append(Check(f"SOCI {source.name}", source.live, source.detail + lost, source.enable, optional=True))
     return checks
 
 
@@ -138,7 +140,8 @@ def render(checks: list[Check]) -> list[str]:
 async def _doctor(args: argparse.Namespace, config: SocirunConfig, glob_opts: GlobalOptions) -> list[Check]:
     address, namespace = resolve_target(glob_opts.address, glob_opts.namespace, config)
     checks, _facts = await check_containerd(address, namespace)
-    checks += soci_config_checks(load_soci_config(config.soci_config_path), args.soci_log or config.soci_log)
+    checks += soci_config_checks(load_soci_config(config.soci_config_path, root=config.soci_root),
+                                 args.soci_log or config.soci_log)
     checks.append(cni_check())
     checks.append(gpu_check())
     if args.image:

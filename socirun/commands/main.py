@@ -108,18 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "/var/lib/socirun/sandbox)")
         if name == "up":
             sp.add_argument("--soci", action="store_true",
-                            help="also start the SOCI emulator, registered in containerd as the snapshotter soci")
-    push = sandbox_sub.add_parser("push-sample", help="build a sample OCI image and push it to the sandbox")
+                            help="also start the real soci-snapshotter-grpc (on the built containerd 2.x), "
+                                 "registered in containerd as the snapshotter soci")
+    from socirun.sandbox.sample_layout import LAYOUT
+
+    push = sandbox_sub.add_parser("push-sample", help="build a sample OCI image and push it to the sandbox",
+                                  epilog=LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
     push.add_argument("--dir", default=None)
-    push.add_argument("--name", required=True, help="repository name, e.g. demo/sample")
+    push.add_argument("--name", default=None, help="repository name, e.g. demo/sample (required to push)")
     push.add_argument("--tag", default="latest")
     push.add_argument("--layers", default="1,2,4,8", metavar="MB,MB,...",
-                      help="uncompressed sizes of the data layers on top of the busybox base, in MB")
+                      help="data layers on top of the busybox base: each one's file content in MB (MiB), "
+                           "uncompressed; see below")
     push.add_argument("--seed", type=int, default=0, help="changes the layers' bytes (and digests)")
     push.add_argument("--with-glibc", action="store_true", help="add the host's dynamic loader and libc")
     push.add_argument("--soci", default="none", choices=("v2", "v1", "none"),
-                      help="attach a SOCI index (placeholder zTOCs, for the SOCI emulator): v2 binds by manifest "
-                           "annotation, v1 by subject")
+                      help="also make a SOCI index with the real soci CLI: v2 (soci convert; the tag points at "
+                           "the converted index), v1 (soci create + soci push through the sandbox's containerd; "
+                           "found by the referrers tag), none (default)")
+    push.add_argument("--min-layer-size", type=int, default=None, metavar="BYTES",
+                      help="soci's --min-layer-size: only layers of at least this many compressed bytes get a "
+                           "zTOC (default 10485760, soci's own)")
+    push.add_argument("--list-files", action="store_true",
+                      help="print every data file of this sample (path and size, tab-separated) and push nothing")
 
     replay = sub.add_parser("replay", help="show a recorded event stream (--record-events FILE) in any face")
     replay.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES),

@@ -34,7 +34,7 @@ async def _plan(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOpt
     ) as registry:
         img = await registry.resolve(reference, platform)
         facts = await gather_facts(ctd, registry, img, setup.user, setup.transfer, setup.host, setup.soci,
-                                   explicit_index=args.soci_index_digest)
+                                   explicit_index=args.soci_index_digest, soci_log=setup.soci_log)
     plan = decide(facts)
     sources = observation_sources(facts.soci_config, config.soci_log)
     doc = plan.to_json() | {

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from socirun.commands.context import GlobalOptions
 from socirun.config import SocirunConfig
 from socirun.errors import UsageError
+
+if TYPE_CHECKING:
+    from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 
 
 def _parse_layers(text: str) -> list[float]:
@@ -29,11 +32,8 @@ def sandbox_command(args: argparse.Namespace) -> int:
     match args.sandbox_command:
         case "up":
             info = box.up(soci=args.soci)
-            if info.soci_address:
-                print(f"SOCI emulator (a stand-in for soci-snapshotter-grpc) registered as snapshotter soci: "
-                      f"{info.soci_address} (pid {info.soci_pid})", file=sys.stderr)
-            print(f"sandbox up in {info.dir}: containerd {info.containerd_address} (pid {info.containerd_pid}), "
-                  f"registry {info.registry_host} (pid {info.registry_pid})", file=sys.stderr)
+            for line in _describe(box, info):
+                print(line, file=sys.stderr)
             print("run `eval \"$(socirun sandbox env)\"` to point socirun and ctr at it", file=sys.stderr)
         case "down":
             box.down()
@@ -43,63 +43,133 @@ def sandbox_command(args: argparse.Namespace) -> int:
             if status is None:
                 print(f"sandbox in {box.dir} is not running", file=sys.stderr)
                 return 1
-            print(f"sandbox in {status.dir} is running: containerd {status.containerd_address} "
-                  f"(pid {status.containerd_pid}), registry {status.registry_host} (pid {status.registry_pid})")
+            print("\n".join(_describe(box, status)))
         case "env":
             if box.status() is None:
                 raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
             print("\n".join(box.env_lines()))
         case "push-sample":
-            from socirun.sandbox.sample import push_sample
-
-            running = box.status()
-            if running is None:
-                raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
-            print(push_sample(running.registry_host, args.name, args.tag, _parse_layers(args.layers),
-                              seed=args.seed, with_glibc=args.with_glibc, soci=args.soci))
+            _push_sample(box, args)
     return 0
 
 
+def _push_sample(box: Sandbox, args: argparse.Namespace) -> None:
+    """`sandbox push-sample`: the reference on stdout; with --list-files the sample's files instead."""
+    layers = _parse_layers(args.layers)
+    if args.list_files:
+        from socirun.sandbox.sample_layout import sample_files
+
+        for file in sample_files(layers, args.seed):
+            print(f"{file.path}\t{file.size}")
+        return
+    if not args.name:
+        raise UsageError("push-sample needs --name (the repository, e.g. demo/sample)")
+    if args.min_layer_size is not None and args.min_layer_size < 0:
+        raise UsageError(f'invalid --min-layer-size "{args.min_layer_size}": it cannot be negative')
+    from socirun.sandbox.sample import push_sample
+    from socirun.sandbox.soci_index import DEFAULT_MIN_LAYER_SIZE
+
+    running = box.status()
+    if running is None:
+        raise UsageError(f"the sandbox in {box.dir} is not running; start it with `socirun sandbox up`")
+    min_layer_size = DEFAULT_MIN_LAYER_SIZE if args.min_layer_size is None else args.min_layer_size
+    print(push_sample(running.registry_host, args.name, args.tag, layers, seed=args.seed,
+                      with_glibc=args.with_glibc, soci=args.soci, min_layer_size=min_layer_size,
+                      containerd_address=running.containerd_address))
+    if args.soci == "v1":
+        print("SOCI v1 indexes are used only when the snapshotter's config has [pull_modes.soci_v1] enable = true",
+              file=sys.stderr)
+
+
+def _describe(box: Sandbox, info: SandboxInfo) -> list[str]:
+    """What runs in the sandbox: each daemon with its binary, version, address and PID."""
+    from socirun.sandbox.components import version_of
+    from socirun.sandbox.soci_daemon import daemon_running, metrics_port_of
+
+    containerd = info.containerd_binary or "containerd"
+    lines = [f"sandbox in {info.dir} is running:",
+             f"  containerd {version_of(containerd)} ({containerd}) at {info.containerd_address}, "
+             f"pid {info.containerd_pid}",
+             f"  docker-registry at {info.registry_host}, pid {info.registry_pid}"]
+    if info.soci_address:
+        binary = info.soci_binary or "soci-snapshotter-grpc"
+        port = metrics_port_of(box.soci.config.read_text()) if box.soci.config.exists() else None
+        state = f"pid {info.soci_pid}" if daemon_running(box.soci, info.soci_pid) else \
+            f"NOT RUNNING (read {box.soci.log})"
+        lines.append(f"  soci-snapshotter-grpc {version_of(binary)} ({binary}) at {info.soci_address}, {state}, "
+                     f"registered as snapshotter soci; metrics 127.0.0.1:{port}, log {box.soci.log}, "
+                     f"root {box.soci.root}")
+    return lines
+
+
 DEMO_LAYERS_MB = (8.0, 16.0, 64.0, 384.0)
-DEMO_SPAN_PACE_MS = 120.0  # the emulator fetches a 4 MiB span every 120 ms: slow enough to watch
+# What the demo's container reads: one file of the big layer (the sample's file listing names it).
+DEMO_COMMAND = ("echo hello from the socirun sample; wc -c /data/layer-4/big.bin; "
+                "cat /data/layer-3/site-packages/pkg000/mod00*.py | wc -l")
 
 
 def demo_command(args: argparse.Namespace, config: SocirunConfig) -> int:
-    """Sandbox with the SOCI emulator, a sample with a SOCI v2 index, and `socirun run` of it: the container
-    starts while its big layer is still being fetched, and the fetch log shows the spans as they arrive."""
+    """Sandbox with the real soci-snapshotter, a sample with a real SOCI v2 index (`soci convert`), and
+    `socirun run` of it: the container starts as soon as every layer is mounted, and the fetch log shows what
+    SOCI fetched and which files the container read. Where the snapshotter is not built, one sentence says so
+    and the demo shows socirun's parallel pull instead."""
     from socirun.commands.run import run_command
+    from socirun.errors import SandboxError
+    from socirun.sandbox.components import BUILD_HINT, find_binary
     from socirun.sandbox.sample import push_sample
     from socirun.sandbox.sandbox import Sandbox, default_dir
-    from socirun.sandbox.soci_emulator.process import emulator_config
+    from socirun.sandbox.soci_daemon import BINARY
     from socirun.ui.progress import progress_mode_for
 
     box = Sandbox(args.dir or default_dir())
-    info = box.up(soci=True)
-    # A fresh, slowly paced emulator each time, so the lazy fill is there to be seen.
-    box.restart_soci(emulator_config(box.soci), span_pace_ms=DEMO_SPAN_PACE_MS)
-    # socirun follows this sandbox's SOCI: its config file (metrics address, state root) and its log file.
-    config = dataclasses.replace(config, soci_config_path=str(box.soci.config), soci_log=str(box.soci.log))
-    print(f"sandbox: containerd {info.containerd_address}, registry {info.registry_host}, and the SOCI "
-          "emulator (a stand-in for soci-snapshotter-grpc, which cannot be installed here)", file=sys.stderr)
-    reference = push_sample(info.registry_host, "demo/lazy", "latest", DEMO_LAYERS_MB, soci="v2")
-    print(f"pushed {reference} with a SOCI v2 index", file=sys.stderr)
+    lazy = find_binary(BINARY) is not None
+    if lazy:
+        try:
+            info = box.up(soci=True)
+        except SandboxError as err:
+            if "without soci-snapshotter-grpc" not in str(err):
+                raise
+            box.down()  # a sandbox from an earlier `up` without --soci: start over with SOCI
+            info = box.up(soci=True)
+        # socirun follows this sandbox's SOCI: its config (metrics address), root (state files) and log file.
+        config = dataclasses.replace(config, soci_config_path=str(box.soci.config), soci_root=str(box.soci.root),
+                                     soci_log=str(box.soci.log))
+        print(f"sandbox: containerd {info.containerd_address}, registry {info.registry_host}, and the real "
+              f"soci-snapshotter-grpc at {info.soci_address}", file=sys.stderr)
+        reference = push_sample(info.registry_host, "demo/lazy", "latest", DEMO_LAYERS_MB, soci="v2")
+        print(f"pushed {reference} with a SOCI v2 index made by `soci convert`", file=sys.stderr)
+    else:
+        print(f"soci-snapshotter-grpc is not built on this host, so the demo shows socirun's parallel pull "
+              f"instead of lazy loading ({BUILD_HINT}).", file=sys.stderr)
+        info = box.up()
+        reference = push_sample(info.registry_host, "demo/parallel", "latest", DEMO_LAYERS_MB)
     _forget_demo_image(info.containerd_address, reference)
     progress = progress_mode_for(args.progress, config)
     run_args = ["--rm", "--net", "none", "--progress", progress]
+    if not lazy:
+        run_args += ["--pull-mode", "parallel"]
     if progress == "tty":
-        # Detached, the TUI keeps following the lazy fill after the start; q leaves it (the container ends
-        # by itself after a minute and --rm removes it).
-        run_args += ["-d", reference, "sh", "-c", "echo hello from the socirun sample; sleep 60"]
+        # Detached, the TUI keeps following SOCI's background fetch after the start; q leaves it (the
+        # container ends by itself after a minute and --rm removes it).
+        run_args += ["-d", reference, "sh", "-c", DEMO_COMMAND + "; sleep 60"]
     else:
-        run_args += [reference]
+        run_args += [reference, "sh", "-c", DEMO_COMMAND]
     code = run_command(run_args, config, GlobalOptions(address=info.containerd_address, namespace="default"))
-    print(f"\nlook around with: ctr -a {info.containerd_address} images ls   |   socirun plan {reference}\n"
+    print(f"\nlook around with: eval \"$(socirun sandbox env)\"; socirun plan {reference}\n"
           "stop the sandbox with: socirun sandbox down", file=sys.stderr)
     return code
 
 
 def _forget_demo_image(address: str, reference: str) -> None:
     """A demo shows a cold start each time: drop the image and its snapshots from an earlier demo."""
-    subprocess.run(["ctr", "-a", address, "images", "rm", "--sync", reference], capture_output=True, check=False)
+    import asyncio
+
+    from socirun.containerd.client import ContainerdClient
+
+    async def forget() -> None:
+        async with await ContainerdClient.connect(address, "default") as ctd:
+            await ctd.image_delete(reference, sync=True)
+
+    asyncio.run(forget())
 
 

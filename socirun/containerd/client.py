@@ -155,6 +155,29 @@ def _new_lease_id() -> str:
 # ---------------------------------------------------------------------------------------------- client
 
 
+async def proxy_snapshotter_problem(address: str, namespace: str, timeout: float) -> str | None:
+    """Ask a proxy snapshotter itself (its own socket, the Snapshots API it serves to containerd) for its
+    snapshots: None when it answers, else why not. Through containerd, Snapshots.List is answered from
+    containerd's own metadata and reaches the plugin only for snapshots it already has, so a dead snapshotter
+    with no snapshot in the namespace would look alive."""
+    channel = grpc.aio.insecure_channel(f"unix:{address}")
+    try:
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+        call = stub.List(snapshots_pb2.ListSnapshotsRequest(snapshotter="soci"),
+                         metadata=(("containerd-namespace", namespace),), timeout=timeout)
+        async for _ in call:
+            break
+        call.cancel()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return None  # an answer, even an error ("bucket does not exist" on an empty root), means it is up
+        text: str = exc.details() or exc.code().name
+        return (text.strip().splitlines() or ["no answer"])[0][:200]
+    finally:
+        await channel.close()
+    return None
+
+
 class ContainerdClient:
     """One grpc.aio channel to containerd, bound to one namespace. Create with `await connect(...)`."""
 

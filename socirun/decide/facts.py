@@ -46,7 +46,9 @@ class HostProfile:
 
 @dataclass(frozen=True)
 class SociConfig:
-    """The keys that change what a pull does or what can be observed. Defaults are SOCI v0.15.0's."""
+    """The keys that change what a pull does or what can be observed. Defaults are soci-snapshotter v0.16.1's
+    (what `soci-snapshotter-grpc config default` prints). `root` is not a config key: it is the daemon's --root
+    flag (SOCI_SNAPSHOTTER_ROOT), which socirun reads from the environment (SocirunConfig.soci_root)."""
 
     source: str = "built-in defaults"  # where the values came from, for the plan and doctor
     v1_enable: bool = False
@@ -71,6 +73,20 @@ class SociConfig:
     def metrics_enabled(self) -> bool:
         return bool(self.metrics_address) and not self.no_prometheus
 
+    @property
+    def parallel_store_problem(self) -> str:
+        """Why soci-snapshotter-grpc refuses to start with this parallel-mode config, or "" (v0.16.1
+        fs/fs.go NewFilesystem: parallel mode and its fallback need [content_store] type = "containerd" unless
+        discard_unpacked_layers = true)."""
+        if not (self.parallel_enable or self.parallel_as_fallback):
+            return ""
+        if self.content_store_type == "containerd" or self.discard_unpacked_layers:
+            return ""
+        key = "enable" if self.parallel_enable else "experimental_parallel_pull_as_fallback"
+        return (f"[pull_modes.parallel_pull_unpack] {key} = true needs [content_store] type = \"containerd\" "
+                f"or discard_unpacked_layers = true, and {self.source} has type = \"{self.content_store_type}\": "
+                "soci-snapshotter-grpc refuses to start with it")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -84,6 +100,7 @@ class SociConfig:
             "metrics_network": self.metrics_network,
             "fuse.log_fuse_operations": self.log_fuse_operations,
             "background_fetch.disable": self.background_fetch_disable,
+            "root": self.root,  # the daemon's --root (SOCI_SNAPSHOTTER_ROOT), not a key of the file
             "problem": self.problem,
         }
 
@@ -101,10 +118,30 @@ class SnapshotterFacts:
 
 @dataclass(frozen=True)
 class SociIndex:
+    """An index the image names (explicitly, by its v2 annotation or as a v1 referrer). `problem` set: it is
+    named but cannot be fetched (the index manifest, or one of its zTOC blobs, is missing or unreadable), which
+    is not the same as having no index: SOCI then defers the whole image instead of trying the next kind."""
+
     kind: IndexKind
     digest: str
     ztoc_layers: frozenset[str]  # image layer digests that have a zTOC
     found_via: str  # a sentence fragment: "the manifest annotation com.amazon.soci.index-digest"
+    problem: str = ""  # why it cannot be fetched; "" when it was fetched whole
+
+    @property
+    def fetchable(self) -> bool:
+        return not self.problem
+
+
+@dataclass(frozen=True)
+class FailedIndexLookup:
+    """A failed SOCI index lookup for this manifest that the running soci-snapshotter-grpc remembers: it looks
+    an index up once per manifest digest and keeps a failure until it restarts (v0.16.1 fs/fs.go sociContext),
+    so it defers this image whatever the registry holds now. Read from its log since its last start."""
+
+    at: str  # the log line's time
+    error: str  # the error SOCI logged ("... no valid SOCI index found: ...")
+    daemon_started: str  # the time of the daemon's last start line
 
 
 @dataclass(frozen=True)
@@ -125,6 +162,8 @@ class ImageFacts:
     discovery_notes: tuple[str, ...] = ()  # e.g. "the registry has no referrers API; the tag fallback was used"
     # snapshotter → digests of the layers whose snapshot (chainID) it already has
     cached: dict[str, frozenset[str]] = field(default_factory=dict)
+    # SOCI's remembered failed lookup for this manifest (None: none seen, or SOCI's log is not readable)
+    failed_lookup: FailedIndexLookup | None = None
 
     def cached_in(self, snapshotter: str) -> frozenset[str]:
         return self.cached.get(snapshotter, frozenset())

@@ -1,10 +1,10 @@
 """The mode decision: which snapshotter, which pull mode, and what happens to each layer — with the reasons in
 plain sentences. A pure function (`decide`) over facts that thin probes gather (`socirun.soci.probe`).
 
-It follows SOCI's own decision table (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/docs/pull-modes.md) so
-that what the plan
-says is what the snapshotter will do, and it never falls back silently: whenever the user asked for something
-that cannot happen, a warning says what happens instead and a fix says how to get it.
+It follows what soci-snapshotter v0.16.1 does on each Prepare (its Prepare in snapshot/snapshot.go and the index
+lookup in fs/fs.go; https://github.com/awslabs/soci-snapshotter/blob/v0.16.1/docs/pull-modes.md) so that what
+the plan says is what the snapshotter will do, and it never falls back silently: whenever the user asked for
+something that cannot happen, a warning says what happens instead and a fix says how to get it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from socirun.decide.facts import (
     DEFAULT_SNAPSHOTTER,
+    LOCAL_SNAPSHOTTERS,
     SOCI,
     ImageFacts,
+    LayerFact,
     PlanFacts,
     SociConfig,
     SociIndex,
@@ -91,58 +93,135 @@ def _short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12]
 
 
-def usable_index(cfg: SociConfig, image: ImageFacts) -> tuple[SociIndex | None, list[str], list[str]]:
-    """The index SOCI would use (in SOCI's discovery order), plus sentences on why others are not used and fixes."""
+@dataclass(frozen=True)
+class IndexLookup:
+    """What SOCI's index lookup for this image comes to. `index` is the one SOCI picks, in its own order
+    (v0.16.1 fs/fs.go findSociIndexDesc: the explicit digest, else the v2 annotation if v2 is enabled, else a v1
+    referrer if v1 is enabled), even when it cannot be fetched: SOCI never moves on to the next kind then, it
+    defers the whole image. `usable`: SOCI will mount the image with it."""
+
+    index: SociIndex | None
+    usable: bool
+    notes: tuple[str, ...]  # why no index is used (reasons)
+    warnings: tuple[str, ...]  # the image has an index, and SOCI will still not use it
+    fixes: tuple[str, ...]
+
+
+def usable_index(cfg: SociConfig, image: ImageFacts) -> IndexLookup:
+    """The index SOCI would pick for `image` and whether it can use it, with sentences on why not and fixes."""
     notes: list[str] = []
+    warnings: list[str] = []
     fixes: list[str] = []
-    if image.explicit_index is not None:
-        return image.explicit_index, notes, fixes
-    if not cfg.v1_enable and not cfg.v2_enable:
-        notes.append(f"both [pull_modes.soci_v1] and [pull_modes.soci_v2] are disabled in {cfg.source}, so SOCI "
-                     "looks for no index (\"all lazy pull modes are disabled\")")
-        fixes.append("set [pull_modes.soci_v2] enable = true in SOCI's config.toml and restart soci-snapshotter")
-        return None, notes, fixes
-    if image.v2_index is not None:
-        if cfg.v2_enable:
-            return image.v2_index, notes, fixes
-        notes.append(f"the image has a SOCI v2 index, but [pull_modes.soci_v2] enable = false in {cfg.source}")
-        fixes.append("set [pull_modes.soci_v2] enable = true in SOCI's config.toml and restart soci-snapshotter")
-    if image.v1_index is not None:
+    picked: SociIndex | None = image.explicit_index
+    if picked is None:
+        if not cfg.v1_enable and not cfg.v2_enable:
+            notes.append(f"both [pull_modes.soci_v1] and [pull_modes.soci_v2] are disabled in {cfg.source}, so SOCI "
+                         "looks for no index (\"all lazy pull modes are disabled\")")
+            fixes.append("set [pull_modes.soci_v2] enable = true in SOCI's config.toml and restart soci-snapshotter")
+            return IndexLookup(None, False, tuple(notes), (), tuple(fixes))
+        if image.v2_index is not None:
+            if cfg.v2_enable:
+                picked = image.v2_index
+            else:
+                notes.append(f"the image has a SOCI v2 index, but [pull_modes.soci_v2] enable = false in "
+                             f"{cfg.source}")
+                fixes.append("set [pull_modes.soci_v2] enable = true in SOCI's config.toml and restart "
+                             "soci-snapshotter")
+    if picked is None and image.v1_index is not None:
         if cfg.v1_enable:
-            return image.v1_index, notes, fixes
-        notes.append(f"the image has only a SOCI v1 index (found via {image.v1_index.found_via}), and SOCI "
-                     f"v0.10+ ignores v1 indexes unless [pull_modes.soci_v1] enable = true ({cfg.source} leaves "
-                     "it false; soci-snapshotter issue #1558)")
-        fixes.append("set [pull_modes.soci_v1] enable = true in SOCI's config.toml, or " + FIX_CONVERT)
-    if image.v2_index is None and image.v1_index is None:
-        notes.append("the image has no SOCI index: no com.amazon.soci.index-digest annotation on its manifest"
-                     + (" and no SOCI v1 referrer" if cfg.v1_enable else "")
-                     + ("" if not image.discovery_notes else " (" + "; ".join(image.discovery_notes) + ")"))
-        fixes.append(FIX_CONVERT)
-    return None, notes, fixes
-
-
-def _lazy_layers(image: ImageFacts, index: SociIndex, cfg: SociConfig) -> list[LayerPlan]:
-    out: list[LayerPlan] = []
-    cached = image.cached_in(SOCI)
-    for i, layer in enumerate(image.layers):
-        if layer.digest in cached:
-            out.append(LayerPlan(i, layer.digest, layer.size, "cached", "its snapshot is already in soci"))
-        elif layer.digest not in index.ztoc_layers:
-            why = "it has no zTOC in the SOCI index"
-            if layer_compression(layer.media_type) == "zstd":
-                why += " (zstd layers are never lazily loaded)"
-            elif layer.size < 10 << 20:
-                why += " (`soci convert` skips layers under 10 MiB)"
-            out.append(LayerPlan(i, layer.digest, layer.size, "snapshotter", why + ": SOCI fetches it whole"))
-        elif layer.size < cfg.min_layer_size:
-            out.append(LayerPlan(i, layer.digest, layer.size, "snapshotter",
-                                 f"it is smaller than [snapshotter] min_layer_size = {cfg.min_layer_size}: "
-                                 "SOCI fetches it whole"))
+            picked = image.v1_index
         else:
-            out.append(LayerPlan(i, layer.digest, layer.size, "lazy",
-                                 "it has a zTOC: SOCI mounts it at once and fetches its bytes as they are read"))
+            notes.append(f"the image has only a SOCI v1 index (found via {image.v1_index.found_via}), and SOCI "
+                         f"v0.10+ ignores v1 indexes unless [pull_modes.soci_v1] enable = true ({cfg.source} "
+                         "leaves it false; soci-snapshotter issue #1558)")
+            fixes.append("set [pull_modes.soci_v1] enable = true in SOCI's config.toml, or " + FIX_CONVERT)
+    if picked is None:
+        if image.v2_index is None and image.v1_index is None:
+            notes.append("the image has no SOCI index: no com.amazon.soci.index-digest annotation on its manifest"
+                         + (" and no SOCI v1 referrer" if cfg.v1_enable else "")
+                         + ("" if not image.discovery_notes else " (" + "; ".join(image.discovery_notes) + ")"))
+            fixes.append(FIX_CONVERT)
+        notes.extend(_failed_lookup_note(image, has_index=False))
+        return IndexLookup(None, False, tuple(notes), (), tuple(fixes))
+    if not picked.fetchable:
+        others = "" if picked.kind == "v1" else (
+            " and does not fall back to " + ("the manifest's v2 annotation or a v1 index" if picked.kind == "explicit"
+                                             else "a v1 index"))
+        named = (f"--soci-index-digest names the SOCI index {_short(picked.digest)}" if picked.kind == "explicit"
+                 else f"the image names the SOCI {picked.kind} index {_short(picked.digest)} (via {picked.found_via})")
+        notes.append(f"{named}, but {picked.problem}: SOCI defers the whole image when the index it picks cannot "
+                     f"be fetched{others}")
+        warnings.append(f"{named}, but it cannot be fetched, so nothing loads lazily: SOCI defers the whole image")
+        fixes.append("pass a --soci-index-digest the registry has" if picked.kind == "explicit" else
+                     "push the image's SOCI index (and its zTOCs) again: " + FIX_CONVERT)
+        notes.extend(_failed_lookup_note(image, has_index=False))
+        return IndexLookup(picked, False, tuple(notes), tuple(warnings), tuple(fixes))
+    if image.failed_lookup is not None:
+        notes.append(_failed_lookup_note(image, has_index=True)[0])
+        warnings.append("SOCI remembers a failed index lookup for this manifest until it restarts, so it defers this "
+                        "image although the image has a SOCI index now")
+        fixes.append("restart soci-snapshotter-grpc (systemctl restart soci-snapshotter) so that it looks the "
+                     "index up again")
+        return IndexLookup(picked, False, tuple(notes), tuple(warnings), tuple(fixes))
+    return IndexLookup(picked, True, tuple(notes), (), tuple(fixes))
+
+
+def _failed_lookup_note(image: ImageFacts, *, has_index: bool) -> list[str]:
+    failed = image.failed_lookup
+    if failed is None:
+        return []
+    told = (f"SOCI's index lookup for manifest {_short(image.manifest_digest)} failed at {failed.at} "
+            f"({failed.error}), and SOCI remembers a failed lookup for a manifest until it restarts (it last "
+            f"started at {failed.daemon_started})")
+    if has_index:
+        return [told + ": it defers this image although the image has an index now"]
+    return [told]
+
+
+def soci_layer_mode(layer: LayerFact, cfg: SociConfig, index: SociIndex | None, *,
+                    cached: bool = False) -> tuple[LayerMode, str]:
+    """What soci-snapshotter v0.16.1 does with one layer on Prepare when its parallel mode is off
+    (snapshot/snapshot.go Prepare), given the index it uses (None: it found none it can use, so it defers).
+    socirun always sends the layer's size label (…/remote/soci.size), and SOCI compares it with [snapshotter]
+    min_layer_size *before* it looks for an index: a smaller layer is fetched whole by SOCI itself even when the
+    image has no index. The engine downloads exactly the layers this calls "standard"."""
+    if cached:
+        return "cached", "its snapshot is already in soci"
+    if cfg.min_layer_size > 0 and layer.size < cfg.min_layer_size:
+        return "snapshotter", (f"it is smaller than [snapshotter] min_layer_size = {cfg.min_layer_size}: SOCI "
+                               "fetches it whole itself (it checks the size before it looks for an index)")
+    if index is None:
+        if cfg.parallel_as_fallback:
+            return "parallel", ("no usable SOCI index, and experimental_parallel_pull_as_fallback = true: SOCI "
+                                "downloads and unpacks it in parallel")
+        return "standard", "SOCI defers it: socirun downloads it and containerd unpacks it"
+    if layer.digest not in index.ztoc_layers:
+        why = "it has no zTOC in the SOCI index"
+        if layer_compression(layer.media_type) == "zstd":
+            why += " (zstd layers are never lazily loaded)"
+        elif layer.size < 10 << 20:
+            why += " (`soci convert` makes none for a layer under its --min-layer-size, 10 MiB by default)"
+        return "snapshotter", why + ": SOCI fetches it whole"
+    return "lazy", "it has a zTOC: SOCI mounts it at once and fetches its bytes as they are read"
+
+
+def _soci_layers(image: ImageFacts, cfg: SociConfig, index: SociIndex | None) -> list[LayerPlan]:
+    cached = image.cached_in(SOCI)
+    out: list[LayerPlan] = []
+    for i, layer in enumerate(image.layers):
+        mode, why = soci_layer_mode(layer, cfg, index, cached=layer.digest in cached)
+        out.append(LayerPlan(i, layer.digest, layer.size, mode, why))
     return out
+
+
+def downloads_before_prepare(plan: Plan | None, index: int, snapshotter: str) -> bool:
+    """Whether socirun downloads layer `index` before it asks the snapshotter for it. A local snapshotter only
+    unpacks, so always. A remote one (SOCI) is asked first, and only the layers the plan says it defers are
+    fetched up front: a layer SOCI takes itself (lazily, whole or in parallel) is never downloaded twice, and one
+    it defers unexpectedly is downloaded when its Prepare says so."""
+    if snapshotter in LOCAL_SNAPSHOTTERS:
+        return True
+    return plan is not None and plan.layers[index].mode == "standard"
 
 
 def _uniform(image: ImageFacts, snapshotter: str, mode: LayerMode, reason: str) -> list[LayerPlan]:
@@ -167,8 +246,9 @@ def decide(facts: PlanFacts) -> Plan:
     fixes: list[str] = []
     soci_up = sn.soci_registered and sn.soci_alive
 
-    def standard(snapshotter: str, why_layers: str) -> Plan:
-        layers = _uniform(image, snapshotter, "standard", why_layers)
+    def standard(snapshotter: str, why_layers: str, planned: list[LayerPlan] | None = None) -> Plan:
+        """socirun downloads the layers (`planned`, or every layer not cached) and containerd unpacks them."""
+        layers = planned if planned is not None else _uniform(image, snapshotter, "standard", why_layers)
         downloads = any(layer.mode == "standard" for layer in layers)  # socirun downloads some layer itself
         transfer = facts.transfer if downloads else None
         if transfer is not None:
@@ -237,11 +317,20 @@ def decide(facts: PlanFacts) -> Plan:
 
     up = f"the soci snapshotter answers{' at ' + sn.soci_address if sn.soci_address else ''}"
 
-    # 4. SOCI's parallel mode is on: lazy loading is skipped entirely (docs/parallel-mode.md).
+    # 4. SOCI's parallel mode is on: it skips its remote-snapshot path for every layer of every image, with or
+    #    without an index and before min_layer_size (v0.16.1 snapshot/snapshot.go skipRemoteSnapshotPrepare).
     if cfg.parallel_enable:
+        per_image = cfg.max_concurrent_downloads_per_image
+        at_a_time = f"{per_image} at a time" if per_image > 0 else "with no limit per image"
         reasons.append(f"{up}, and [pull_modes.parallel_pull_unpack] enable = true in {cfg.source}: SOCI "
-                       f"downloads and unpacks every layer itself, {cfg.max_concurrent_downloads_per_image} at a "
-                       "time (lazy loading is skipped entirely)")
+                       f"downloads and unpacks every layer itself, {at_a_time} (lazy loading is skipped entirely, "
+                       "even for an image with a SOCI index)")
+        if cfg.discard_unpacked_layers:
+            reasons.append("discard_unpacked_layers = true: SOCI keeps no layer blob in containerd's content store "
+                           "after unpacking it")
+        if cfg.parallel_store_problem:
+            warnings.append(f"{cfg.parallel_store_problem}; it answers, so it is not running with {cfg.source}")
+            fixes.append("point SOCI_SNAPSHOTTER_CONFIG at the config.toml soci-snapshotter-grpc runs with")
         if mode_asked == "lazy":
             warnings.append("--pull-mode lazy was asked for, but SOCI's parallel mode skips lazy loading "
                             "entirely; SOCI downloads every layer in full instead")
@@ -251,10 +340,11 @@ def decide(facts: PlanFacts) -> Plan:
         _disk_warning(facts, layers, warnings)
         return Plan(SOCI, "parallel", tuple(layers), tuple(reasons), tuple(warnings), tuple(fixes))
 
-    index, notes, index_fixes = usable_index(cfg, image)
+    lookup = usable_index(cfg, image)
+    index = lookup.index
 
     # 5. An index SOCI will use.
-    if index is not None:
+    if index is not None and lookup.usable:
         if mode_asked == "parallel" and user.snapshotter is None:
             reasons.append(f"--pull-mode parallel was chosen, and SOCI's parallel mode is off "
                            f"([pull_modes.parallel_pull_unpack] enable = false in {cfg.source}), so socirun "
@@ -262,7 +352,7 @@ def decide(facts: PlanFacts) -> Plan:
             fixes.append("for SOCI's own parallel pull set [pull_modes.parallel_pull_unpack] enable = true in "
                          "SOCI's config.toml")
             return standard(DEFAULT_SNAPSHOTTER, "socirun downloads it and containerd unpacks it")
-        layers = _lazy_layers(image, index, cfg)
+        layers = _soci_layers(image, cfg, index)
         lazy = sum(1 for layer in layers if layer.mode == "lazy")
         whole = sum(1 for layer in layers if layer.mode == "snapshotter")
         reasons.append(f"{up}, and the image has a SOCI {index.kind} index {_short(index.digest)} "
@@ -271,43 +361,60 @@ def decide(facts: PlanFacts) -> Plan:
         reasons.append(f"{lazy} of {len(layers)} layers have a zTOC and load lazily; {whole} are fetched whole "
                        f"by SOCI{f'; {cached} are already here' if cached else ''}; the container starts once "
                        "every layer is mounted")
-        if lazy == 0:
-            warnings.append("no layer of this image has a zTOC, so nothing loads lazily; SOCI fetches every "
-                            "layer whole")
-            fixes.append("rebuild the index with a smaller --min-layer-size: soci convert --min-layer-size N "
-                         "SRC DST")
+        if lazy == 0 and whole:
+            warnings.append("no layer of this image loads lazily; SOCI fetches every layer whole")
+            if any(layer.digest in index.ztoc_layers for layer in image.layers):
+                fixes.append(f"lower [snapshotter] min_layer_size (now {cfg.min_layer_size}) in SOCI's "
+                             "config.toml and restart soci-snapshotter")
+            else:
+                fixes.append("rebuild the index with a smaller --min-layer-size: soci convert --min-layer-size N "
+                             "SRC DST")
         if mode_asked == "lazy" and user.snapshotter is None:
             reasons.append("--pull-mode lazy was chosen")
         _disk_warning(facts, layers, warnings)
         return Plan(SOCI, "lazy", tuple(layers), tuple(reasons), tuple(warnings), tuple(fixes), index)
 
-    # 6. No usable index.
-    reasons.extend(notes)
+    # 6. No index SOCI will use (none, disabled, unfetchable, or a remembered failed lookup): SOCI defers the
+    #    image, except the layers under min_layer_size, which it fetches whole before it ever looks for an index.
+    reasons.extend(lookup.notes)
+    warnings.extend(lookup.warnings)
+    why_not = "; ".join(lookup.notes)
     if cfg.parallel_as_fallback:
+        layers = _soci_layers(image, cfg, None)
         reasons.append(f"{up}, and experimental_parallel_pull_as_fallback = true in {cfg.source}: SOCI "
-                       "downloads and unpacks every layer itself in parallel")
+                       "downloads and unpacks every layer itself in parallel" + _whole_note(layers, cfg))
+        if cfg.parallel_store_problem:
+            warnings.append(f"{cfg.parallel_store_problem}; it answers, so it is not running with {cfg.source}")
         if mode_asked == "lazy":
-            warnings.append("--pull-mode lazy was asked for, but " + "; ".join(notes) +
+            warnings.append("--pull-mode lazy was asked for, but " + why_not +
                             "; SOCI falls back to its parallel pull instead")
-            fixes.extend(index_fixes)
-        layers = _uniform(image, SOCI, "parallel", "SOCI downloads and unpacks it in parallel")
+        fixes.extend(lookup.fixes)
         _disk_warning(facts, layers, warnings)
         return Plan(SOCI, "parallel", tuple(layers), tuple(reasons), tuple(warnings), tuple(fixes))
     if user.snapshotter == SOCI:
-        reasons.append(f"{up}, but without an index SOCI defers every layer to the runtime: socirun downloads "
-                       "each one and unpacks it into soci's snapshots")
+        layers = _soci_layers(image, cfg, None)
+        reasons.append(f"{up}, but without a usable index SOCI defers the image to the runtime: socirun "
+                       "downloads each deferred layer and unpacks it into soci's snapshots" + _whole_note(layers, cfg))
         if mode_asked == "lazy":
-            warnings.append("--pull-mode lazy was asked for, but " + "; ".join(notes) +
+            warnings.append("--pull-mode lazy was asked for, but " + why_not +
                             "; every layer is downloaded in full instead")
-        fixes.extend(index_fixes)
-        return standard(SOCI, "SOCI defers it: socirun downloads it and containerd unpacks it")
+        fixes.extend(lookup.fixes)
+        return standard(SOCI, "", layers)
     reasons.append(f"without a usable index SOCI would only defer to the runtime, so socirun downloads every "
                    f"layer into {DEFAULT_SNAPSHOTTER}")
     if mode_asked == "lazy":
-        warnings.append("--pull-mode lazy was asked for, but " + "; ".join(notes) +
+        warnings.append("--pull-mode lazy was asked for, but " + why_not +
                         f"; socirun downloads every layer into {DEFAULT_SNAPSHOTTER} instead")
-    fixes.extend(index_fixes)
+    fixes.extend(lookup.fixes)
     return standard(DEFAULT_SNAPSHOTTER, "socirun downloads it and containerd unpacks it")
+
+
+def _whole_note(layers: list[LayerPlan], cfg: SociConfig) -> str:
+    whole = sum(1 for layer in layers if layer.mode == "snapshotter")
+    if not whole:
+        return ""
+    return (f"; {whole} of {len(layers)} layers are smaller than [snapshotter] min_layer_size = "
+            f"{cfg.min_layer_size}, and SOCI fetches those whole itself (socirun does not download them)")
 
 
 def _disk_warning(facts: PlanFacts, layers: list[LayerPlan], warnings: list[str]) -> None:

@@ -21,13 +21,22 @@ from socirun.containerd.errors import AlreadyExistsError, CommitMismatchError
 from socirun.containerd.types import Mount
 from socirun.containerd.writer import ContentWriter
 from socirun.decide.facts import DEFAULT_SNAPSHOTTER, LOCAL_SNAPSHOTTERS
+from socirun.decide.plan import Plan, downloads_before_prepare
 from socirun.decide.transfer import TransferPlan
 from socirun.errors import DigestMismatchError, PullError
 from socirun.oci import Descriptor, Platform, chain_ids
 from socirun.pull import labels as lb
 from socirun.pull.chunked import TransferBudget, download_chunked
 from socirun.pull.leases import PullLease
-from socirun.pull.remote import Planner, classify, plan_events, planned_mode, soci_prepare_labels
+from socirun.pull.remote import (
+    Planner,
+    classify,
+    plan_events,
+    planned_mode,
+    soci_prepare_labels,
+    soci_unpack_key,
+    unexpected_deferral,
+)
 from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 
@@ -93,6 +102,8 @@ class _Pull:
         # very layer the schedule waits for, so every layer may open its ingest at once.
         self._downloads = asyncio.Semaphore(connections if self._budget is None else 1 << 16)
         self.lease: PullLease  # set once the image name is known
+        self.plan: Plan | None = None  # set once the image is resolved (when the request has a planner)
+        self._warned: set[str] = set()  # warnings already given in this pull
 
     # -- content -------------------------------------------------------------------------------------------
 
@@ -216,17 +227,28 @@ class _Pull:
 
     # -- snapshots -----------------------------------------------------------------------------------------
 
-    async def _prepare(self, key: str, parent: str, labels: dict[str, str], chain_id: str) -> list[Mount] | None:
-        """Prepare the extraction snapshot; None when the target exists (another pull, or a remote snapshotter
-        committed it itself)."""
+    def _unpack_key(self, img: ResolvedImage, chain_id: str) -> str:
+        if self.snapshotter in LOCAL_SNAPSHOTTERS:
+            return lb.unpack_key(chain_id)
+        return soci_unpack_key(chain_id, img.manifest.digest)  # SOCI's log then names the manifest
+
+    async def _prepare(self, img: ResolvedImage, parent: str, labels: dict[str, str],
+                       chain_id: str) -> tuple[str, list[Mount] | None]:
+        """Prepare the extraction snapshot: its key and mounts; mounts None when the target exists (another
+        pull, or a remote snapshotter committed it itself)."""
         for _attempt in range(3):
+            key = self._unpack_key(img, chain_id)
             try:
-                return await self.ctd.snapshot_prepare(self.snapshotter, key, parent, labels)
+                return key, await self.ctd.snapshot_prepare(self.snapshotter, key, parent, labels)
             except AlreadyExistsError:
                 if await self.ctd.snapshot_stat(self.snapshotter, chain_id) is not None:
-                    return None
-                key = lb.unpack_key(chain_id)
+                    return key, None
         raise PullError(f"could not prepare a snapshot for layer {chain_id}: its key kept colliding")
+
+    def _warn_once(self, message: str) -> None:
+        if message and message not in self._warned:
+            self._warned.add(message)
+            self.emit(ev.WarningMessage(message=message))
 
     async def _unpack(self, img: ResolvedImage, index: int, chain: list[str],
                       downloads: dict[str, asyncio.Task[None]]) -> None:
@@ -244,8 +266,7 @@ class _Pull:
                                           self.request.soci_index_digest)
         else:
             await self._ensure_download(img, layer, downloads)
-        key = lb.unpack_key(chain_id)
-        mounts = await self._prepare(key, parent, labels, chain_id)
+        key, mounts = await self._prepare(img, parent, labels, chain_id)
         if mounts is None:
             info = await self.ctd.snapshot_stat(self.snapshotter, chain_id) if remote else None
             if info is None:
@@ -253,11 +274,14 @@ class _Pull:
                 return
             mode, detail = classify(info.labels)
             self.emit(ev.LayerClassified(digest=layer.digest, mode=mode, detail=detail))
-            self.emit(ev.LayerStateChanged(digest=layer.digest, state="done", detail=detail))
+            # A snapshot a client committed (a concurrent pull) was there already: nothing was done for it here.
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists" if mode == "cached" else "done",
+                                           detail=detail))
             return
         committed = False
         try:
             if remote:
+                self._warn_once(unexpected_deferral(self.plan, index))
                 self.emit(ev.LayerClassified(digest=layer.digest, mode="standard",
                                              detail=f"{self.snapshotter} deferred it: socirun downloads it"))
                 await self._ensure_download(img, layer, downloads)
@@ -299,6 +323,7 @@ class _Pull:
                                    manifest_digest=img.manifest.digest, platform=str(img.platform),
                                    layer_count=len(img.layers), total_size=total))
         plan = await req.planner(self.ctd, self.registry, img) if req.planner is not None else None
+        self.plan = plan
         if plan is None:
             self.emit(ev.PlanMade(mode=req.transfer.mode, snapshotter=self.snapshotter,
                                   reasons=(*req.transfer.reasons, req.transfer.how(self.snapshotter))))
@@ -325,10 +350,10 @@ class _Pull:
                     self.emit(ev.LayerStateChanged(digest=layer.digest, state="waiting"))
             downloads: dict[str, asyncio.Task[None]] = {}
             try:
-                upfront = [i for i, layer in enumerate(img.layers) if not present[i] and (
-                    # Up front only what socirun will surely download: with a remote snapshotter, layers the
-                    # plan expects it to take stay untouched unless it defers them (then only that one).
-                    self.snapshotter in LOCAL_SNAPSHOTTERS or (plan is not None and plan.layers[i].mode == "standard"))]
+                # Up front only what socirun will surely download: with a remote snapshotter, layers the plan
+                # expects it to take (lazily, whole or in parallel) stay untouched unless it defers them.
+                upfront = [i for i in range(len(img.layers))
+                           if not present[i] and downloads_before_prepare(plan, i, self.snapshotter)]
                 if self._budget is not None:
                     for i in upfront:  # all announced before any asks, so the schedule holds from the start
                         self._budget.expect(_schedule_index(img, img.layers[i]), img.layers[i].size)

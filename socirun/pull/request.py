@@ -36,6 +36,7 @@ class PullSetup:
     transfer: TransferPlan
     host: HostProfile
     soci: SociConfig
+    soci_log: str | None = None  # SOCI's log file (SOCIRUN_SOCI_LOG): the plan reads failed index lookups from it
 
 
 def pull_setup(config: SocirunConfig, choices: PullChoices) -> PullSetup:
@@ -45,7 +46,8 @@ def pull_setup(config: SocirunConfig, choices: PullChoices) -> PullSetup:
         mode=mode, raw_config=config.raw, snapshotter=choices.snapshotter or DEFAULT_SNAPSHOTTER, host=host,
         max_concurrent_downloads=choices.max_concurrent_downloads, chunk_size=choices.chunk_size,
     )
-    return PullSetup(UserChoice(choices.snapshotter, mode), transfer, host, load_soci_config(config.soci_config_path))
+    soci = load_soci_config(config.soci_config_path, root=config.soci_root)
+    return PullSetup(UserChoice(choices.snapshotter, mode), transfer, host, soci, config.soci_log)
 
 
 def build_pull_request(
@@ -59,6 +61,6 @@ def build_pull_request(
         snapshotter=choices.snapshotter or DEFAULT_SNAPSHOTTER,
         expanded_from=expanded_from,
         planner=make_planner(setup.user, setup.transfer, setup.host, setup.soci,
-                             soci_index_digest=choices.soci_index_digest),
+                             soci_index_digest=choices.soci_index_digest, soci_log=setup.soci_log),
         soci_index_digest=choices.soci_index_digest,
     )

@@ -302,9 +302,10 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
         raise SocirunError(f"Container ID file found, make sure the other container isn't running or delete "
                            f"{opts.cidfile}")  # fmt: skip
     gpu: GpuInjection | None = plan_gpus(opts.gpus) if opts.gpus is not None else None
-    async with await ContainerdClient.connect(ctx.address, ctx.namespace) as ctd:
+    async with await ContainerdClient.connect(ctx.address, ctx.namespace) as ctd, \
+            _observing_lazy_layers(emit, ctx, observe) as emit:
         rt = Runtime(ctd)
-        image = await ensure_image(ctd, opts, ctx, emit, observe=observe)
+        image = await ensure_image(ctd, opts, ctx, emit, observe=False)
         container_id = secrets.token_hex(32)
         name = opts.name or f"{os.path.basename(ctx.reference.path)}-{container_id[:5]}"
         await _check_name(rt, name)
@@ -334,6 +335,18 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
         if opts.detach:
             return await _run_detached(rt, opts, state, rootfs, emit, print_id=print_id)
         return await _run_foreground(rt, opts, state, rootfs, emit)
+
+
+def _observing_lazy_layers(emit: ev.Emit, ctx: RunContext,
+                           observe: bool) -> contextlib.AbstractAsyncContextManager[ev.Emit]:
+    """Follow the layers SOCI mounts lazily for as long as the container runs, not only during the pull: the
+    files it reads and the spans SOCI fetches for them happen after the start. SOCI's config is gathered only
+    once a layer is lazy (an image already present needs none of it)."""
+    if not observe:
+        return contextlib.nullcontext(emit)
+    from socirun.soci.observer import observe_lazy_layers
+
+    return observe_lazy_layers(emit, lambda: ctx.pull().soci, ctx.soci_log)
 
 
 async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: RunContext, state: ContainerState,

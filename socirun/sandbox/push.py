@@ -1,6 +1,7 @@
-"""Push a sample image to a plain-HTTP registry (the sandbox's loopback registry) with the distribution API:
-HEAD to skip blobs already there, POST to open an upload, then one PUT ?digest= for small blobs or PATCH
-chunks streamed from the file and a closing PUT for big ones; the manifest last.
+"""Push a sample image, or every image of an OCI image layout (what `soci convert` writes), to a plain-HTTP
+registry (the sandbox's loopback registry) with the distribution API: HEAD to skip blobs already there, POST to
+open an upload, then one PUT ?digest= for small blobs or PATCH chunks streamed from the file and a closing PUT
+for big ones; manifests after their blobs, each index after the manifests it lists, the tag last.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from yarl import URL
 
 from socirun.errors import SandboxError
 from socirun.oci import OCI_MANIFEST
+from socirun.sandbox.oci_layout import blob_path, read_layout
 
 if TYPE_CHECKING:
     from socirun.sandbox.sample import SampleImage
@@ -99,43 +101,69 @@ class _Pusher:
         self.stats.uploaded_blobs += 1
         self.stats.uploaded_bytes += size
 
-    async def push_manifest(self, tag: str, manifest: bytes, digest: str) -> None:
+    async def push_manifest(self, tag: str, manifest: bytes, digest: str, media_type: str = OCI_MANIFEST) -> None:
+        """PUT a manifest or index under `tag` (a tag or its own digest)."""
         url = self.base / "v2" / self.name / "manifests" / tag
-        response = await self._call("PUT", url, 201, data=manifest, headers={"Content-Type": OCI_MANIFEST})
+        response = await self._call("PUT", url, 201, data=manifest, headers={"Content-Type": media_type})
         stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != digest:
             raise SandboxError(f"the registry stored the manifest as {stored}, not {digest}.")
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120))
+
+
+async def _push_blobs(pusher: _Pusher, blobs: list[tuple[str, int, bytes | Path]]) -> None:
+    """Every blob, PARALLEL_UPLOADS at a time."""
+    limit = asyncio.Semaphore(PARALLEL_UPLOADS)
+
+    async def one(digest: str, size: int, source: bytes | Path) -> None:
+        async with limit:
+            await pusher.push_blob(digest, size, source)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for digest, size, source in blobs:
+                group.create_task(one(digest, size, source))
+    except ExceptionGroup as failed:
+        # One sentence for the user: the first of our own errors, not the whole group.
+        ours = failed.subgroup(SandboxError)
+        if ours is None:
+            raise
+        raise _first(ours) from None
 
 
 async def push_image(
     registry_host: str, name: str, tag: str, image: SampleImage, *, stats: PushStats | None = None
 ) -> str:
     """Push `image` as NAME:TAG to the plain-HTTP registry at `registry_host`; returns "HOST/NAME:TAG"."""
-    stats = stats if stats is not None else PushStats()
-    limit = asyncio.Semaphore(PARALLEL_UPLOADS)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        pusher = _Pusher(session, registry_host, name, stats)
-
-        async def one(digest: str, size: int, source: bytes | Path) -> None:
-            async with limit:
-                await pusher.push_blob(digest, size, source)
-
+    async with _session() as session:
+        pusher = _Pusher(session, registry_host, name, stats if stats is not None else PushStats())
         blobs: list[tuple[str, int, bytes | Path]] = [
             (image.config_digest, len(image.config_bytes), image.config_bytes)
         ]
         blobs += [(layer.digest, layer.size, layer.path) for layer in image.layers]
-        try:
-            async with asyncio.TaskGroup() as group:
-                for digest, size, source in blobs:
-                    group.create_task(one(digest, size, source))
-        except ExceptionGroup as failed:
-            # One sentence for the user: the first of our own errors, not the whole group.
-            ours = failed.subgroup(SandboxError)
-            if ours is None:
-                raise
-            raise _first(ours) from None
+        await _push_blobs(pusher, blobs)
         await pusher.push_manifest(tag, image.manifest_bytes, image.manifest_digest)
+    return f"{registry_host}/{name}:{tag}"
+
+
+async def push_layout(
+    registry_host: str, name: str, tag: str, layout: Path, *, stats: PushStats | None = None
+) -> str:
+    """Push the one top-level image of the OCI image layout in `layout` (an image, or an index such as the one
+    `soci convert` writes: the annotated image manifest and the SOCI index manifest) as NAME:TAG: every blob,
+    then each manifest by digest, children before the index that lists them, and the top one under `tag`.
+    Returns "HOST/NAME:TAG"."""
+    plan = await asyncio.to_thread(read_layout, layout)
+    async with _session() as session:
+        pusher = _Pusher(session, registry_host, name, stats if stats is not None else PushStats())
+        await _push_blobs(pusher, [(b.digest, b.size, blob_path(layout, b.digest)) for b in plan.blobs])
+        for manifest in plan.manifests:
+            desc = manifest.descriptor
+            ref = tag if manifest is plan.top else desc.digest
+            await pusher.push_manifest(ref, manifest.body, desc.digest, desc.media_type)
     return f"{registry_host}/{name}:{tag}"
 
 

@@ -1,5 +1,8 @@
 """Build a small, valid, deterministic OCI image in Python: a busybox base layer plus data layers of chosen
-sizes whose content compresses about 2:1 with gzip, like real binaries do.
+sizes, each a tree of many files of mixed sizes like a Python environment (thousands of small `.py`-like text
+files, some medium `.so`-like binaries, a few large ones), whose content compresses about 2:1 with gzip as a
+real image does. `sample_files` lists every data file (path and size) from the arguments alone; LAYOUT says it
+in words (both in socirun.sandbox.sample_layout).
 
 Layers are written as gzip tar files, streaming, with the compressed digest and the diff_id (digest of the
 uncompressed tar) computed in the same pass, so memory stays bounded whatever the layer size. Built samples
@@ -28,11 +31,22 @@ from typing import Any
 
 from socirun.errors import SandboxError
 from socirun.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, host_platform, sha256_digest
-from socirun.sandbox.push import PushStats, push_image
+from socirun.sandbox import soci_index
+from socirun.sandbox.push import PushStats, push_image, push_layout
+from socirun.sandbox.sample_layout import (
+    BIG_FILE_SIZE,
+    BIG_NAME,
+    LAYOUT,
+    MIB,
+    SampleFile,
+    file_text,
+    layer_files,
+    layer_sizes_bytes,
+    sample_files,
+)
 
-MIB = 1 << 20
 # Bump when the bytes a given set of arguments produces change, so stale cache entries are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # gzip level 6 is what `gzip`, Go's compress/gzip and most image builders use; on this content it builds at
 # ~80 MB/s per core, fast enough that the level-1 speed-up is not worth a less typical blob.
 GZIP_LEVEL = 6
@@ -80,7 +94,7 @@ GLIBC_FILES = {
         "/lib/aarch64-linux-gnu/librt.so.1",
     ),
 }
-# Data content: 64 KiB blocks of 32 KiB pseudo-random bytes followed by a 16-byte pattern repeated over
+# Binary content: 64 KiB blocks of 32 KiB pseudo-random bytes followed by a 16-byte pattern repeated over
 # 32 KiB. gzip keeps the random half and all but removes the repeated half: a ratio just under 2:1.
 _BLOCK = 64 * 1024
 _RANDOM_PART = 32 * 1024
@@ -108,6 +122,12 @@ class SampleImage:
     config_bytes: bytes
     config_digest: str
     layers: tuple[SampleLayer, ...]
+    files: tuple[SampleFile, ...] = ()  # the data layers' files (sample_files of the same arguments)
+
+    @property
+    def dir(self) -> Path:
+        """The cache entry that holds the blobs (derived artifacts such as converted SOCI layouts go there)."""
+        return self.layers[0].path.parent
 
     def manifest_descriptor(self) -> Descriptor:
         return Descriptor(OCI_MANIFEST, self.manifest_digest, len(self.manifest_bytes))
@@ -254,9 +274,20 @@ def _fill_base(tar: tarfile.TarFile, applets: Sequence[str], seed: int) -> None:
 
 
 def _fill_data(tar: tarfile.TarFile, index: int, size: int, seed: int) -> None:
-    tar.addfile(_dir("data"))
-    info = _entry(f"data/layer-{index}.bin", tarfile.REGTYPE, 0o644, size=size)
-    tar.addfile(info, _DataReader(f"socirun-sample/{seed}/{index}".encode()))  # type: ignore[arg-type]
+    made: set[str] = set()
+    for file in layer_files(index, size, seed):
+        name = file.path.lstrip("/")
+        parents = [str(parent) for parent in reversed(Path(name).parents[:-1])]  # parents[-1] is "."
+        for parent in parents:
+            if parent not in made:
+                made.add(parent)
+                tar.addfile(_dir(parent))
+        if file.kind == "small":
+            _add_bytes(tar, name, file_text(file, seed))
+        else:
+            info = _entry(name, tarfile.REGTYPE, 0o644, size=file.size)
+            reader = _DataReader(f"socirun-sample/{seed}/{file.path}".encode())
+            tar.addfile(info, reader)  # type: ignore[arg-type]
 
 
 def _fill_glibc(tar: tarfile.TarFile, files: Sequence[str]) -> None:
@@ -316,13 +347,11 @@ def build_sample(
     with_glibc: bool = False,
 ) -> SampleImage:
     """Build (or take from the cache in `workdir`) a sample image: a busybox base layer, one data layer per
-    entry of `layer_sizes_mb` (MiB of uncompressed file content), and with `with_glibc` a last layer with
-    the host's dynamic loader and libc."""
+    entry of `layer_sizes_mb` (MiB of uncompressed file content, laid out as LAYOUT says), and with
+    `with_glibc` a last layer with the host's dynamic loader and libc."""
     workdir = Path(workdir)
     platform = host_platform()
-    sizes = [round(mb * MIB) for mb in layer_sizes_mb]
-    if any(size < 0 for size in sizes):
-        raise SandboxError("sample layer sizes must not be negative.")
+    sizes = layer_sizes_bytes(layer_sizes_mb)
     applets = _host_applets()
     glibc = _glibc_files(platform.architecture) if with_glibc else ()
     inputs = {
@@ -359,7 +388,8 @@ def build_sample(
             order = sorted(range(len(fills)), key=lambda n: -fills[n][0])
             futures = {n: pool.submit(_write_layer, tmp / f"layer-{n}.tar.gz", fills[n][1]) for n in order}
             layers = [futures[n].result() for n in range(len(fills))]
-        _write_image(tmp, platform.architecture, platform.variant, list(cmd), layers)
+        files = sample_files(layer_sizes_mb, seed)
+        _write_image(tmp, platform.architecture, platform.variant, list(cmd), layers, files, inputs)
         try:
             tmp.rename(target)
         except OSError:
@@ -375,7 +405,8 @@ def build_sample(
     return built
 
 
-def _write_image(dir: Path, arch: str, variant: str, cmd: list[str], layers: list[SampleLayer]) -> None:
+def _write_image(dir: Path, arch: str, variant: str, cmd: list[str], layers: list[SampleLayer],
+                 files: Sequence[SampleFile], inputs: dict[str, Any]) -> None:
     history = ["socirun sample: busybox base"] + [f"socirun sample: layer {n}" for n in range(1, len(layers))]
     config: dict[str, Any] = {"created": CREATED, "architecture": arch, "os": "linux"}
     if variant:
@@ -395,7 +426,9 @@ def _write_image(dir: Path, arch: str, variant: str, cmd: list[str], layers: lis
     manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
     (dir / "config.json").write_bytes(config_bytes)
     (dir / "manifest.json").write_bytes(manifest_bytes)
+    # What was built from what, readable by a person: the inputs, the blobs, and every data file.
     index = {
+        "inputs": inputs,
         "layers": [
             {
                 "file": layer.path.name,
@@ -403,11 +436,12 @@ def _write_image(dir: Path, arch: str, variant: str, cmd: list[str], layers: lis
                 "size": layer.size,
                 "diff_id": layer.diff_id,
                 "uncompressed_size": layer.uncompressed_size,
+                "files": [[f.path, f.size, f.kind] for f in files if f.layer == n],
             }
-            for layer in layers
-        ]
+            for n, layer in enumerate(layers)
+        ],
     }
-    (dir / "sample.json").write_text(json.dumps(index, indent=1) + "\n")
+    (dir / "sample.json").write_text(json.dumps(index, separators=(",", ":")) + "\n")
 
 
 def _load(dir: Path) -> SampleImage | None:
@@ -426,6 +460,11 @@ def _load(dir: Path) -> SampleImage | None:
             )
             for entry in index["layers"]
         )
+        files = tuple(
+            SampleFile(path=str(path), size=int(size), layer=n, kind=str(kind))
+            for n, entry in enumerate(index["layers"])
+            for path, size, kind in entry.get("files", ())
+        )
         listed = [str(layer["digest"]) for layer in json.loads(manifest_bytes)["layers"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -439,7 +478,11 @@ def _load(dir: Path) -> SampleImage | None:
         config_bytes=config_bytes,
         config_digest=sha256_digest(config_bytes),
         layers=layers,
+        files=files,
     )
+
+
+SOCI_VERSIONS = ("v2", "v1", "none")
 
 
 def push_sample(
@@ -454,14 +497,22 @@ def push_sample(
     cache_dir: Path | None = None,
     stats: PushStats | None = None,
     soci: str = "none",
-    ztoc_min_layer_size: int = 10 << 20,
+    min_layer_size: int = soci_index.DEFAULT_MIN_LAYER_SIZE,
+    containerd_address: str | None = None,
 ) -> str:
     """Build (or take from the cache) a sample image and push it; returns "HOST/NAME:TAG".
 
-    `soci` "v1" or "v2" also attaches a SOCI index with placeholder zTOCs for layers of at least
-    `ztoc_min_layer_size` bytes (socirun.sandbox.soci_emulator.sample_index). Safe to call from inside a running
-    event loop: the push runs on its own loop in a worker thread.
+    `soci` "v2": the tag points at what `soci convert` made of the image (an OCI index holding the annotated
+    image manifest and the SOCI v2 index, with real zTOCs for the layers of at least `min_layer_size`
+    compressed bytes). "v1": the plain image, then `soci create` + `soci push` through the sandbox's
+    containerd at `containerd_address` (required), the index found by its referrers tag. See
+    socirun.sandbox.soci_index. Safe to call from inside a running event loop: each push runs on its own loop
+    in a worker thread.
     """
+    if soci not in SOCI_VERSIONS:
+        raise SandboxError(f'unknown SOCI index version "{soci}": use v2, v1 or none.')
+    if soci == "v1" and not containerd_address:
+        raise SandboxError("a SOCI v1 index is made through containerd: pass the sandbox's containerd address.")
     image = build_sample(
         cache_dir if cache_dir is not None else default_cache_dir(),
         layer_sizes_mb,
@@ -469,13 +520,34 @@ def push_sample(
         cmd=cmd,
         with_glibc=with_glibc,
     )
+    if soci != "none" and not soci_index.ztoc_layers(image, min_layer_size):
+        raise soci_index.no_ztocs_error(image, min_layer_size)  # before anything is pushed
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        if soci == "v2":
+            layout = soci_index.convert_v2(image, min_layer_size=min_layer_size)
+            return pool.submit(asyncio.run, push_layout(registry_host, name, tag, layout, stats=stats)).result()
         reference = pool.submit(asyncio.run, push_image(registry_host, name, tag, image, stats=stats)).result()
-        if soci in ("v1", "v2"):
-            from socirun.sandbox.soci_emulator.sample_index import attach_soci_index
+    if soci == "v1":
+        assert containerd_address is not None
+        soci_index.create_v1(reference, image, containerd_address=containerd_address,
+                             min_layer_size=min_layer_size)
+    return reference
 
-            pool.submit(asyncio.run, attach_soci_index(registry_host, name, tag, image, soci,  # type: ignore[arg-type]
-                                                       ztoc_min_layer_size)).result()
-        elif soci != "none":
-            raise SandboxError(f'unknown SOCI index version "{soci}": use v1, v2 or none.')
-        return reference
+
+__all__ = [
+    "BIG_FILE_SIZE",
+    "BIG_NAME",
+    "DEFAULT_CMD",
+    "DEFAULT_LAYER_SIZES_MB",
+    "LAYOUT",
+    "MIB",
+    "SOCI_VERSIONS",
+    "SampleFile",
+    "SampleImage",
+    "SampleLayer",
+    "build_sample",
+    "default_cache_dir",
+    "layer_files",
+    "push_sample",
+    "sample_files",
+]

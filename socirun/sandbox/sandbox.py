@@ -25,6 +25,8 @@ from typing import Any
 import psutil
 
 from socirun.errors import SandboxError
+from socirun.sandbox import soci_daemon
+from socirun.sandbox.components import containerd2_dir, require
 from socirun.sandbox.processes import (
     is_ours,
     kill_processes,
@@ -37,7 +39,7 @@ from socirun.sandbox.processes import (
 )
 from socirun.sandbox.registry_server import CONFIG_NAME as REGISTRY_CONFIG_NAME
 from socirun.sandbox.registry_server import RegistryProcess, registry_answers, start_registry
-from socirun.sandbox.soci_emulator import process as soci_emu
+from socirun.sandbox.soci_daemon import SociSettings
 
 DEFAULT_DIR = "/var/lib/socirun/sandbox"
 DIR_ENV = "SOCIRUN_SANDBOX_DIR"
@@ -62,23 +64,31 @@ class SandboxInfo:
     registry_host: str  # "127.0.0.1:PORT"
     containerd_pid: int
     registry_pid: int
-    soci_address: str = ""  # the SOCI emulator's socket when started with soci=True (`up --soci`)
+    containerd_binary: str = ""  # which containerd runs: Debian's 1.6, or the built 2.x with --soci
+    soci_address: str = ""  # soci-snapshotter-grpc's socket when started with soci=True (`up --soci`)
     soci_pid: int = 0
+    soci_binary: str = ""
 
 
-def containerd_config(dir: Path, soci_socket: Path | None = None) -> str:
-    """containerd's config (version 2) with every path under `dir`. Strings are JSON strings, valid TOML.
-    With `soci_socket`, the SOCI emulator is registered as the proxy snapshotter `soci`."""
+def containerd_config(dir: Path, soci_socket: Path | None = None, *, version: int = 2) -> str:
+    """containerd's config (`version` 2 for containerd 1.x, 3 for 2.x) with every path under `dir`. Strings are
+    JSON strings, valid TOML. With `soci_socket`, soci-snapshotter-grpc is registered as the proxy snapshotter
+    `soci`."""
 
     def q(name: str) -> str:
         return json.dumps(str(dir / name))
 
+    # The CRI plugins would start a kubelet-facing server and take over image handling; the sandbox has no use
+    # for them (2.x splits CRI into three plugins).
+    cri = ["io.containerd.grpc.v1.cri"]
+    if version >= 3:
+        cri += ["io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
     return "\n".join(
         [
-            "version = 2",
+            f"version = {version}",
             f"root = {q('root')}",
             f"state = {q('state')}",
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+            f"disabled_plugins = {json.dumps(cri)}",
             "",
             "[grpc]",
             f"  address = {q(SOCKET_NAME)}",
@@ -96,7 +106,7 @@ def containerd_config(dir: Path, soci_socket: Path | None = None) -> str:
             '[plugins."io.containerd.internal.v1.opt"]',
             f"  path = {q('opt')}",
             "",
-            *(soci_emu.proxy_plugin_lines(soci_socket) if soci_socket is not None else []),
+            *(soci_daemon.proxy_plugin_lines(soci_socket, version=version) if soci_socket is not None else []),
         ]
     )
 
@@ -109,19 +119,31 @@ class Sandbox:
         self.containerd_log_path = self.dir / CONTAINERD_LOG_NAME
         self.socket_path = self.dir / SOCKET_NAME
         self.registry_config_path = self.dir / REGISTRY_CONFIG_NAME
-        self.soci = soci_emu.EmulatorPaths(self.dir)
+        self.soci = soci_daemon.SociPaths(self.dir)
 
     # -- public API ---------------------------------------------------------------------------------------
 
-    def up(self, *, soci: bool = False) -> SandboxInfo:
-        """Start containerd and the registry (and with `soci` the SOCI emulator, registered as the proxy
-        snapshotter `soci`), or reuse them when the recorded ones still run and answer."""
+    def up(self, *, soci: bool = False, soci_settings: SociSettings | None = None) -> SandboxInfo:
+        """Start containerd and the registry (and with `soci` the real soci-snapshotter-grpc, registered as the
+        proxy snapshotter `soci`), or reuse them when the recorded ones still run and answer.
+
+        With `soci`, containerd is the built 2.x: Debian's 1.6 does not pass the request's namespace to a
+        proxy snapshotter, and SOCI v0.16 refuses every Prepare without one ("context has no namespace
+        attached"). Without it, containerd is the one on PATH (Debian's 1.6)."""
         if len(str(self.socket_path) + ".ttrpc") > _MAX_SOCKET_PATH:
             raise SandboxError(
                 f"the sandbox directory {self.dir} is too long for a unix socket path; "
                 f"choose a shorter one with {DIR_ENV}."
             )
-        containerd = require_binary("containerd")
+        env: dict[str, str] | None = None
+        if soci:
+            require(soci_daemon.BINARY)
+            bin_dir = containerd2_dir()
+            containerd = str(bin_dir / "containerd")
+            # containerd finds its shim on PATH: the 2.x shim beside it, not Debian's.
+            env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+        else:
+            containerd = require_binary("containerd")
         require_binary("runc")
         require_binary("docker-registry")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +151,7 @@ class Sandbox:
             running = self._running()
             if running is not None:
                 if soci and not running.soci_address:
-                    raise SandboxError(f"the sandbox in {self.dir} runs without the SOCI emulator; "
+                    raise SandboxError(f"the sandbox in {self.dir} runs without soci-snapshotter-grpc; "
                                        "stop it with `socirun sandbox down`, then `socirun sandbox up --soci`.")
                 return running
             previous = self._read_state()
@@ -137,9 +159,10 @@ class Sandbox:
             self._stop_daemons(previous)
             previous_port = _port_of(str(previous.get("registry_host", ""))) if previous else None
 
-            self.containerd_config_path.write_text(containerd_config(self.dir, self.soci.socket if soci else None))
+            self.containerd_config_path.write_text(
+                containerd_config(self.dir, self.soci.socket, version=3) if soci else containerd_config(self.dir))
             marker = str(self.containerd_config_path)
-            pid = spawn([containerd, "--config", marker], self.containerd_log_path, cwd=self.dir)
+            pid = spawn([containerd, "--config", marker], self.containerd_log_path, cwd=self.dir, env=env)
             try:
                 wait_until(
                     lambda: unix_socket_answers(self.socket_path),
@@ -151,7 +174,11 @@ class Sandbox:
                 )
                 registry = start_registry(self.dir, port=previous_port)
                 try:
-                    soci_pid = soci_emu.start_emulator(self.soci, str(self.socket_path)) if soci else 0
+                    soci_pid, soci_binary = 0, ""
+                    if soci:
+                        soci_daemon.write_config(self.soci, str(self.socket_path), soci_settings or SociSettings())
+                        soci_pid = soci_daemon.start_daemon(self.soci)
+                        soci_binary = require(soci_daemon.BINARY)
                 except BaseException:
                     registry.stop(STOP_TIMEOUT_S)
                     raise
@@ -164,8 +191,10 @@ class Sandbox:
                 registry_host=registry.host,
                 containerd_pid=pid,
                 registry_pid=registry.pid,
+                containerd_binary=containerd,
                 soci_address=str(self.soci.socket) if soci else "",
                 soci_pid=soci_pid,
+                soci_binary=soci_binary,
             )
             self._write_state(info, registry)
             return info
@@ -196,33 +225,37 @@ class Sandbox:
             f"export SOCIRUN_REGISTRY={shlex.quote(info.registry_host)}",
         ]
         if info.soci_address:
+            # The variables socirun reads to follow this SOCI (its config names the metrics address; the root
+            # holds the per-layer state files; the log file has the debug and FUSE-operation lines). The
+            # daemon reads the first and the third itself too, so the pair cannot disagree.
             lines.append(f"export SOCI_SNAPSHOTTER_CONFIG={shlex.quote(str(self.soci.config))}")
-            # The emulator logs to a file (real SOCI logs to journald): the fetch log follows it from here.
+            lines.append(f"export SOCI_SNAPSHOTTER_ROOT={shlex.quote(str(self.soci.root))}")
             lines.append(f"export SOCIRUN_SOCI_LOG={shlex.quote(str(self.soci.log))}")
         return lines
 
-    def restart_soci(self, config_text: str | None = None, *, span_pace_ms: float = 0.0) -> SandboxInfo:
-        """Stop the SOCI emulator and start it again (with a new config.toml when given); its snapshots stay."""
+    def restart_soci(self, settings: SociSettings | None = None) -> SandboxInfo:
+        """Stop soci-snapshotter-grpc (SIGINT) and start it again (with a config of `settings` when given; the
+        metrics port stays); its snapshots stay, and so does its log file."""
         with self._lock():
             state = self._read_state()
             if not state.get("soci_address"):
                 raise SandboxError(f"the sandbox in {self.dir} was not started with --soci.")
-            soci_emu.stop_emulator(self.soci, int(state.get("soci_pid") or 0))
-            if config_text is not None:
-                self.soci.config.write_text(config_text)
-            state["soci_pid"] = soci_emu.start_emulator(self.soci, str(self.socket_path), span_pace_ms=span_pace_ms)
+            soci_daemon.stop_daemon(self.soci, int(state.get("soci_pid") or 0))
+            if settings is not None:
+                soci_daemon.write_config(self.soci, str(self.socket_path), settings)
+            state["soci_pid"] = soci_daemon.start_daemon(self.soci)
             self._write_raw_state(state)
-            soci_emu.wait_reachable_through(str(self.socket_path))
+            soci_daemon.wait_reachable_through(str(self.socket_path))
         info = self._running()
         if info is None:
             raise SandboxError(f"the sandbox in {self.dir} stopped running.")
         return info
 
     def stop_soci(self) -> None:
-        """Stop the SOCI emulator only: containerd keeps `soci` registered, with a dead socket."""
+        """Stop soci-snapshotter-grpc only: containerd keeps `soci` registered, with a dead socket."""
         with self._lock():
             state = self._read_state()
-            soci_emu.stop_emulator(self.soci, int(state.get("soci_pid") or 0))
+            soci_daemon.stop_daemon(self.soci, int(state.get("soci_pid") or 0))
             state["soci_pid"] = 0
             self._write_raw_state(state)
 
@@ -267,8 +300,10 @@ class Sandbox:
                 registry_host=str(state["registry_host"]),
                 containerd_pid=int(state["containerd_pid"]),
                 registry_pid=int(state["registry_pid"]),
+                containerd_binary=str(state.get("containerd_binary") or ""),
                 soci_address=str(state.get("soci_address") or ""),
                 soci_pid=int(state.get("soci_pid") or 0),
+                soci_binary=str(state.get("soci_binary") or ""),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -287,8 +322,9 @@ class Sandbox:
         registry_pid = int(state.get("registry_pid") or 0)
         containerd_pid = int(state.get("containerd_pid") or 0)
         stop_process(registry_pid, str(self.registry_config_path), STOP_TIMEOUT_S)
+        # containerd first, so nothing asks SOCI for a mount while it unmounts on SIGINT.
         stop_process(containerd_pid, str(self.containerd_config_path), STOP_TIMEOUT_S)
-        soci_emu.stop_emulator(self.soci, int(state.get("soci_pid") or 0))
+        soci_daemon.stop_daemon(self.soci, int(state.get("soci_pid") or 0))
 
     def _stop_containers(self) -> None:
         """Kill the tasks of this containerd: through ctr while it answers (so containerd unmounts their

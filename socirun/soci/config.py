@@ -3,11 +3,14 @@
 Sources, best first: `soci-snapshotter-grpc [--config X] config dump` when that binary is on PATH (the
 daemon's own view, defaults filled in), else the TOML file (SocirunConfig.soci_config_path:
 `SOCI_SNAPSHOTTER_CONFIG`, else `/etc/soci-snapshotter-grpc/config.toml`) read with tomllib and completed with
-SOCI's defaults, else the defaults alone. `parse_soci_config` is pure; `load_soci_config` is the thin I/O shell.
+SOCI's defaults, else the defaults alone. The daemon's root directory is no config key (v0.16.1 has none): it is
+its --root flag / SOCI_SNAPSHOTTER_ROOT, handed in as `root` (SocirunConfig.soci_root). `parse_soci_config` is
+pure; `load_soci_config` is the thin I/O shell.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -15,7 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from socirun.config import SOCI_CONFIG_PATH
+from socirun.config import SOCI_CONFIG_PATH, SOCI_ROOT_PATH
 from socirun.decide.facts import SociConfig
 
 _DUMP_TIMEOUT_S = 5.0
@@ -43,14 +46,15 @@ def _str(table: Mapping[str, Any], key: str, default: str) -> str:
     return value if isinstance(value, str) else default
 
 
-def parse_soci_config(text: str, source: str) -> SociConfig:
-    """SociConfig from TOML text; absent keys take SOCI's defaults; unreadable TOML gives the defaults with
-    `problem` set (SOCI itself would refuse to start, which `doctor` reports)."""
+def parse_soci_config(text: str, source: str, root: str = SOCI_ROOT_PATH) -> SociConfig:
+    """SociConfig from TOML text, for the daemon running with --root `root`; absent keys take SOCI's defaults;
+    unreadable TOML gives the defaults with `problem` set (SOCI itself would refuse to start, which `doctor`
+    reports). A `root` key in the text is ignored, as SOCI ignores it."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         return SociConfig(source=f"built-in defaults ({source} is not valid TOML)",
-                          problem=f"{source} is not valid TOML: {err}")
+                          problem=f"{source} is not valid TOML: {err}", root=root)
     d = SociConfig()
     v1 = _table(doc, "pull_modes", "soci_v1")
     v2 = _table(doc, "pull_modes", "soci_v2")
@@ -78,13 +82,17 @@ def parse_soci_config(text: str, source: str) -> SociConfig:
         log_fuse_operations=_bool(fuse, "log_fuse_operations", d.log_fuse_operations),
         background_fetch_disable=_bool(bg, "disable", d.background_fetch_disable),
         fetch_period_msec=_int(bg, "fetch_period_msec", d.fetch_period_msec),
-        root=_str(doc, "root", d.root) or d.root,
+        root=root,
     )
 
 
-def load_soci_config(path: str = SOCI_CONFIG_PATH, *, use_dump: bool = True) -> SociConfig:
-    """The effective SOCI config on this host, for the daemon's config file `path` (SocirunConfig's
-    soci_config_path); see the module docstring for the order of sources."""
+def load_soci_config(path: str = SOCI_CONFIG_PATH, *, root: str = SOCI_ROOT_PATH, use_dump: bool = True) -> SociConfig:
+    """The effective SOCI config on this host, for the daemon's config file `path` and root directory `root`
+    (SocirunConfig's soci_config_path and soci_root); see the module docstring for the order of sources."""
+    return dataclasses.replace(_load(path, use_dump), root=root)
+
+
+def _load(path: str, use_dump: bool) -> SociConfig:
     binary = shutil.which("soci-snapshotter-grpc") if use_dump else None
     if binary is not None:
         argv = [binary, "--config", path, "config", "dump"] if os.path.exists(path) else [binary, "config", "dump"]

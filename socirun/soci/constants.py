@@ -1,6 +1,7 @@
 """The names SOCI defines (https://github.com/awslabs/soci-snapshotter/blob/v0.15.0/: snapshot/snapshot.go,
 docs/soci-index-manifest-v2.md, docs/config.md, fs/metrics/common/metrics.go), in one place for the plan, the
-engine, the observer and the sandbox's SOCI emulator."""
+engine, the observer and the sandbox. v0.16.1's names are the same
+(https://github.com/awslabs/soci-snapshotter/blob/v0.16.1/fs/metrics/common/metrics.go)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ LOG_LOCAL = "preparing snapshot as local snapshot"
 LOG_LOCAL_PREPARED = "local snapshot successfully prepared"
 LOG_FETCHING_SPAN = "fetching span"
 LOG_FUSE_OPERATION = "FUSE operation"
+FUSE_FILE_READ = "file.Read"  # the `operation` of a FUSE read request (fs/layer/node.go); others are not reads
 LOG_PREPARING = "preparing snapshot"
 LOG_NO_ZTOC = "skipping mounting layer as FUSE mount: no ztoc for layer"
 LOG_FETCH_ARTIFACT = "fetching artifact from remote"

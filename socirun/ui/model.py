@@ -26,14 +26,21 @@ class LayerRow:
     applied: int = 0
     started: float | None = None
     finished: float | None = None
-    fetched: int = 0  # bytes a lazy snapshotter fetched for this layer (FetchLogEntry)
+    fetched: int = 0  # bytes named by fetch-log entries of recordings made before LazyLayerStats existed
+    lazy: ev.LazyLayerStats | None = None  # SOCI's latest figures for this lazily mounted layer
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
     def lazy_fetched(self) -> int:
-        """What a lazy snapshotter has fetched of this layer: its metrics (LayerProgress) or the spans its log
-        named (FetchLogEntry), whichever knows more; both count the same bytes."""
+        """Compressed bytes the lazy snapshotter holds of this layer: SOCI's own figure (LazyLayerStats); in
+        older recordings, its progress events or the byte ranges its fetch log named, whichever knew more."""
+        if self.lazy is not None:
+            return self.lazy.fetched
         return max(self.fetched, self.downloaded)
+
+    @property
+    def lazy_size(self) -> int:
+        return self.lazy.size if self.lazy is not None and self.lazy.size > 0 else self.size
 
     @property
     def short(self) -> str:
@@ -68,8 +75,12 @@ class PullModel:
     container_id: str = ""
     container_started: ev.ContainerStarted | None = None
     exit_code: int | None = None
-    fetch_count: int = 0  # FetchLogEntry events seen
-    fetch_bytes: int = 0  # bytes they fetched
+    fetch_count: int = 0  # fetch-log entries with a byte range (recordings made before LazyLayerStats)
+    fetch_bytes: int = 0  # bytes they named
+    reads: dict[str, int] = field(default_factory=dict)  # path → FUSE read requests, in the order first read
+    read_first: dict[str, float] = field(default_factory=dict)  # path → when it was first read
+    last_read_new: bool = False  # the FetchLogEntry "read" just applied named a path for the first time
+    sources: ev.ObservationSources | None = None  # where the lazy figures come from, and what is missing
     # (time, bytes moved in this run) for the aggregate rate; cached layers do not count.
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
     # Running totals, so folding a LayerProgress costs the same for 5 layers as for 500.
@@ -115,12 +126,23 @@ class PullModel:
                     self._count_in(row)
                     _sample(row.samples, event.time, event.downloaded)
                     _sample(self._samples, event.time, self._moved)
+            case ev.FetchLogEntry(reason="read"):
+                self.last_read_new = event.path not in self.reads
+                if self.last_read_new:
+                    self.read_first[event.path] = event.time
+                self.reads[event.path] = max(self.reads.get(event.path, 0), event.requests, 1)
             case ev.FetchLogEntry():
                 self.fetch_count += 1
                 self.fetch_bytes += event.length
                 row = self.layers.get(event.layer_digest)
                 if row is not None:
                     row.fetched += event.length
+            case ev.LazyLayerStats():
+                row = self.layers.get(event.digest)
+                if row is not None:
+                    row.lazy = event
+            case ev.ObservationSources():
+                self.sources = event
             case ev.PullFinished():
                 self.finished = event
             case ev.ContainerCreated():
@@ -160,9 +182,34 @@ class PullModel:
         return _mode_class(self.mode) == "lazy" or any(r.mode in ("lazy", "snapshotter") for r in self.layers.values())
 
     def fetched_so_far(self) -> int:
-        """Bytes that crossed the network in this run: downloads plus what the snapshotter fetched lazily."""
-        # Lazy layers' metrics are already in _moved; log-only spans add what the metrics did not see.
-        return self._moved + sum(r.lazy_fetched - r.downloaded for r in self.layers.values() if r.mode == "lazy")
+        """Bytes that crossed the network for this image: socirun's downloads plus what the lazy snapshotter
+        holds of its lazily mounted layers (SOCI's own figure, which counts from the mount, not from this run)."""
+        lazy = 0
+        for r in self.layers.values():
+            if r.lazy is not None:
+                lazy += r.lazy.fetched
+            elif r.mode == "lazy":  # an older recording: its progress events are already in _moved
+                lazy += r.lazy_fetched - r.downloaded
+        return self._moved + lazy
+
+    def lazy_stats(self) -> list[ev.LazyLayerStats]:
+        return [r.lazy for r in self.layers.values() if r.lazy is not None]
+
+    def lazy_source(self) -> str:
+        """Where the lazy byte figures come from ("metrics", "state file", both), "" before any arrived."""
+        return ", ".join(sorted({s.source for s in self.lazy_stats()}))
+
+    def span_counts(self) -> tuple[int, int] | None:
+        """(on-demand span fetches, background spans) over the lazy layers, from SOCI's metrics; None when no
+        layer's figures came with them (state files carry no counts)."""
+        counted = [s for s in self.lazy_stats() if s.on_demand_fetches is not None]
+        if not counted:
+            return None
+        return (sum(s.on_demand_fetches or 0 for s in counted), sum(s.background_spans or 0 for s in counted))
+
+    def read_totals(self) -> tuple[int, int]:
+        """(files read, FUSE read requests) through the lazy mounts, from SOCI's log."""
+        return len(self.reads), sum(self.reads.values())
 
     def mode_badge(self) -> str:
         """LAZY / PARALLEL / STANDARD, from the plan; empty before the plan is made."""

@@ -25,7 +25,7 @@ def test_doctor_reports_containerd_and_missing_soci(sandbox: SandboxInfo, sample
     assert "[ok  ] containerd: containerd 1." in done.stderr
     assert "[note] snapshotter soci: containerd has no snapshotter called soci" in done.stderr
     assert "[proxy_plugins.soci]" in done.stderr  # the fix
-    assert "SOCI metrics: metrics_address is empty" in done.stderr
+    assert "SOCI metrics: metrics_address is not set" in done.stderr
     assert "credentials for 127.0.0.1" in done.stderr and "docker login" in done.stderr
     assert "CNI plugins" in done.stderr and "GPUs" in done.stderr
 

@@ -81,7 +81,7 @@ def test_pushed_sample_pulls_and_runs_with_ctr(sample_5: str, sample_5_image: Sa
     script = "stat -c '%a %n' /tmp /data/*"
     listing = ctr("run", "--rm", sample_5, "sbx-t3", "sh", "-c", script).stdout.splitlines()
     data_layers = len(sample_5_image.layers) - 1
-    assert listing == ["1777 /tmp"] + [f"644 /data/layer-{i}.bin" for i in range(1, data_layers + 1)]
+    assert listing == ["1777 /tmp"] + [f"755 /data/layer-{i}" for i in range(1, data_layers + 1)]
 
 
 def test_second_push_uploads_nothing(push_sample_5: Push, sample_5: str, sample_5_image: SampleImage) -> None:

@@ -1,14 +1,24 @@
 """Sandbox helpers for the integration tests: what the host must have, short socket-safe directories, the
-sample the session fixtures push, and the type of the `ctr` fixture."""
+sample the session fixtures push, the type of the `ctr` fixture, reading the sandbox registry's manifests, and
+the labels of a snapshotter's snapshots (which layers SOCI mounted lazily)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from socirun.sandbox.components import containerd2_dir
+from socirun.sandbox.soci_daemon import SociPaths
+from tests.support.cli_result import CliResult
 
 # The base layer plus four small data layers: five layers, ~4 MB compressed, quick to push and pull.
 SAMPLE_5_LAYERS_MB = (1.0, 1.0, 2.0, 4.0)
@@ -31,3 +41,120 @@ def missing_requirement() -> str | None:
 def short_tmp_dir(prefix: str = "srt-") -> Path:
     """A fresh directory directly under /tmp: unix socket paths inside it stay far below 108 bytes."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+MANIFEST_ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+
+
+def registry_get(host: str, path: str, accept: str = "") -> tuple[int, bytes]:
+    """GET http://HOST/v2/PATH from a plain-HTTP registry: (status, body); a 4xx/5xx is returned, not raised."""
+    request = urllib.request.Request(f"http://{host}/v2/{path}", headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def registry_json(host: str, name: str, reference: str) -> dict[str, Any]:
+    """The manifest or index NAME:REFERENCE (a tag or a digest) as JSON; fails the test unless it exists."""
+    status, body = registry_get(host, f"{name}/manifests/{reference}", accept=MANIFEST_ACCEPT)
+    assert status == 200, f"{name}:{reference} answered HTTP {status}: {body[:200]!r}"
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def snapshot_labels(ctr: str, address: str, snapshotter: str = "soci") -> dict[str, dict[str, str]]:
+    """Every snapshot's labels in `snapshotter` (namespace default), by key, through `ctr snapshots info`
+    (`ctr` should be containerd 2.x's own when the sandbox runs 2.x)."""
+    base = [ctr, "-a", address, "-n", "default", "snapshots", "--snapshotter", snapshotter]
+    listing = subprocess.run([*base, "ls"], capture_output=True, text=True, timeout=60, check=True).stdout
+    labels: dict[str, dict[str, str]] = {}
+    for line in listing.splitlines()[1:]:
+        if not line.strip():
+            continue
+        key = line.split()[0]
+        info = subprocess.run([*base, "info", key], capture_output=True, text=True, timeout=60, check=True).stdout
+        labels[key] = dict(json.loads(info).get("Labels") or {})
+    return labels
+
+
+def remote_layers(labels: dict[str, dict[str, str]]) -> set[str]:
+    """The layer digests (cri.layer-digest) of the snapshots SOCI mounted lazily: containerd.io/snapshot/remote
+    = "remote snapshot" (soci-snapshotter's snapshot/snapshot.go)."""
+    return {
+        label["containerd.io/snapshot/cri.layer-digest"]
+        for label in labels.values()
+        if label.get("containerd.io/snapshot/remote") == "remote snapshot"
+        and "containerd.io/snapshot/cri.layer-digest" in label
+    }
+
+
+def snapshot_layers(labels: dict[str, dict[str, str]]) -> set[str]:
+    """The layer digests of every snapshot that carries one (SOCI's, lazy or fetched whole)."""
+    return {label["containerd.io/snapshot/cri.layer-digest"] for label in labels.values()
+            if "containerd.io/snapshot/cri.layer-digest" in label}
+
+
+# -- SOCI sandbox helpers (tests/integration/test_soci_plan.py) ---------------------------------------------------
+
+
+def soci_env(containerd_address: str, soci: SociPaths, *, with_log: bool = True) -> dict[str, str]:
+    """The environment `socirun sandbox env` exports for a sandbox with SOCI, for a `socirun` subprocess with
+    JSON progress; `with_log=False` leaves SOCI's log file out (socirun then cannot read it)."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("SOCI_SNAPSHOTTER_", "SOCIRUN_", "CONTAINERD_"))}
+    env |= {"CONTAINERD_ADDRESS": containerd_address, "SOCI_SNAPSHOTTER_CONFIG": str(soci.config),
+            "SOCI_SNAPSHOTTER_ROOT": str(soci.root), "SOCIRUN_PROGRESS": "json"}
+    if with_log:
+        env["SOCIRUN_SOCI_LOG"] = str(soci.log)
+    return env
+
+
+def run_socirun(env: dict[str, str], *args: str, timeout: float = 300) -> CliResult:
+    done = subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+    return CliResult.of_process(done)
+
+
+def _registry_call(method: str, url: str, *, body: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def registry_manifest(registry_host: str, name: str, digest: str) -> tuple[str, bytes]:
+    """(media type, bytes) of the manifest `digest` in repository `name` of the sandbox registry."""
+    status, headers, body = _registry_call("GET", f"http://{registry_host}/v2/{name}/manifests/{digest}",
+                                           headers={"Accept": MANIFEST_ACCEPT})
+    assert status == 200, f"GET manifest {digest} of {name}: {status} {body[:200]!r}"
+    return headers.get("Content-Type", ""), body
+
+
+def registry_delete_manifest(registry_host: str, name: str, digest: str) -> None:
+    """Delete a manifest by digest (the sandbox registry has deletes enabled): SOCI can no longer fetch it."""
+    status, _, body = _registry_call("DELETE", f"http://{registry_host}/v2/{name}/manifests/{digest}")
+    assert status == 202, f"DELETE manifest {digest} of {name}: {status} {body[:200]!r}"
+
+
+def registry_put_manifest(registry_host: str, name: str, reference: str, media_type: str, body: bytes) -> None:
+    status, _, answer = _registry_call("PUT", f"http://{registry_host}/v2/{name}/manifests/{reference}", body=body,
+                                       headers={"Content-Type": media_type})
+    assert status == 201, f"PUT manifest {reference} of {name}: {status} {answer[:200]!r}"
+
+
+def forget_image(containerd_address: str, reference: str) -> None:
+    """Remove the image from containerd and, synchronously, what only it kept (content, snapshots): the next pull
+    asks the snapshotter again."""
+    done = subprocess.run([str(containerd2_dir() / "ctr"), "-a", containerd_address, "-n", "default", "images", "rm",
+                           "--sync", reference], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr

@@ -50,46 +50,96 @@ ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 LAZY_REF = "public.ecr.aws/deep-learning-containers/vllm:0.19.0-gpu-py312-ec2-soci"
 
 
-def lazy_run() -> list[ev.Event]:
-    """A SOCI lazy pull of three layers (one small layer downloaded whole), then the container starts and the
-    snapshotter keeps fetching on demand and in the background; the container exits 0 at the end."""
+SOURCES = ev.ObservationSources(live=(
+    "metrics: tcp 127.0.0.1:45673",
+    "state files: /var/lib/soci-snapshotter-grpc/snapshotter/snapshots",
+    "log: file /var/log/soci-snapshotter-grpc.log",
+    "log detail: [fuse] log_fuse_operations is on and the log has debug lines",
+))
+NO_METRICS = ev.ObservationSources(
+    live=("state files: /var/lib/soci-snapshotter-grpc/snapshotter/snapshots",
+          "log: file /var/log/soci-snapshotter-grpc.log",
+          "log detail: [fuse] log_fuse_operations is on and the log has debug lines"),
+    missing=("span fetch counts (on demand, background) are not shown; bytes fetched come from the state files: "
+             "metrics_address is empty in /etc/soci-snapshotter-grpc/config.toml (SOCI's metrics are off by "
+             "default); to turn it on: set metrics_address = \"127.0.0.1:9400\" (or a socket path with "
+             "metrics_network = \"unix\") in SOCI's config.toml, then restart soci-snapshotter-grpc",),
+)
+MOUNTED = "mounted lazily by SOCI: its bytes arrive on demand and in the background"
+CONTAINER = "c0ffee" * 10 + "abcd"
+
+
+def _stats(digest: str, size: int, at: float, fetched: int, on_demand: int, background: int = 0,
+           complete: bool = False) -> ev.LazyLayerStats:
+    return ev.LazyLayerStats(digest=digest, fetched=fetched, size=size, source="metrics", on_demand_fetches=on_demand,
+                             background_spans=background, background_failures=0, bytes_served=on_demand * 3_000_000,
+                             complete=complete, time=round(T0 + at, 3))
+
+
+def lazy_run(sources: ev.ObservationSources = SOURCES) -> list[ev.Event]:
+    """A SOCI lazy pull of three layers (one small layer downloaded whole by socirun), shaped like a real run:
+    SOCI mounts the two big layers, the observer reports its sources and SOCI's per-layer figures (metrics),
+    socirun reads /etc/passwd and /etc/group through the mount, the container starts and reads a few files
+    (one `read` entry per path, then growing request counts), SOCI fetches spans on demand and, after its
+    silence period, in the background; the container exits 0 at the end."""
+    size2, size3 = 2_970_000_000, 6_000_000_000
     out: list[ev.Event] = [
         ev.Resolving(reference=LAZY_REF, expanded_from="vllm:0.19.0-gpu-py312-ec2-soci", time=T0),
         ev.ImageResolved(reference=LAZY_REF, digest="sha256:" + "e" * 64, manifest_digest="sha256:" + "f" * 64,
                          platform="linux/amd64", layer_count=3, total_size=9_000_000_000, time=T0 + 0.4),
         ev.PlanMade(mode="lazy", snapshotter="soci", reasons=(
-            "the image has a SOCI index (v2) for linux/amd64",
-            "the soci snapshotter is running and registered with containerd",
+            "the soci snapshotter answers at /run/soci-snapshotter-grpc/soci-snapshotter-grpc.sock, and the image "
+            "has a SOCI v2 index 1d416d840240 (found via the manifest annotation com.amazon.soci.index-digest)",
+            "2 of 3 layers have a zTOC and load lazily; the container starts once every layer is mounted",
         ), time=T0 + 0.5),
         ev.LayerPlanned(index=0, digest=L1, media_type=GZ, size=30_000_000, mode="standard", time=T0 + 0.5),
-        ev.LayerPlanned(index=1, digest=L2, media_type=ZSTD, size=2_970_000_000, mode="lazy", time=T0 + 0.5),
-        ev.LayerPlanned(index=2, digest=L3, media_type=GZ, size=6_000_000_000, mode="lazy", time=T0 + 0.5),
+        ev.LayerPlanned(index=1, digest=L2, media_type=ZSTD, size=size2, mode="lazy", time=T0 + 0.5),
+        ev.LayerPlanned(index=2, digest=L3, media_type=GZ, size=size3, mode="lazy", time=T0 + 0.5),
         ev.LayerStateChanged(digest=L1, state="downloading", time=T0 + 0.6),
-        ev.LayerStateChanged(digest=L2, state="downloading", detail="lazy", time=T0 + 0.6),
-        ev.LayerStateChanged(digest=L3, state="downloading", detail="lazy", time=T0 + 0.6),
+        ev.LayerStateChanged(digest=L2, state="waiting", time=T0 + 0.6),
+        ev.LayerStateChanged(digest=L3, state="waiting", time=T0 + 0.6),
+        ev.LayerClassified(digest=L2, mode="lazy", detail=MOUNTED, time=T0 + 0.7),
+        ev.LayerStateChanged(digest=L2, state="done", detail=MOUNTED, time=T0 + 0.7),
+        ev.LayerClassified(digest=L3, mode="lazy", detail=MOUNTED, time=T0 + 0.75),
+        ev.LayerStateChanged(digest=L3, state="done", detail=MOUNTED, time=T0 + 0.75),
+        ev.ObservationSources(live=sources.live, missing=sources.missing, time=T0 + 0.8),
     ]
+    if sources.missing:  # no metrics: byte figures from the state files, no counts
+        out += [ev.LazyLayerStats(digest=d, fetched=10, size=n, source="state file", time=T0 + 0.8)
+                for d, n in ((L2, size2), (L3, size3))]
+    else:
+        out += [_stats(L2, size2, 0.8, 10, 0), _stats(L3, size3, 0.8, 10, 0)]
     for i in range(1, 7):
         out.append(ev.LayerProgress(digest=L1, downloaded=5_000_000 * i, total=30_000_000, time=T0 + 0.6 + i * 0.25))
-        # The snapshotter prefetches what the SOCI index marks as needed at start while the pull goes on.
-        out.append(ev.FetchLogEntry(layer_digest=L2 if i % 2 else L3, offset=i * 1_048_576, length=1_048_576,
-                                    reason="prefetch", path=f"/usr/lib/python3.12/site-packages/mod{i}.so",
-                                    time=round(T0 + 0.7 + i * 0.25, 3)))
     out += [
         ev.LayerStateChanged(digest=L1, state="done", time=T0 + 2.3),
-        ev.LayerStateChanged(digest=L2, state="done", time=T0 + 2.4),
-        ev.LayerStateChanged(digest=L3, state="done", time=T0 + 2.4),
         ev.PullFinished(reference=LAZY_REF, manifest_digest="sha256:" + "f" * 64, snapshotter="soci", mode="lazy",
                         fetched=30_000_000, total_size=9_000_000_000, elapsed=2.4, time=T0 + 2.4),
-        ev.ContainerCreated(container_id="c0ffee" * 10 + "abcd", name="vllm", time=T0 + 2.5),
-        ev.ContainerStarted(container_id="c0ffee" * 10 + "abcd", pid=4242, since_command_start=2.7, time=T0 + 2.7),
+        ev.FetchLogEntry(reason="read", path="/etc/passwd", requests=1, time=T0 + 2.45),
+        ev.FetchLogEntry(reason="read", path="/etc/group", requests=1, time=T0 + 2.46),
+        ev.ContainerCreated(container_id=CONTAINER, name="vllm", time=T0 + 2.5),
+        ev.ContainerStarted(container_id=CONTAINER, pid=4242, since_command_start=2.7, time=T0 + 2.7),
     ]
-    paths = ("/usr/bin/python3.12", "/usr/lib/libcuda.so.1", "/opt/vllm/model.safetensors", "/etc/ld.so.cache")
-    for i in range(40):
-        digest = L2 if i % 3 else L3
-        out.append(ev.FetchLogEntry(layer_digest=digest, offset=i * 4_194_304, length=4_194_304 if i % 2 else 65_536,
-                                    reason="on-demand" if i % 4 else "background", path=paths[i % len(paths)],
-                                    time=round(T0 + 2.8 + i * 0.1, 3)))
-    out.append(ev.ContainerExited(container_id="c0ffee" * 10 + "abcd", exit_code=0, time=T0 + 7.0))
+    paths = ("/usr/bin/python3.12", "/usr/lib/python3.12/encodings/__init__.py", "/usr/lib/libcuda.so.1",
+             "/opt/vllm/vllm/__init__.py", "/opt/vllm/model.safetensors")
+    requests = dict.fromkeys(paths, 0)
+    on_demand = 0
+    for step in range(40):
+        at = 2.8 + step * 0.1
+        path = paths[min(step // 6, len(paths) - 1)] if step % 3 else paths[step % len(paths)]
+        first = requests[path] == 0
+        requests[path] += 1 if first else 4
+        out.append(ev.FetchLogEntry(reason="read", path=path, requests=requests[path], time=round(T0 + at, 3)))
+        if first:
+            on_demand += 1
+        if step % 5 == 4:  # the observer polls SOCI's metrics twice a second
+            background = max(0, step - 24) // 5
+            out.append(_stats(L2, size2, at, 10 + on_demand * 2_100_000 + background * 4_194_304, on_demand,
+                              background))
+            out.append(_stats(L3, size3, at, 10 + on_demand * 700_000, on_demand // 2))
+    if sources.missing:
+        out = [e for e in out if not isinstance(e, ev.LazyLayerStats) or e.source == "state file"]
+    out.append(ev.ContainerExited(container_id=CONTAINER, exit_code=0, time=T0 + 7.0))
     return out
 
 

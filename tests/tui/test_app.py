@@ -12,10 +12,11 @@ from textual.widgets import Log
 
 from socirun import events as ev
 from socirun.errors import SocirunError
+from socirun.ui.model import human_bytes
 from socirun.ui.replay import replay_work
 from socirun.ui.tui import run_with_tui_async
-from socirun.ui.tui.app import NOTHING_LAZY, PullApp
-from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen
+from socirun.ui.tui.app import NO_READS_YET, NOTHING_LAZY, PullApp
+from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, TextLine
 from tests.support import streams
 from tests.support.streams import L2, T0, A, B, C
 from tests.support.tui import app_with
@@ -66,16 +67,15 @@ async def test_fetch_log_fills_stays_bounded_and_follows_only_at_the_bottom() ->
     async with app.run_test(size=(100, 40)) as pilot:
         log = app.query_one("#fetchlog", Log)
         for i in range(200):
-            app.emit(ev.FetchLogEntry(layer_digest=L2, offset=i, length=4096, reason="on-demand",
-                                      path=f"/f{i}", time=T0 + 3 + i / 100))
+            app.emit(ev.FetchLogEntry(reason="read", path=f"/f{i}", requests=1, time=T0 + 3 + i / 100))
         app.refresh_view()
         await pilot.pause()
         assert log.line_count == 50
-        assert log.lines[-1].endswith("/f199") and "/f150" in log.lines[0]
+        assert log.lines[-1].endswith("read /f199") and "/f150" in log.lines[0]
         assert log.scroll_y == log.max_scroll_y > 0  # following the tail
         log.scroll_home(animate=False)
         await pilot.pause()
-        app.emit(ev.FetchLogEntry(layer_digest=L2, offset=1, length=1, reason="on-demand", path="/late", time=T0 + 9))
+        app.emit(ev.FetchLogEntry(reason="read", path="/late", requests=1, time=T0 + 9))
         app.refresh_view()
         await pilot.pause()
         assert log.scroll_y == 0  # the user scrolled up: new lines do not drag the view down
@@ -84,6 +84,42 @@ async def test_fetch_log_fills_stays_bounded_and_follows_only_at_the_bottom() ->
         await pilot.press("f")
         await pilot.pause()
         assert log.auto_scroll and log.scroll_y == log.max_scroll_y
+
+
+async def test_reads_are_one_line_per_path_and_counts_go_to_the_summary() -> None:
+    stream = streams.lazy_run()
+    app = app_with(stream)
+    reads = [e for e in stream if isinstance(e, ev.FetchLogEntry)]
+    paths = list(dict.fromkeys(e.path for e in reads))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        lines = app.query_one("#fetchlog", Log).lines
+        assert [line.split(" read ", 1)[1] for line in lines] == paths  # first reads only, in order
+        final = {e.path: e.requests for e in reads}
+        summary = app.query_one("#summary", TextLine).render().plain
+        assert f"read {len(paths)} files ({sum(final.values())} requests)" in summary
+        last = {e.digest: e for e in stream if isinstance(e, ev.LazyLayerStats)}
+        on_demand = sum(s.on_demand_fetches or 0 for s in last.values())
+        assert f"spans on demand {on_demand}," in summary and "SOCI metrics)" in summary
+        assert row(app, L2)["bytes"] == f"{human_bytes(last[L2].fetched)}/{human_bytes(last[L2].size)}"
+
+
+async def test_a_missing_source_is_said_with_how_to_turn_it_on() -> None:
+    before_reads = streams.until(streams.lazy_run(streams.NO_METRICS), 2.4)
+    app = app_with(before_reads)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        note = str(app.query_one("#log-note").render())
+        assert note.startswith(NO_READS_YET) and "to turn it on: set metrics_address" in note
+        summary = app.query_one("#summary", TextLine).render().plain
+        assert "state file" in summary and "span counts need" in summary and "on demand" not in summary
+        app.emit(ev.FetchLogEntry(reason="read", path="/etc/passwd", requests=1, time=T0 + 2.5))
+        app.refresh_view()
+        await pilot.pause()
+        lines = app.query_one("#fetchlog", Log).lines
+        assert lines[0].startswith("! span fetch counts") and lines[-1].endswith("read /etc/passwd")
+        await pilot.press("p")
+        assert "to turn it on: set metrics_address" in str(app.screen.query_one("#plan-text").render())
 
 
 async def test_nothing_lazy_explains_the_empty_log() -> None:
@@ -107,7 +143,8 @@ async def test_keys_do_what_the_footer_says() -> None:
         assert pane.display
         await pilot.press("p")
         assert isinstance(app.screen, PlanScreen)
-        assert "SOCI index" in str(app.screen.query_one("#plan-text").render())
+        plan = str(app.screen.query_one("#plan-text").render())
+        assert "SOCI v2 index" in plan and "metrics: tcp 127.0.0.1:45673" in plan
         await pilot.press("escape")
         assert not isinstance(app.screen, PlanScreen)
         await pilot.press("question_mark")
@@ -214,7 +251,8 @@ async def test_detached_run_keeps_showing_fetches_until_q_then_prints_the_id() -
         await p.pause(0.3)
         app = p.app
         assert isinstance(app, PullApp) and app.is_running and app.model.phase() == "running"
-        assert app.query_one("#fetchlog", Log).line_count == 46
+        paths = {e.path for e in stream if isinstance(e, ev.FetchLogEntry)}
+        assert app.query_one("#fetchlog", Log).line_count == len(paths)
         await p.press("q")
 
     code = await run_with_tui_async(work, detach=True, headless=True, interactive=True, err=err, out=out,

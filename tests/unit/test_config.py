@@ -19,6 +19,16 @@ def test_defaults_when_no_file(tmp_path: Path) -> None:
     assert cfg.address is None and cfg.namespace is None and cfg.snapshotter is None
     assert cfg.data_root == "/var/lib/socirun"
     assert cfg.files_read == []
+    assert cfg.soci_config_path == "/etc/soci-snapshotter-grpc/config.toml"
+    assert cfg.soci_root == "/var/lib/soci-snapshotter-grpc/"  # soci-snapshotter-grpc's --root default
+
+
+def test_soci_paths_from_the_environment(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "SOCI_SNAPSHOTTER_CONFIG": "/srv/soci/config.toml",
+           "SOCI_SNAPSHOTTER_ROOT": "/srv/soci/root", "SOCIRUN_SOCI_LOG": "/srv/soci/soci.log"}
+    cfg = load_config(env=env, system_path=str(tmp_path / "none.toml"))
+    assert (cfg.soci_config_path, cfg.soci_root, cfg.soci_log) == (
+        "/srv/soci/config.toml", "/srv/soci/root", "/srv/soci/soci.log")
 
 
 def test_user_path_follows_xdg(tmp_path: Path) -> None:

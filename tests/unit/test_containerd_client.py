@@ -144,7 +144,7 @@ async def test_retries_end_and_some_failures_are_never_retried(offline_client: c
 
 
 async def test_a_dropped_plugin_connection_is_tried_again(offline_client: ctd.ContainerdClient) -> None:
-    # What containerd 1.6 answered a Prepare right after the SOCI emulator restarted (seen in test_soci.py).
+    # What containerd answers a Prepare right after its proxy snapshotter restarted (the old socket is gone).
     method = FlakyMethod(failures=1, details="connection closed: unavailable")
     assert await offline_client.call("Snapshots.Prepare", method, object()) == "answer"
     assert method.calls == 2

@@ -9,7 +9,7 @@ from socirun import events as ev
 from socirun.errors import UsageError
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.model import PullModel, human_bytes, human_duration
-from socirun.ui.plain import PlainRenderer
+from socirun.ui.plain import PlainRenderer, lazy_stats_line
 from socirun.ui.progress import choose_progress
 from socirun.ui.replay import dump_events, load_events, replay_lines
 from tests.support import streams
@@ -157,10 +157,62 @@ def test_plain_and_json_golden_files_of_the_same_recorded_stream(tmp_path: Path)
 def test_model_phase_and_lazy_totals() -> None:
     model = PullModel()
     phases = []
-    for event in streams.lazy_run():
+    stream = streams.lazy_run()
+    for event in stream:
         model.apply(event)
         phases.append(model.phase())
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
         "resolving", "pulling", "pulled", "starting", "running", "exited"]
     assert model.mode_badge() == "LAZY" and model.is_lazy()
-    assert model.fetched_so_far() == 30_000_000 + model.fetch_bytes and model.fetch_count == 46
+    # Every lazy figure is SOCI's latest for its layer, never a sum of log lines.
+    last = {e.digest: e for e in stream if isinstance(e, ev.LazyLayerStats)}
+    downloaded = sum(e.downloaded for e in stream if isinstance(e, ev.LayerProgress) and e.downloaded == e.total)
+    assert model.fetched_so_far() == downloaded + sum(s.fetched for s in last.values())
+    assert model.span_counts() == (sum(s.on_demand_fetches or 0 for s in last.values()),
+                                   sum(s.background_spans or 0 for s in last.values()))
+    assert model.lazy_source() == "metrics" and model.fetch_count == 0
+    reads = {e.path: e.requests for e in stream if isinstance(e, ev.FetchLogEntry)}
+    assert model.read_totals() == (len(reads), sum(reads.values()))
+    assert list(model.reads) == list(dict.fromkeys(e.path for e in stream if isinstance(e, ev.FetchLogEntry)))
+
+
+def test_plain_says_each_read_once_and_not_as_a_fetch() -> None:
+    text = replay_plain(streams.lazy_run())
+    read_lines = [line for line in text.splitlines() if line.startswith("read /")]
+    paths = list(dict.fromkeys(e.path for e in streams.lazy_run() if isinstance(e, ev.FetchLogEntry)))
+    assert read_lines == [f"read {p}" for p in paths]
+    assert "fetched" not in "\n".join(read_lines) and "on-demand" not in text and "@" not in text
+
+
+def test_plain_lazy_figures_name_their_source_and_are_not_repeated_every_poll() -> None:
+    stream = streams.lazy_run()
+    lines = replay_plain(stream).splitlines()
+    stats_lines = [line for line in lines if "SOCI holds" in line]
+    assert all(line.endswith("[metrics]") or "[metrics];" in line for line in stats_lines)
+    polls = sum(1 for e in stream if isinstance(e, ev.LazyLayerStats))
+    assert 2 <= len(stats_lines) < polls
+    # the last figures of each layer are said by the time the container exits
+    last = {e.digest: e for e in stream if isinstance(e, ev.LazyLayerStats)}
+    exited = next(i for i, line in enumerate(lines) if "exited with code" in line)
+    for digest, stats in last.items():
+        said = [i for i, line in enumerate(lines) if line.startswith(digest[7:19] + ": SOCI holds")]
+        assert lines[said[-1]] == lazy_stats_line(stats) and said[-1] < exited
+
+
+def test_plain_says_which_source_is_missing_and_how_to_turn_it_on() -> None:
+    text = replay_plain(streams.lazy_run(streams.NO_METRICS))
+    assert "observing SOCI through state files:" in text
+    assert f"  {streams.NO_METRICS.missing[0]}" in text.splitlines()
+    assert "(span counts need SOCI's metrics)" in text and "spans fetched on demand" not in text
+
+
+def test_read_entries_round_trip_and_old_fetch_entries_still_render() -> None:
+    read = ev.FetchLogEntry(reason="read", path="/usr/bin/python3", requests=12, time=T0)
+    record = ev.to_record(read)
+    assert record["reason"] == "read" and record["requests"] == 12 and ev.from_record(record) == read
+    # a recording made before the `requests` field: still this schema, still readable
+    old = {"schema": 1, "type": "fetch_log", "time": T0, "layer_digest": streams.L2, "offset": 4194304,
+           "length": 65536, "reason": "on-demand", "path": "/etc/ld.so.cache"}
+    out = io.StringIO()
+    replay_lines([*streams.until(streams.lazy_run(), 0.6), ev.from_record(old)], "plain", out)
+    assert out.getvalue().splitlines()[-1] == "222222222222: fetched 65.5 kB at 4194304 (on-demand) /etc/ld.so.cache"

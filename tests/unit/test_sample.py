@@ -1,4 +1,6 @@
-"""The sample image builder: deterministic, self-consistent digests, ~2:1 data, a usable busybox base."""
+"""The sample image builder: deterministic, self-consistent digests, data layers that are trees of files of
+mixed sizes (listed by a pure function) compressing ~2:1, a usable busybox base; its OCI layout (the input of
+`soci convert`), the push order of a layout, and the SOCI choices made before any tool runs."""
 
 from __future__ import annotations
 
@@ -7,14 +9,39 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from socirun.errors import SandboxError
-from socirun.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, host_platform, sha256_digest
-from socirun.sandbox.sample import BUSYBOX, DEFAULT_CMD, MIB, SampleImage, SampleLayer, build_sample
+from socirun.oci import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Descriptor,
+    host_platform,
+    sha256_digest,
+)
+from socirun.sandbox.oci_layout import blob_path, push_plan, read_layout, top_descriptor, write_sample_layout
+from socirun.sandbox.sample import (
+    BIG_FILE_SIZE,
+    BUSYBOX,
+    DEFAULT_CMD,
+    LAYOUT,
+    MIB,
+    SampleFile,
+    SampleImage,
+    SampleLayer,
+    build_sample,
+    layer_files,
+    push_sample,
+    sample_files,
+)
+from socirun.sandbox.sample_layout import SMALL_CAP
+from socirun.sandbox.soci_index import v2_cache_name, ztoc_layers
 
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="needs busybox-static (/bin/busybox)")
 
@@ -86,14 +113,92 @@ def test_manifest_and_config(sample: SampleImage) -> None:
     assert len(config["history"]) == len(sample.layers)
 
 
-def test_data_layers_hold_one_file_of_the_asked_size(sample: SampleImage) -> None:
+def test_data_layers_hold_the_listed_files(sample: SampleImage) -> None:
     assert len(sample.layers) == 1 + len(SIZES_MB)
+    listed = sample_files(SIZES_MB, seed=7)
+    assert sample.files == listed  # the cache entry records the same listing
     for index, (layer, mb) in enumerate(zip(sample.layers[1:], SIZES_MB, strict=True), start=1):
         with layer_tar(layer) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-        assert set(members) == {"data", f"data/layer-{index}.bin"}
-        assert members["data"].isdir()
-        assert members[f"data/layer-{index}.bin"].size == round(mb * MIB)
+            members = tar.getmembers()
+        files = [(f"/{m.name}", m.size) for m in members if m.isfile()]
+        assert files == [(f.path, f.size) for f in listed if f.layer == index]
+        # The files' sizes add up to the asked size: it is content, not tar overhead.
+        assert sum(size for _, size in files) == round(mb * MIB)
+        # Every directory comes before what it holds (so any tar reader and overlayfs get the tree).
+        seen: set[str] = set()
+        for member in members:
+            parent = os.path.dirname(member.name)
+            assert parent == "" or parent in seen, member.name
+            if member.isdir():
+                seen.add(member.name)
+        assert {"data", f"data/layer-{index}"} <= seen
+
+
+def test_small_files_are_text_with_a_header_naming_them(sample: SampleImage) -> None:
+    small = [f for f in sample.files if f.kind == "small" and f.layer == 2][:5]
+    assert small
+    with layer_tar(sample.layers[2]) as tar:
+        for file in small:
+            data = tar.extractfile(file.path.lstrip("/")).read()  # type: ignore[union-attr]
+            assert len(data) == file.size
+            text = data.decode("ascii")
+            assert text.startswith(f"# socirun sample (seed 7): {file.path}"[:file.size])
+            assert "\n" in text or file.size < 100
+
+
+def test_listing_is_pure_and_keyed_by_seed() -> None:
+    sizes = (1.0, 64.0, 300.0)
+    first = sample_files(sizes, seed=3)
+    assert sample_files(sizes, seed=3) == first
+    other = sample_files(sizes, seed=4)
+    assert [f.size for f in other] != [f.size for f in first]
+    # A layer's listing does not depend on the other layers.
+    assert [f for f in first if f.layer == 2] == list(layer_files(2, 64 * MIB, seed=3))
+    assert len({f.path for f in first}) == len(first)
+
+
+def test_listing_shape_like_a_python_environment() -> None:
+    files = layer_files(3, 1000 * MIB, seed=0)
+    by_kind: dict[str, list[SampleFile]] = {}
+    for f in files:
+        by_kind.setdefault(f.kind, []).append(f)
+    assert sum(f.size for f in files) == 1000 * MIB
+    assert [(f.path, f.size) for f in by_kind["big"]] == [("/data/layer-3/big.bin", BIG_FILE_SIZE)]
+    assert len(by_kind["small"]) >= 2000  # thousands of small files
+    assert all(200 <= f.size <= 24 * 1024 and f.path.endswith(".py") for f in by_kind["small"][:-1])
+    assert sum(f.size for f in by_kind["small"]) == SMALL_CAP
+    assert all(64 * 1024 <= f.size <= 2 * MIB for f in by_kind["medium"][:-1])
+    assert all(4 * MIB <= f.size <= 48 * MIB for f in by_kind["large"][:-1])
+    assert all(f.path.startswith("/data/layer-3/") for f in files)
+    # Bytes sit in the large files, as in a real environment; the small ones are most of the count.
+    assert sum(f.size for f in by_kind["large"]) > 500 * MIB
+    assert len(by_kind["small"]) > 0.8 * len(files)
+
+
+@pytest.mark.parametrize("mb", [0.0, 0.001, 1.0, 39.0, 41.0])
+def test_big_file_is_twenty_mib_or_half_a_small_layer(mb: float) -> None:
+    files = layer_files(1, round(mb * MIB), seed=0)
+    big = [f for f in files if f.kind == "big"]
+    assert [f.path for f in big] == ["/data/layer-1/big.bin"]
+    assert big[0].size == min(BIG_FILE_SIZE, round(mb * MIB) // 2)
+    assert sum(f.size for f in files) == round(mb * MIB)
+
+
+def test_layout_text_names_the_paths_listed() -> None:
+    for file in sample_files((1.0, 64.0)):
+        pattern = re.sub(r"layer-\d+", "layer-N", file.path)
+        pattern = re.sub(r"(pkg|mod|_native|libsample-)\d+", lambda m: m.group(1) + "X", pattern)
+        rows = [re.sub(r"(pkg|mod|_native|libsample-)[A-Z]+", lambda m: m.group(1) + "X", line.split()[0])
+                for line in LAYOUT.splitlines() if line.startswith("  /data/")]
+        assert pattern in rows, pattern
+
+
+def test_list_files_command_prints_the_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    from socirun.commands.main import main
+
+    assert main(["sandbox", "push-sample", "--layers", "1,8", "--seed", "2", "--list-files"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{f.path}\t{f.size}" for f in sample_files((1.0, 8.0), seed=2)]
 
 
 def test_data_compresses_about_two_to_one(sample: SampleImage) -> None:
@@ -175,3 +280,102 @@ def test_glibc_layer_copies_the_host_loader_and_libs(tmp_path: Path) -> None:
 def test_negative_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SandboxError):
         build_sample(tmp_path, [-1])
+
+
+# -- the OCI layout of a sample (the input of `soci convert --standalone`) and the push order of a layout --
+
+
+def test_sample_layout_is_an_oci_image_layout(sample: SampleImage, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    top = write_sample_layout(sample, layout, ref_name="v1")
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    assert index["mediaType"] == OCI_INDEX and len(index["manifests"]) == 1
+    entry = index["manifests"][0]
+    assert (entry["digest"], entry["size"]) == (sample.manifest_digest, len(sample.manifest_bytes))
+    assert entry["platform"]["architecture"] == host_platform().architecture
+    assert entry["annotations"] == {"org.opencontainers.image.ref.name": "v1"}
+    assert top.digest == sample.manifest_digest
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
+    assert len(blobs) == 2 + len(sample.layers)
+    for blob in blobs:  # every blob is named by the digest of its bytes
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    for layer in sample.layers:  # hard links to the cache, not copies
+        assert blob_path(layout, layer.digest).stat().st_ino == layer.path.stat().st_ino
+
+    plan = read_layout(layout)
+    assert [b.digest for b in plan.blobs] == [sample.config_digest, *(layer.digest for layer in sample.layers)]
+    assert [m.descriptor.digest for m in plan.manifests] == [sample.manifest_digest]
+    assert plan.top.body == sample.manifest_bytes and plan.top.descriptor.media_type == OCI_MANIFEST
+
+
+def _doc(doc: dict[str, object]) -> tuple[bytes, Descriptor]:
+    body = json.dumps(doc).encode()
+    return body, Descriptor(str(doc["mediaType"]), sha256_digest(body), len(body))
+
+
+def test_push_plan_puts_every_manifest_after_what_it_refers_to() -> None:
+    config = Descriptor(OCI_CONFIG, "sha256:" + "c" * 64, 10)
+    layer = Descriptor(OCI_LAYER_GZIP, "sha256:" + "1" * 64, 100)
+    ztoc = Descriptor("application/octet-stream", "sha256:" + "2" * 64, 50)
+    image_body, image = _doc({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
+                              "layers": [layer.to_json()]})
+    soci_body, soci = _doc({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
+        "mediaType": "application/vnd.amazon.soci.index.v2+json", "digest": "sha256:" + "e" * 64, "size": 2},
+        "layers": [ztoc.to_json()]})
+    inner_body, inner = _doc({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                              "manifests": [image.to_json(), soci.to_json()]})
+    # The same image twice (directly and through the inner index): pushed once.
+    top_body, top = _doc({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                          "manifests": [inner.to_json(), image.to_json()]})
+    bodies = {image.digest: image_body, soci.digest: soci_body, inner.digest: inner_body, top.digest: top_body}
+    plan = push_plan(top, lambda desc: bodies[desc.digest])
+    order = [m.descriptor.digest for m in plan.manifests]
+    assert order == [image.digest, soci.digest, inner.digest, top.digest]
+    assert plan.top.descriptor.digest == top.digest and plan.top.descriptor.media_type == OCI_INDEX
+    assert [b.digest for b in plan.blobs] == [config.digest, layer.digest, "sha256:" + "e" * 64, ztoc.digest]
+
+
+def test_a_layout_with_two_images_or_a_missing_blob_is_one_sentence(sample: SampleImage, tmp_path: Path) -> None:
+    entry = sample.manifest_descriptor().to_json()
+    with pytest.raises(SandboxError, match="lists 2 images"):
+        top_descriptor(json.dumps({"manifests": [entry, entry]}).encode())
+    layout = tmp_path / "layout"
+    write_sample_layout(sample, layout)
+    blob_path(layout, sample.manifest_digest).unlink()
+    with pytest.raises(SandboxError, match=f"lacks {sample.manifest_digest}"):
+        read_layout(layout)
+
+
+# -- SOCI index choices that need no soci binary -------------------------------------------------------
+
+
+def test_ztoc_layers_are_those_of_at_least_min_layer_size(sample: SampleImage) -> None:
+    sizes = sorted(layer.size for layer in sample.layers)
+    middle = sizes[1]
+    assert [layer.size for layer in ztoc_layers(sample, middle)] == [
+        layer.size for layer in sample.layers if layer.size >= middle]
+    assert len(ztoc_layers(sample, middle)) == len(sizes) - 1  # the threshold itself qualifies (soci: `<` skips)
+    assert ztoc_layers(sample, 0) == sample.layers
+    assert ztoc_layers(sample, sizes[-1] + 1) == ()
+
+
+def test_converted_layouts_are_cached_per_min_layer_size_and_soci_version() -> None:
+    names = {v2_cache_name(m, v) for m in (0, 10 << 20) for v in ("v0.16.1 61147fe7c929", "v0.16.0 abc")}
+    assert len(names) == 4
+    assert v2_cache_name(0, "v0.16.1") == v2_cache_name(0, "v0.16.1")
+
+
+def test_push_sample_refuses_bad_soci_arguments_before_pushing(tmp_path: Path) -> None:
+    # Port 9 (discard) on loopback: nothing answers, so reaching the push would fail with another sentence.
+    host = "127.0.0.1:9"
+    with pytest.raises(SandboxError, match='unknown SOCI index version "v3"'):
+        push_sample(host, "x/y", "t", [0.1], soci="v3", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # refused before building anything
+    with pytest.raises(SandboxError, match="containerd address"):
+        push_sample(host, "x/y", "t", [0.1], soci="v1", cache_dir=tmp_path)
+    for soci in ("v2", "v1"):
+        with pytest.raises(SandboxError, match="lower --min-layer-size") as caught:
+            push_sample(host, "x/y", "t", [0.1], soci=soci, min_layer_size=1 << 40, cache_dir=tmp_path,
+                        containerd_address="/nonexistent.sock")
+        assert "\n" not in str(caught.value)

@@ -1,10 +1,16 @@
-"""Reading SOCI's config.toml: absent keys take v0.15.0's defaults; the file or env path is honoured."""
+"""Reading SOCI's config.toml: absent keys take v0.16.1's defaults; the file or env path is honoured; the root
+is the daemon's --root (SOCI_SNAPSHOTTER_ROOT), never a config key."""
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from socirun.decide.facts import SociConfig
+from socirun.sandbox.components import find_binary
 from socirun.soci.config import load_soci_config, parse_soci_config
 
 
@@ -16,6 +22,28 @@ def test_defaults_match_the_reference() -> None:
     assert cfg.metrics_address == "" and not cfg.metrics_enabled
     assert cfg.max_concurrent_downloads_per_image == 3
     assert cfg.root == "/var/lib/soci-snapshotter-grpc/"
+
+
+def test_defaults_are_what_the_real_daemon_prints() -> None:
+    """SociConfig() equals `soci-snapshotter-grpc config default` read back (the v0.16.1 binary, when built)."""
+    binary = find_binary("soci-snapshotter-grpc")
+    if binary is None:
+        pytest.skip("soci-snapshotter-grpc is not built (scripts/build-go-components.sh)")
+    done = subprocess.run([str(binary), "config", "default"], capture_output=True, text=True, timeout=30, check=True)
+    printed = parse_soci_config(done.stdout, "default")
+    assert dataclasses.replace(printed, source=SociConfig().source) == SociConfig()
+
+
+def test_root_is_the_flag_not_a_key(tmp_path: Path) -> None:
+    text = 'root = "/from/the/file"\n[snapshotter]\nmin_layer_size = 5\n'
+    assert parse_soci_config(text, "f").root == "/var/lib/soci-snapshotter-grpc/"  # SOCI has no such key
+    assert parse_soci_config(text, "f", root="/srv/soci").root == "/srv/soci"
+    assert parse_soci_config("[[[", "f", root="/srv/soci").root == "/srv/soci"
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    cfg = load_soci_config(str(path), root="/srv/soci", use_dump=False)
+    assert cfg.root == "/srv/soci" and cfg.min_layer_size == 5
+    assert load_soci_config(str(tmp_path / "nope.toml"), root="/srv/x", use_dump=False).root == "/srv/x"
 
 
 def test_keys_are_read() -> None:

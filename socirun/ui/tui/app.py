@@ -30,7 +30,8 @@ from socirun.ui.tui.widgets import HelpScreen, LayerTable, PlanScreen, TextLine,
 TICK_S = 0.1
 FETCH_LOG_MAX = 500
 NOTHING_LAZY = "Nothing is fetched lazily: this pull downloads every layer whole before anything starts."
-NO_FETCHES_YET = "No lazy fetches yet: the snapshotter fetches parts of layers when the container reads them."
+NO_READS_YET = ("No file reads yet: SOCI fetches the parts of a layer a container reads, and logs each file read "
+                "(with --log-level debug and [fuse] log_fuse_operations).")
 
 
 class PullApp(App[int]):
@@ -80,6 +81,7 @@ class PullApp(App[int]):
         self._mounted = False
         self._close_on_mount = False
         self._shown_fetches: bool | None = None
+        self._said_missing: set[str] = set()
         self._note = NOTHING_LAZY
 
     # -- layout ---------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ class PullApp(App[int]):
         yield TextLine(id="summary")
         yield LayerTable(id="layers")
         with Vertical(id="logpane"):
-            yield Static(NOTHING_LAZY, id="log-note")
+            yield Static(Text(NOTHING_LAZY), id="log-note")
             yield Log(max_lines=self.log_max, auto_scroll=True, id="fetchlog")
         yield Static(id="error")
         yield Static(id="status")
@@ -143,10 +145,13 @@ class PullApp(App[int]):
             return
         self.model.apply(event)
         if isinstance(event, ev.FetchLogEntry):
-            self._pending_log.append(
-                fmt.fetch_line(self.model.started, event.time, event.layer_digest.split(":", 1)[-1][:12],
-                               event.reason, event.length, event.offset, event.path)
-            )
+            if event.reason != "read" or self.model.last_read_new:  # a read's later entries only update counts
+                self._pending_log.append(fmt.fetch_line(self.model.started, event))
+        elif isinstance(event, ev.ObservationSources):
+            for sentence in event.missing:
+                if sentence not in self._said_missing:
+                    self._said_missing.add(sentence)
+                    self._pending_log.append(fmt.missing_line(sentence))
         elif isinstance(event, ev.ContainerStarted) and self.foreground:
             # Foreground run: the container gets the terminal as soon as it starts.
             self.handed_off = True
@@ -232,15 +237,18 @@ class PullApp(App[int]):
             if self._pending_log:
                 log.write_lines(self._pending_log)
                 self._pending_log = []
-            has_fetches = m.fetch_count > 0
+            has_fetches = m.fetch_count > 0 or bool(m.reads)
             if self._shown_fetches != has_fetches:
                 self._shown_fetches = has_fetches
                 self.note_w.display = not has_fetches
                 log.display = has_fetches
-            note = NO_FETCHES_YET if lazy else NOTHING_LAZY
+            note = NOTHING_LAZY
+            if lazy:
+                missing = m.sources.missing if m.sources is not None else ()
+                note = "\n".join((NO_READS_YET, *missing))
             if not has_fetches and note != self._note:
                 self._note = note
-                self.note_w.update(note)
+                self.note_w.update(Text(note))  # a Text: sentences hold brackets ([fuse]) that are not markup
             if m.error is not None:
                 self._render_error(m.error)
 

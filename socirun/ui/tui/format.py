@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from socirun import events as ev
 from socirun.ui.model import LayerRow, PullModel, human_bytes, human_duration
 
 FILL = "█"
@@ -68,7 +69,7 @@ def layer_mode(row: LayerRow) -> str:
 
 def layer_fraction(row: LayerRow) -> float:
     if row.mode == "lazy":
-        return row.lazy_fetched / row.size if row.size else 0.0
+        return row.lazy_fetched / row.lazy_size if row.lazy_size else 0.0
     if row.state in ("done", "exists"):
         return 1.0
     return row.downloaded / row.size if row.size else 0.0
@@ -77,6 +78,8 @@ def layer_fraction(row: LayerRow) -> float:
 def layer_bytes(row: LayerRow) -> str:
     if row.state == "exists":
         return f"cached {human_bytes(row.size)}"
+    if row.mode == "lazy" and row.lazy is not None:
+        return f"{human_bytes(row.lazy_fetched)}/{human_bytes(row.lazy_size)}"
     if row.mode == "lazy":
         return f"{human_bytes(row.lazy_fetched)} lazy"
     if row.state == "done":
@@ -133,9 +136,47 @@ def summary_text(m: PullModel, width: int) -> Text:
     text.append(counts, style="dim")
     if m.is_lazy():
         text.append("\n")
-        text.append("fetched so far ", style="dim")
-        text.append(f"{human_bytes(m.fetched_so_far())} / {human_bytes(m.total_size)} image size", style="bold magenta")
-        text.append(f"  ({m.fetch_count} on-demand/background fetches)", style="dim")
+        text.append_text(lazy_line(m, width))
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def lazy_line(m: PullModel, width: int = 200) -> Text:
+    """SOCI's figures for the lazy layers, each with its source; a missing source is said, not guessed around.
+    Below `width` the words get shorter (and only SOCI's own bytes are shown) rather than the counts cut off."""
+    source = m.lazy_source()
+    counts = m.span_counts()
+    files, requests = m.read_totals()
+    origin = f"SOCI {'metrics' if source == 'metrics' else source + 's'}" if source else "no figures from SOCI yet"
+    if m.bytes_moved() > 0:
+        origin = f"socirun's downloads + {origin}"
+    lazy_rows = [r for r in m.layers.values() if r.mode == "lazy"]
+    lazy_held = sum(r.lazy_fetched for r in lazy_rows)
+    lazy_size = sum(r.lazy_size for r in lazy_rows)
+    for short in (False, True):
+        if not short:
+            parts: list[tuple[str, str]] = [
+                ("dim", "fetched so far "),
+                ("bold magenta", f"{human_bytes(m.fetched_so_far())} / {human_bytes(m.total_size)} image size"),
+                ("dim", f" ({origin})"),
+            ]
+        else:
+            parts = [("dim", "lazy "), ("bold magenta", f"{human_bytes(lazy_held)} / {human_bytes(lazy_size)}"),
+                     ("dim", f" ({source or 'nothing from SOCI yet'})")]
+        if counts is not None:
+            parts.append(("dim", f"  spans on demand {counts[0]}, background {counts[1]}" if not short
+                          else f"  spans {counts[0]} on demand, {counts[1]} bg"))
+        elif source:
+            parts.append(("dim", "  span counts need SOCI's metrics (p)" if not short
+                          else "  span counts need metrics (p)"))
+        if files:
+            parts.append(("dim", f"  read {files} files ({requests} requests)" if not short
+                          else f"  read {files} files"))
+        if sum(len(t) for _, t in parts) <= width:
+            break
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for style, part in parts:
+        text.append(part, style=style)
     return text
 
 
@@ -174,15 +215,29 @@ def plan_text(m: PullModel) -> Text:
     text.append(f"Mode: {m.mode}  (snapshotter {m.snapshotter})\n\n", style="bold")
     for reason in m.reasons or ("no reasons were given",):
         text.append(f"• {reason}\n")
+    if m.sources is not None:
+        text.append("\nWhat SOCI shows of its lazy layers\n", style="bold")
+        for live in m.sources.live:
+            text.append(f"• {live}\n")
+        for missing in m.sources.missing:
+            text.append(f"• {missing}\n", style="yellow")
     return text
 
 
-def fetch_line(started: float | None, time: float, short: str, reason: str, length: int, offset: int,
-               path: str) -> str:
-    """One fetch-log line, time relative to the start of the pull (deterministic for replays)."""
-    at = time - started if started is not None else 0.0
-    where = f" {path}" if path else ""
-    return f"+{at:7.3f}s {short} {reason:<10} {human_bytes(length):>9} @{offset}{where}"
+def fetch_line(started: float | None, event: ev.FetchLogEntry) -> str:
+    """One fetch-log line, time relative to the start of the pull (deterministic for replays): a file read
+    ("read" and its path; SOCI does not say which layer served it), or, in older recordings, a byte range."""
+    at = event.time - started if started is not None else 0.0
+    if event.reason == "read":
+        return f"+{at:7.3f}s read {event.path}"
+    short = event.layer_digest.split(":", 1)[-1][:12]
+    where = f" {event.path}" if event.path else ""
+    return f"+{at:7.3f}s {short} {event.reason:<10} {human_bytes(event.length):>9} @{event.offset}{where}"
+
+
+def missing_line(sentence: str) -> str:
+    """A missing source as one short log line: what is not shown (the plan view, p, has the whole sentence)."""
+    return f"! {sentence.split(': ', 1)[0]} (p says how to turn it on)"
 
 
 def summary_lines(m: PullModel) -> list[str]:
@@ -201,5 +256,8 @@ def recap_lines(m: PullModel) -> list[str]:
     lines = []
     for row in m.layers.values():
         word = "cached" if row.state == "exists" else row.state
-        lines.append(f"{row.short}: {word} ({human_bytes(row.size)}, {layer_mode(row)})")
+        held = ""
+        if row.lazy is not None:
+            held = f"; SOCI holds {human_bytes(row.lazy.fetched)} [{row.lazy.source}]"
+        lines.append(f"{row.short}: {word} ({human_bytes(row.size)}, {layer_mode(row)}{held})")
     return lines + summary_lines(m)
