@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import soci_bench
+import store
 
 from socirun.sandbox.components import containerd2_dir
 from socirun.sandbox.sample import SampleFile, build_sample, default_cache_dir, push_sample, sample_files
@@ -94,7 +95,7 @@ def main() -> None:
     settings = SociSettings()
     info = box.up(soci=True, soci_settings=settings)
     print(f"components: {soci_bench.versions(info)}")
-    proxy = soci_bench.Proxy(info.registry_host, args.rate)
+    proxy = store.Proxy(info.registry_host, args.rate)
     try:
         started = time.monotonic()
         indexed = push_sample(info.registry_host, NAME, "soci", layers, seed=SEED, soci="v2")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -97,21 +96,6 @@ def timed(cmd: list[str], env: dict[str, str], watch: store.CpuWatch | None = No
                {name: after[name] - before[name] for name in after})
 
 
-class Proxy:
-    def __init__(self, upstream: str, rate: str | None, total: str | None) -> None:
-        argv = [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", upstream,
-                "--rate", rate or "0"]
-        if total:
-            argv += ["--total", total]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.host = self.proc.stdout.readline().strip()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 async def fetch_all(host: str, repo: str, layers: list[tuple[str, int]], connections: int, chunk: int) -> float:
     """Every blob in ranged chunks, `connections` requests at once, bytes discarded; the wall time."""
     ranges = [(digest, start, min(start + chunk, size) - 1) for digest, size in layers
@@ -137,15 +121,8 @@ async def fetch_all(host: str, repo: str, layers: list[tuple[str, int]], connect
 
 
 def machine() -> str:
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     containerd = subprocess.run(["containerd", "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{os.cpu_count()} CPUs ({model}), {mem:.0f} GiB RAM, {platform.release()}, {containerd}"
+    return f"{store.machine()}, {containerd}"
 
 
 def loadavg() -> str:
@@ -187,7 +164,7 @@ def bench(box: Sandbox, args: argparse.Namespace) -> None:
           f"({sum(sizes) + 0:.0f} MB of data uncompressed), largest {max(layer_sizes) / MB:.0f} MB "
           f"= {100 * max(layer_sizes) / total:.0f}%; layers (MB): {', '.join(f'{s / MB:.1f}' for s in layer_sizes)}")
     address = info.containerd_address
-    proxy = Proxy(info.registry_host, args.rate, None)
+    proxy = store.Proxy(info.registry_host, args.rate, None)
     watch = store.CpuWatch({"containerd": info.containerd_pid, "registry": info.registry_pid, "proxy": proxy.proc.pid})
     cfg_dir = Path(tempfile.mkdtemp(prefix="socirun-bench-cfg-"))
     try:

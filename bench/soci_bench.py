@@ -6,12 +6,12 @@ helps), and the machine and component versions printed with every result."""
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import store
 
 from socirun.sandbox.components import containerd2_dir, require, version_of
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
@@ -53,22 +53,6 @@ def cold(box: Sandbox, info: SandboxInfo, refs: Sequence[str], settings: SociSet
     os.sync()
 
 
-class Proxy:
-    """socirun.sandbox.throttle in front of the registry: `rate` per connection, `total` for all together."""
-
-    def __init__(self, upstream: str, rate: str, total: str | None = None) -> None:
-        argv = [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", upstream, "--rate", rate]
-        if total:
-            argv += ["--total", total]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.host = self.proc.stdout.readline().strip()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 def versions(info: SandboxInfo) -> str:
     containerd = info.containerd_binary or str(containerd2_dir() / "containerd")
     return (f"containerd {version_of(containerd)}, soci-snapshotter-grpc {version_of(require(BINARY))}, "
@@ -76,12 +60,5 @@ def versions(info: SandboxInfo) -> str:
 
 
 def machine() -> str:
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return f"{os.cpu_count()} CPUs ({model}), {mem:.0f} GiB RAM, {platform.release()}, load {load}"
+    return f"{store.machine()}, load {load}"

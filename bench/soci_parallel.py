@@ -76,7 +76,7 @@ def main() -> None:
     box = Sandbox(Path(args.dir))
     info = box.up(soci=True, soci_settings=LAZY)
     print(f"components: {soci_bench.versions(info)}")
-    proxy = soci_bench.Proxy(info.registry_host, args.rate)
+    proxy = store.Proxy(info.registry_host, args.rate)
     try:
         ref = push_sample(info.registry_host, NAME, "latest", layers, seed=SEED)
         capped = ref.replace(info.registry_host, proxy.host, 1)

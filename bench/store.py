@@ -3,7 +3,10 @@ seconds of the helper processes during a run."""
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -45,3 +48,31 @@ def empty_store(address: str, namespace: str, refs: Sequence[str], *, timeout: f
         time.sleep(0.5)
     raise SystemExit(f"the store did not empty within {timeout:.0f} s; is something else using namespace "
                      f"{namespace}?")
+
+
+class Proxy:
+    """socirun.sandbox.throttle in front of a registry: `rate` per connection ("0": none), `total` for all."""
+
+    def __init__(self, upstream: str, rate: str | None, total: str | None = None) -> None:
+        argv = [sys.executable, "-m", "socirun.sandbox.throttle", "--upstream", upstream, "--rate", rate or "0"]
+        if total:
+            argv += ["--total", total]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.host = self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def machine() -> str:
+    """CPUs, memory and kernel, for the first line of a benchmark's output."""
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({model}), {mem:.0f} GiB RAM, {platform.release()}"

@@ -598,9 +598,9 @@ class SociObserver:
                 "snapshot\")")))
 
     def on_log(self, line: str) -> None:
-        if self.parallel is not None:
-            self.parallel.on_log(line)
         event = parse_log_line(line)
+        if event is not None and self.parallel is not None:
+            self.parallel.on_log(event.msg, event.fields)
         if event is None or not event.is_read:
             return
         at = event.at if event.at is not None else time.time()

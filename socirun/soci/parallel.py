@@ -9,16 +9,17 @@ What is observable, as soci-snapshotter v0.16.1 runs it (checked on this project
 - its log lines: "fetching artifact from remote" (digest) when a download starts, "Artifact successfully fetched
   from remote" (digest, size) when it is complete, "Layer successfully unpacked" (digest) after the unpack.
 Containerd sees no ingest (`ctr content active` stays empty), and SOCI's metrics have no per-layer byte count
-for this mode. `read_download_files` is pure over a directory listing; `ParallelWatcher` polls and follows.
+for this mode. `read_download_files` reads a directory; `parallel_event` is pure; `ParallelWatcher` turns
+both into events.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from socirun import events as ev
 from socirun.soci import constants as c
@@ -68,16 +69,11 @@ _PARALLEL_MESSAGES = {
 }
 
 
-def parse_parallel_line(line: str) -> ParallelLogEvent | None:
-    """One of SOCI's JSON log lines about a parallel download, or None."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    kind = _PARALLEL_MESSAGES.get(str(record.get("msg", "")))
-    digest = record.get("digest")
+def parallel_event(msg: str, fields: Mapping[str, Any]) -> ParallelLogEvent | None:
+    """What one of SOCI's log lines (its `msg` and fields, as socirun.soci.observer.parse_log_line reads them
+    from a file or journald) says about a parallel download, or None."""
+    kind = _PARALLEL_MESSAGES.get(msg)
+    digest = fields.get("digest")
     if kind is None or not isinstance(digest, str) or not digest:
         return None
     return ParallelLogEvent(kind, digest)
@@ -101,8 +97,8 @@ class ParallelWatcher:
         for digest, have in read_download_files(self.root, self.sizes).items():
             self._bytes(digest, have)
 
-    def on_log(self, line: str) -> None:
-        event = parse_parallel_line(line)
+    def on_log(self, msg: str, fields: Mapping[str, Any]) -> None:
+        event = parallel_event(msg, fields)
         if event is None or event.digest not in self.sizes:
             return
         if event.kind == "fetching":

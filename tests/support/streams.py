@@ -1,8 +1,15 @@
-"""Synthetic event streams with fixed timestamps, shared by the renderer tests."""
+"""Event streams with fixed timestamps, shared by the renderer tests: synthetic ones, and recordings of real
+runs (recordings/) rebased to the same clock."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from socirun import events as ev
+from socirun.ui.replay import load_events
+
+RECORDINGS = Path(__file__).parent / "recordings"
 
 T0 = 1_700_000_000.0
 A = "sha256:" + "a" * 64
@@ -152,6 +159,19 @@ def failed_pull() -> list[ev.Event]:
         ev.Error(message="layer sha256:cccccccccccc… does not match its digest: the registry sent different bytes; "
                          "nothing was kept, rerun to retry", exit_code=125, time=T0 + 6.0),
     ]
+
+
+def recorded(name: str) -> list[ev.Event]:
+    """A real run's `--progress json` stream from recordings/NAME.jsonl, its first event moved to T0.
+
+    real_lazy_run: `socirun run --rm --net none --progress json IMAGE sh -c 'wc -c /data/layer-3/big.bin; cat
+    /data/layer-2/site-packages/pkg000/mod00*.py | wc -l; sleep 2; wc -c /data/layer-3/lib/libsample-000.so'`
+    against the sandbox's real soci-snapshotter v0.16.1 (containerd 2.4.2), an image pushed with `socirun sandbox
+    push-sample --name demo/model-server --layers 2,24,160 --soci v2 --min-layer-size 4194304 --seed 9`, the
+    registry behind a 25 MB/s cap (socirun.sandbox.throttle)."""
+    events = load_events(RECORDINGS / f"{name}.jsonl")
+    shift = T0 - events[0].time
+    return [dataclasses.replace(e, time=e.time + shift) for e in events]
 
 
 def until(stream: list[ev.Event], t: float) -> list[ev.Event]:

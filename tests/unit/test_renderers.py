@@ -216,3 +216,15 @@ def test_read_entries_round_trip_and_old_fetch_entries_still_render() -> None:
     out = io.StringIO()
     replay_lines([*streams.until(streams.lazy_run(), 0.6), ev.from_record(old)], "plain", out)
     assert out.getvalue().splitlines()[-1] == "222222222222: fetched 65.5 kB at 4194304 (on-demand) /etc/ld.so.cache"
+
+
+def test_plain_golden_of_a_real_lazy_run() -> None:
+    """The plain face of a real run against soci-snapshotter v0.16.1 (tests/support/recordings/): every file
+    the container read, once, as a read; SOCI's figures with their source; nothing that SOCI did not say."""
+    stream = streams.recorded("real_lazy_run")
+    plain = io.StringIO()
+    replay_lines(stream, "plain", plain)
+    assert plain.getvalue() == (GOLDEN / "real_lazy_run.plain.txt").read_text()
+    reads = [line for line in plain.getvalue().splitlines() if line.startswith("read /")]
+    assert len(reads) == len(set(reads)) == len({e.path for e in stream if isinstance(e, ev.FetchLogEntry)})
+    assert "/data/layer-3/big.bin" in {line.removeprefix("read ") for line in reads}

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from socirun import events as ev
-from socirun.soci.parallel import ParallelWatcher, parse_parallel_line, read_download_files
+from socirun.soci.observer import parse_log_line
+from socirun.soci.parallel import ParallelWatcher, parallel_event, read_download_files
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -15,6 +16,13 @@ B = "sha256:" + "b" * 64
 
 def _line(msg: str, **fields: object) -> str:
     return json.dumps({"level": "info", "msg": msg, "time": "2026-12-02T08:10:39Z", **fields})
+
+
+def _event(msg: str, **fields: object) -> tuple[str, dict[str, object]]:
+    """(msg, fields) as the observer hands them over, read back from a real-shaped log line."""
+    parsed = parse_log_line(_line(msg, **fields))
+    assert parsed is not None
+    return parsed.msg, dict(parsed.fields)
 
 
 def _sparse(path: Path, written: int, apparent: int) -> None:
@@ -44,27 +52,29 @@ def test_missing_root_is_no_progress(tmp_path: Path) -> None:
 
 
 def test_log_lines_of_a_parallel_download() -> None:
-    assert parse_parallel_line(_line("fetching artifact from remote", digest=A)).kind == "fetching"  # type: ignore[union-attr]
-    assert parse_parallel_line(_line("Artifact successfully fetched from remote", digest=A, size=3)).kind == "fetched"  # type: ignore[union-attr]
-    assert parse_parallel_line(_line("Layer successfully unpacked", digest=A)).kind == "unpacked"  # type: ignore[union-attr]
-    assert parse_parallel_line(_line("preparing snapshot", digest=A)) is None
-    assert parse_parallel_line(_line("fetching artifact from remote")) is None
-    assert parse_parallel_line("not json") is None
+    kinds = [parallel_event(*_event(msg, digest=A)) for msg in (
+        "fetching artifact from remote", "Artifact successfully fetched from remote", "Layer successfully unpacked")]
+    assert [k.kind if k else None for k in kinds] == ["fetching", "fetched", "unpacked"]
+    assert parallel_event(*_event("preparing snapshot", digest=A)) is None
+    assert parallel_event(*_event("fetching artifact from remote")) is None
+    # journald's record of the same line (its MESSAGE holds the JSON) says the same
+    journal = parse_log_line(json.dumps({"MESSAGE": _line("Layer successfully unpacked", digest=A)}))
+    assert journal is not None and parallel_event(journal.msg, journal.fields) == kinds[2]
 
 
 def test_watcher_moves_forward_only_and_ends_at_the_size(tmp_path: Path) -> None:
     seen: list[ev.Event] = []
     watcher = ParallelWatcher(seen.append, str(tmp_path), sizes={A: 10 << 20, B: 1 << 20})
-    watcher.on_log(_line("fetching artifact from remote", digest=A))
+    watcher.on_log(*_event("fetching artifact from remote", digest=A))
     _sparse(tmp_path / "unpack" / "d" / A, written=2 << 20, apparent=10 << 20)
     watcher.poll()
     watcher.poll()  # nothing new: no second event
     (tmp_path / "unpack" / "d" / A).unlink()  # discarded after unpack: never a step back
     watcher.poll()
-    watcher.on_log(_line("Artifact successfully fetched from remote", digest=A, size=10 << 20))
-    watcher.on_log(_line("fetching artifact from remote", digest=A))  # late duplicate: no state step back
-    watcher.on_log(_line("Layer successfully unpacked", digest=A))
-    watcher.on_log(_line("fetching artifact from remote", digest="sha256:" + "c" * 64))  # not this pull's
+    watcher.on_log(*_event("Artifact successfully fetched from remote", digest=A, size=10 << 20))
+    watcher.on_log(*_event("fetching artifact from remote", digest=A))  # late duplicate: no state step back
+    watcher.on_log(*_event("Layer successfully unpacked", digest=A))
+    watcher.on_log(*_event("fetching artifact from remote", digest="sha256:" + "c" * 64))  # not this pull's
     progress = [e.downloaded for e in seen if isinstance(e, ev.LayerProgress)]
     assert progress[0] >= 2 << 20 and progress[-1] == 10 << 20 and progress == sorted(progress)
     assert len(progress) == 2
