@@ -42,16 +42,22 @@ MARK = "socirun-bench-started"
 
 
 def files_to_read(layers: list[float], share: float, image_size: int) -> list[SampleFile]:
-    """Files whose sizes add up to about `share` of the image's compressed size, taken evenly from every kind
-    and every data layer (every k-th file of the listing), so the start touches many files in all layers."""
+    """Files whose sizes add up to about `share` of the image's compressed size, as a program's start reads
+    them: a run of neighbouring files (a package's modules and libraries, next to each other in the layer) from
+    every data layer, each run about the same number of bytes."""
     files = [f for f in sample_files(layers, SEED) if f.kind != "big"]
-    budget = share * image_size
-    step = max(1, int(sum(f.size for f in files) // budget))
+    data_layers = sorted({f.layer for f in files})
+    per_layer = share * image_size / len(data_layers)
     chosen: list[SampleFile] = []
-    for f in files[::step]:
-        if sum(c.size for c in chosen) >= budget:
-            break
-        chosen.append(f)
+    for layer in data_layers:
+        mine = [f for f in files if f.layer == layer]
+        start = len(mine) // 3  # not the first files of the layer: the middle of its tree
+        taken = 0
+        for f in mine[start:] + mine[:start]:
+            if taken >= per_layer:
+                break
+            chosen.append(f)
+            taken += f.size
     return chosen
 
 

@@ -6,6 +6,7 @@ helps), and the machine and component versions printed with every result."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 import store
 
 from socirun.sandbox.components import containerd2_dir, require, version_of
+from socirun.sandbox.processes import mounts_under
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_daemon import BINARY, SociSettings
 
@@ -31,25 +33,32 @@ def ctr2(address: str, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 def cold(box: Sandbox, info: SandboxInfo, refs: Sequence[str], settings: SociSettings,
          timeout: float = 180) -> None:
-    """Remove the images and leases, wait until neither snapshotter nor the content store holds anything,
-    then restart SOCI with `settings` (its span cache and mounts of the last run go with it)."""
+    """A cold start for the next run: the images and leases removed, containerd's GC done (no snapshot in
+    either snapshotter, no image blob), then SOCI stopped, its own artifacts dropped (the SOCI indexes and zTOCs
+    it keeps in containerd's content store as GC roots, and its root directory), and started again with
+    `settings`, so no cache or mount of an earlier run helps."""
+    address = info.containerd_address
     for ref in refs:
-        ctr2(info.containerd_address, "images", "rm", "--sync", ref, check=False)
-    for lease in ctr2(info.containerd_address, "leases", "ls", "-q").stdout.split():
-        ctr2(info.containerd_address, "leases", "rm", "--sync", lease, check=False)
+        ctr2(address, "images", "rm", "--sync", ref, check=False)
+    for lease in ctr2(address, "leases", "ls", "-q").stdout.split():
+        ctr2(address, "leases", "rm", "--sync", lease, check=False)
     deadline = time.monotonic() + timeout
     while True:
-        content = ctr2(info.containerd_address, "content", "ls", "-q").stdout.split()
         snapshots = [line for name in ("overlayfs", "soci") for line in ctr2(
-            info.containerd_address, "snapshots", "--snapshotter", name, "ls").stdout.splitlines()[1:] if line.strip()]
-        if not content and not snapshots:
+            address, "snapshots", "--snapshotter", name, "ls").stdout.splitlines()[1:] if line.strip()]
+        if not snapshots:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"the store did not empty within {timeout:.0f} s: {len(content)} blobs, "
-                             f"{len(snapshots)} snapshots left")
+            raise SystemExit(f"{len(snapshots)} snapshots were still there after {timeout:.0f} s")
         time.sleep(0.5)
+    box.stop_soci()
+    for digest in ctr2(address, "content", "ls", "-q").stdout.split():
+        ctr2(address, "content", "rm", digest, check=False)
+    if mounts_under(box.soci.root):
+        raise SystemExit(f"SOCI left mounts under {box.soci.root}")
+    shutil.rmtree(box.soci.root, ignore_errors=True)
     box.restart_soci(settings)
-    # Let the page cache settle: a run must not start while the last one's writes are still being flushed.
+    # A run must not start while the last one's writes are still being flushed.
     os.sync()
 
 

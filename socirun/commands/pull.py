@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from socirun import events as ev
 from socirun.commands.context import GlobalOptions
@@ -26,6 +27,8 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOpti
     from socirun.registry.client import RegistryClient
     from socirun.soci.observer import observe_lazy_layers
 
+    if args.soci_log:  # --soci-log names SOCI's log for the plan (remembered failed lookups) and the observer
+        config = dataclasses.replace(config, soci_log=args.soci_log)
     text, alias = expand_alias(args.image, config.aliases)
     reference = parse_reference(text)
     platform = parse_platform(args.platform) if args.platform else host_platform()
@@ -40,12 +43,11 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOpti
     setup = pull_setup(config, choices)
     request = build_pull_request(reference, platform, setup, choices, expanded_from=alias)
     insecure = [*config.insecure_registries, *args.insecure_registry]
-    soci_log = args.soci_log or config.soci_log
 
     async def work(emit: ev.Emit) -> int:
         async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(
             hosts_dir=args.hosts_dir or config.hosts_dir, insecure=insecure
-        ) as registry, observe_lazy_layers(emit, setup.soci, soci_log) as tapped:
+        ) as registry, observe_lazy_layers(emit, setup.soci, setup.soci_log) as tapped:
             await pull_image(ctd, registry, request, tapped)
         return 0
 
