@@ -8,33 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from socirun.errors import SandboxError
 from socirun.oci import OCI_INDEX, OCI_MANIFEST
 from socirun.sandbox import soci_index
-from socirun.sandbox.components import containerd2_dir
 from socirun.sandbox.push import PushStats
 from socirun.sandbox.sample import SampleFile, SampleImage, build_sample, default_cache_dir, push_sample
-from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_daemon import SociSettings
 from socirun.soci import constants as c
-from tests.support.sandbox import (
-    registry_get,
-    registry_json,
-    remote_layers,
-    short_tmp_dir,
-    snapshot_labels,
-    snapshot_layers,
-)
-from tests.support.soci import missing_soci_requirement
+from tests.support.sandbox import registry_get, registry_json, remote_layers, short_tmp_dir, snapshot_layers
+from tests.support.soci import SociBox, missing_soci_requirement, soci_sandbox
 
 MIB = 1 << 20
 # The busybox base (~1 MB compressed), a 1 MiB layer (~0.5 MB), then ~12 MB and ~31 MB: two layers below
@@ -43,46 +30,22 @@ LAYERS_MB = (1.0, 24.0, 64.0)
 MIN_LAYER_SIZE = 10 * MIB
 
 
-@dataclass
-class SociSandbox:
-    box: Sandbox
-    info: SandboxInfo
-    data_root: Path
-
-    def env(self) -> dict[str, str]:
-        """What `eval "$(socirun sandbox env)"` sets, with a private data root and no user config."""
-        return dict(os.environ, CONTAINERD_ADDRESS=self.info.containerd_address, CONTAINERD_NAMESPACE="default",
-                    SOCI_SNAPSHOTTER_CONFIG=str(self.box.soci.config), SOCI_SNAPSHOTTER_ROOT=str(self.box.soci.root),
-                    SOCIRUN_SOCI_LOG=str(self.box.soci.log), SOCIRUN_DATA_ROOT=str(self.data_root),
-                    SOCIRUN_SANDBOX_DIR=str(self.box.dir), XDG_CONFIG_HOME=str(self.data_root / "config"))
-
-    def socirun(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True,
-                              env=self.env(), timeout=timeout, check=False)
-
-    def labels(self) -> dict[str, dict[str, str]]:
-        return snapshot_labels(str(containerd2_dir() / "ctr"), self.info.containerd_address)
-
-    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(containerd2_dir() / "ctr"), "-a", self.info.containerd_address, *args],
-                              capture_output=True, text=True, timeout=120, check=False)
-
-
 @pytest.fixture(scope="module")
-def soci_box() -> Iterator[SociSandbox]:
+def soci_box() -> Iterator[SociBox]:
     """A sandbox of its own with the real soci-snapshotter (v1 discovery on, so both index versions load
-    lazily; no background fetch, so what SOCI fetched is what the container read)."""
+    lazily; no background fetch, so what SOCI fetched is what the container read); socirun with a private data
+    root, no user config, and its default progress."""
     reason = missing_soci_requirement()
     if reason is not None:
         pytest.fail(reason)  # scripts/install-deps.sh builds everything: a missing piece is a real failure
-    box = Sandbox(short_tmp_dir("srx-"))
-    try:
-        info = box.up(soci=True, soci_settings=SociSettings(v1=True, v2=True, background_fetch=False))
-        data_root = box.dir / "socirun-data"
+    settings = SociSettings(v1=True, v2=True, background_fetch=False)
+    with soci_sandbox(short_tmp_dir("srx-"), settings) as box:
+        data_root = box.box.dir / "socirun-data"
         (data_root / "config").mkdir(parents=True)
-        yield SociSandbox(box, info, data_root)
-    finally:
-        box.down()
+        box.extra_env = {"CONTAINERD_NAMESPACE": "default", "SOCIRUN_DATA_ROOT": str(data_root),
+                         "SOCIRUN_SANDBOX_DIR": str(box.box.dir), "XDG_CONFIG_HOME": str(data_root / "config"),
+                         "SOCIRUN_PROGRESS": "auto"}
+        yield box
 
 
 def digest_of(body: bytes) -> str:
@@ -102,7 +65,7 @@ class Pushed:
 
 
 @pytest.fixture(scope="module")
-def v2_sample(soci_box: SociSandbox) -> Pushed:
+def v2_sample(soci_box: SociBox) -> Pushed:
     image = build_sample(default_cache_dir(), LAYERS_MB, seed=71)
     small = [layer for layer in image.layers if layer.size < MIN_LAYER_SIZE]
     # The sample straddles the threshold, so "exactly those layers" below can fail either way.
@@ -112,7 +75,7 @@ def v2_sample(soci_box: SociSandbox) -> Pushed:
     return Pushed(ref, "sample-soci/v2", image)
 
 
-def test_v2_tag_is_the_converted_index_with_exactly_the_big_layers(soci_box: SociSandbox, v2_sample: Pushed) -> None:
+def test_v2_tag_is_the_converted_index_with_exactly_the_big_layers(soci_box: SociBox, v2_sample: Pushed) -> None:
     host, image = soci_box.info.registry_host, v2_sample.image
     top = registry_json(host, v2_sample.name, "latest")
     assert top["mediaType"] == OCI_INDEX
@@ -136,14 +99,14 @@ def test_v2_tag_is_the_converted_index_with_exactly_the_big_layers(soci_box: Soc
 
 
 def test_v2_ztocs_are_real_the_snapshotter_mounts_those_layers_lazily(
-        soci_box: SociSandbox, v2_sample: Pushed) -> None:
+        soci_box: SociBox, v2_sample: Pushed) -> None:
     image = v2_sample.image
     target = the_file(image, layer=3)
     assert target.size == 20 * MIB
     log_start = soci_box.box.soci.log.stat().st_size
     ran = soci_box.socirun("run", "--rm", "--net", "none", "--progress", "plain", v2_sample.ref,
                            "sh", "-c", f"cat {target.path} | wc -c")
-    assert ran.returncode == 0, ran.stderr
+    assert ran.code == 0, ran.stderr
     assert ran.stdout.split() == [str(target.size)]
     labels = soci_box.labels()
     mine = {layer.digest for layer in image.layers}
@@ -155,7 +118,7 @@ def test_v2_ztocs_are_real_the_snapshotter_mounts_those_layers_lazily(
     assert any(entry.get("path") == target.path.lstrip("/") for entry in reads), reads[:5]
 
 
-def test_second_v2_push_reuses_the_conversion_and_uploads_nothing(soci_box: SociSandbox, v2_sample: Pushed) -> None:
+def test_second_v2_push_reuses_the_conversion_and_uploads_nothing(soci_box: SociBox, v2_sample: Pushed) -> None:
     converted = soci_index.convert_v2(v2_sample.image, min_layer_size=MIN_LAYER_SIZE)
     inode = converted.stat().st_ino
     stats = PushStats()
@@ -173,7 +136,7 @@ def test_second_v2_push_reuses_the_conversion_and_uploads_nothing(soci_box: Soci
     assert again == registry_json(soci_box.info.registry_host, v2_sample.name, "latest")
 
 
-def test_v1_index_is_found_by_its_referrers_tag_and_loads_lazily(soci_box: SociSandbox) -> None:
+def test_v1_index_is_found_by_its_referrers_tag_and_loads_lazily(soci_box: SociBox) -> None:
     layers = (1.0, 24.0)
     host, name = soci_box.info.registry_host, "sample-soci/v1"
     ref = push_sample(host, name, "latest", layers, seed=72, soci="v1", min_layer_size=MIN_LAYER_SIZE,
@@ -193,13 +156,13 @@ def test_v1_index_is_found_by_its_referrers_tag_and_loads_lazily(soci_box: SociS
     target = the_file(image, layer=2)
     ran = soci_box.socirun("run", "--rm", "--net", "none", "--progress", "plain", ref,
                            "sh", "-c", f"cat {target.path} | wc -c")
-    assert ran.returncode == 0, ran.stderr
+    assert ran.code == 0, ran.stderr
     assert ran.stdout.split() == [str(target.size)]
     assert remote_layers(soci_box.labels()) & {layer.digest for layer in image.layers} == big
 
 
 @pytest.mark.parametrize("soci", ["v2", "v1"])
-def test_min_layer_size_above_every_layer_is_one_clear_sentence(soci_box: SociSandbox, soci: str) -> None:
+def test_min_layer_size_above_every_layer_is_one_clear_sentence(soci_box: SociBox, soci: str) -> None:
     host, name = soci_box.info.registry_host, f"sample-soci/none-{soci}"
     with pytest.raises(SandboxError) as caught:
         push_sample(host, name, "latest", (1.0,), seed=73, soci=soci, min_layer_size=1 << 30,
@@ -209,13 +172,13 @@ def test_min_layer_size_above_every_layer_is_one_clear_sentence(soci_box: SociSa
     assert registry_get(host, f"{name}/manifests/latest")[0] == 404  # nothing was pushed
 
 
-def test_cli_pushes_a_v2_sample_and_says_the_error_in_one_line(soci_box: SociSandbox, v2_sample: Pushed) -> None:
+def test_cli_pushes_a_v2_sample_and_says_the_error_in_one_line(soci_box: SociBox, v2_sample: Pushed) -> None:
     ok = soci_box.socirun("sandbox", "push-sample", "--name", v2_sample.name, "--tag", "cli",
                           "--layers", ",".join(str(mb) for mb in LAYERS_MB), "--seed", "71", "--soci", "v2")
-    assert ok.returncode == 0, ok.stderr
+    assert ok.code == 0, ok.stderr
     assert ok.stdout.strip() == f"{soci_box.info.registry_host}/{v2_sample.name}:cli"
     assert registry_json(soci_box.info.registry_host, v2_sample.name, "cli")["mediaType"] == OCI_INDEX
     bad = soci_box.socirun("sandbox", "push-sample", "--name", "sample-soci/cli-bad", "--layers", "1",
                            "--soci", "v2", "--min-layer-size", str(1 << 30))
-    assert bad.returncode == 125 and bad.stdout == ""
+    assert bad.code == 125 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "lower --min-layer-size" in bad.stderr

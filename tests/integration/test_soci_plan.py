@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from socirun.pull.remote import DEFERRED_DESPITE_INDEX, classify
-from socirun.sandbox.components import containerd2_dir, find_binary
 from socirun.sandbox.sample import push_sample
-from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_daemon import SociSettings
 from tests.support.cli_result import CliResult
-from tests.support.sandbox import (
-    forget_image,
-    missing_requirement,
-    registry_delete_manifest,
-    registry_manifest,
-    registry_put_manifest,
-    run_socirun,
-    short_tmp_dir,
-    snapshot_labels,
-    soci_env,
-)
+from tests.support.sandbox import registry_delete_manifest, registry_manifest, registry_put_manifest, short_tmp_dir
+from tests.support.soci import SociBox, missing_soci_requirement, soci_sandbox
 
 MIB = 1 << 20
 # The busybox base (~1 MB compressed), a ~0.5 MB layer and a ~6 MB one: with zTOCs from 4 MiB up, only the last
@@ -40,16 +28,9 @@ RUNTIME_MIN = 3 * MIB
 NO_SUCH_INDEX = "sha256:" + "0" * 64
 
 
-@dataclass
-class Box:
-    box: Sandbox
-    info: SandboxInfo
-
-    def env(self, *, with_log: bool = True) -> dict[str, str]:
-        return soci_env(self.info.containerd_address, self.box.soci, with_log=with_log)
-
-    def socirun(self, *args: str, with_log: bool = True) -> CliResult:
-        return run_socirun(self.env(with_log=with_log), *args)
+class Box(SociBox):
+    """The shared SOCI sandbox, with this module's shortcuts: the plan as JSON, a pull that must succeed, and
+    its small sample pushed."""
 
     def plan(self, *args: str, with_log: bool = True) -> dict[str, Any]:
         done = self.socirun("plan", "--json", *args, with_log=with_log)
@@ -62,34 +43,18 @@ class Box:
         assert done.code == 0, done.stderr
         return done
 
-    def push(self, name: str, seed: int, soci: str) -> str:
+    def push_small(self, name: str, seed: int, soci: str) -> str:
         return push_sample(self.info.registry_host, name, "latest", LAYERS_MB, seed=seed, soci=soci,
                            min_layer_size=ZTOC_MIN)
-
-    def log_size(self) -> int:
-        return self.box.soci.log.stat().st_size
-
-    def log_since(self, offset: int) -> str:
-        with open(self.box.soci.log, "rb") as log:
-            log.seek(offset)
-            return log.read().decode("utf-8", "replace")
-
-    def soci_labels(self) -> dict[str, dict[str, str]]:
-        return snapshot_labels(str(containerd2_dir() / "ctr"), self.info.containerd_address)
 
 
 @pytest.fixture(scope="module")
 def soci() -> Iterator[Box]:
-    reason = missing_requirement()
-    if reason is None and find_binary("soci-snapshotter-grpc") is None:
-        reason = "soci-snapshotter-grpc is not built (scripts/build-go-components.sh)"
+    reason = missing_soci_requirement()
     if reason is not None:
-        pytest.skip(reason)
-    box = Sandbox(short_tmp_dir("srp-"))
-    try:
-        yield Box(box, box.up(soci=True, soci_settings=SociSettings()))
-    finally:
-        box.down()
+        pytest.fail(reason)  # scripts/install-deps.sh builds everything: a missing piece is a real failure
+    with soci_sandbox(short_tmp_dir("srp-")) as shared:
+        yield Box(shared.box, shared.info)
 
 
 def modes(plan: dict[str, Any]) -> list[str]:
@@ -107,21 +72,21 @@ def classified(pulled: CliResult, plan: dict[str, Any]) -> list[str]:
 
 
 def test_no_index_soci_defers_and_socirun_downloads_everything(soci: Box) -> None:
-    ref = soci.push("plan/none", 301, "none")
+    ref = soci.push_small("plan/none", 301, "none")
     plan = soci.plan("--snapshotter", "soci", ref)
     assert plan["snapshotter"] == "soci" and plan["mode"] in ("standard", "parallel") and plan["index"] is None
     assert modes(plan) == ["standard"] * 3
     assert plan["soci"]["config"]["root"] == str(soci.box.soci.root)  # SOCI_SNAPSHOTTER_ROOT, not a config key
-    before = soci.log_size()
+    before = soci.soci_log_size()
     pulled = soci.pull("--snapshotter", "soci", ref)
     assert classified(pulled, plan) == ["standard"] * 3  # SOCI returned mounts for every layer
     assert pulled.finished()["fetched"] == sum(sizes(plan))
     assert not pulled.of("warning")  # the plan expected exactly this
-    assert "no valid SOCI index found; deferring to container runtime" in soci.log_since(before)
+    assert "no valid SOCI index found; deferring to container runtime" in soci.soci_log_since(before)
 
 
 def test_sparse_index_small_layers_fetched_whole_by_soci_nothing_twice(soci: Box) -> None:
-    ref = soci.push("plan/sparse", 302, "v2")
+    ref = soci.push_small("plan/sparse", 302, "v2")
     plan = soci.plan(ref)
     assert plan["snapshotter"] == "soci" and plan["mode"] == "lazy" and plan["index"]["kind"] == "v2"
     assert modes(plan) == ["snapshotter", "snapshotter", "lazy"]
@@ -135,18 +100,18 @@ def test_runtime_min_layer_size_without_an_index(soci: Box) -> None:
     it fetches the small layers whole itself and defers the rest; socirun downloads only those."""
     soci.box.restart_soci(SociSettings(min_layer_size=RUNTIME_MIN))
     try:
-        ref = soci.push("plan/minsize", 303, "none")
+        ref = soci.push_small("plan/minsize", 303, "none")
         plan = soci.plan("--snapshotter", "soci", ref)
         assert plan["snapshotter"] == "soci"
         small = [size < RUNTIME_MIN for size in sizes(plan)]
         assert small == [True, True, False], sizes(plan)  # the sample's sizes still straddle the threshold
         assert modes(plan) == ["snapshotter", "snapshotter", "standard"]
         assert any("SOCI fetches those whole itself" in r for r in plan["reasons"])
-        before = soci.log_size()
+        before = soci.soci_log_size()
         pulled = soci.pull("--snapshotter", "soci", ref)
         assert classified(pulled, plan) == ["snapshotter", "snapshotter", "standard"]
         assert pulled.finished()["fetched"] == sizes(plan)[2]  # no double download of the small ones
-        assert "layer size less than runtime min_layer_size" in soci.log_since(before)
+        assert "layer size less than runtime min_layer_size" in soci.soci_log_since(before)
         # Without --snapshotter soci the plan bypasses SOCI altogether (it would only defer).
         assert soci.plan(ref)["snapshotter"] == "overlayfs"
     finally:
@@ -154,7 +119,7 @@ def test_runtime_min_layer_size_without_an_index(soci: Box) -> None:
 
 
 def test_explicit_index_that_cannot_be_fetched_defers_the_whole_image(soci: Box) -> None:
-    ref = soci.push("plan/explicit", 304, "v2")
+    ref = soci.push_small("plan/explicit", 304, "v2")
     assert soci.plan(ref)["mode"] == "lazy"  # its own v2 index is fine
     plan = soci.plan("--snapshotter", "soci", "--soci-index-digest", NO_SUCH_INDEX, ref)
     assert plan["index"] is None and modes(plan) == ["standard"] * 3
@@ -170,7 +135,7 @@ def test_v2_index_that_cannot_be_fetched_then_a_failure_soci_remembers(soci: Box
     and SOCI does. With the index back, SOCI still defers this manifest until it restarts: the plan reads that
     from SOCI's log; without the log, the engine says so when SOCI defers. After a restart it loads lazily."""
     name = "plan/cached"
-    ref = soci.push(name, 305, "v2")
+    ref = soci.push_small(name, 305, "v2")
     lazy = soci.plan(ref)
     assert lazy["mode"] == "lazy"
     index_digest = lazy["index"]["digest"]
@@ -183,7 +148,7 @@ def test_v2_index_that_cannot_be_fetched_then_a_failure_soci_remembers(soci: Box
     assert not any("has no SOCI index" in r for r in gone["reasons"])
     pulled = soci.pull("--snapshotter", "soci", ref)
     assert classified(pulled, gone) == ["standard"] * 3
-    forget_image(soci.info.containerd_address, ref)
+    soci.forget(ref)
 
     registry_put_manifest(soci.info.registry_host, name, index_digest, media_type, index_bytes)
     remembered = soci.plan("--snapshotter", "soci", ref)
@@ -197,7 +162,7 @@ def test_v2_index_that_cannot_be_fetched_then_a_failure_soci_remembers(soci: Box
     assert DEFERRED_DESPITE_INDEX in [w["message"] for w in pulled.of("warning")]
     assert classified(pulled, blind) == ["standard"] * 3  # SOCI deferred every layer; socirun downloaded them
     assert pulled.finished()["fetched"] == sum(sizes(blind))
-    forget_image(soci.info.containerd_address, ref)
+    soci.forget(ref)
 
     soci.box.restart_soci()
     again = soci.plan(ref)
@@ -210,11 +175,11 @@ def test_v2_index_that_cannot_be_fetched_then_a_failure_soci_remembers(soci: Box
 def test_labels_tell_socis_snapshots_from_a_clients(soci: Box) -> None:
     """SOCI puts …/remote/namespace on every snapshot it commits; a client's (socirun after a deferral) has none
     of SOCI's labels and is no parallel pull."""
-    deferred = soci.push("plan/labels-none", 306, "none")
-    indexed = soci.push("plan/labels-v2", 307, "v2")
+    deferred = soci.push_small("plan/labels-none", 306, "none")
+    indexed = soci.push_small("plan/labels-v2", 307, "v2")
     soci.pull("--snapshotter", "soci", deferred)
     soci.pull(indexed)
-    by_layer = {labels["containerd.io/snapshot/cri.layer-digest"]: labels for labels in soci.soci_labels().values()
+    by_layer = {labels["containerd.io/snapshot/cri.layer-digest"]: labels for labels in soci.labels().values()
                 if "containerd.io/snapshot/cri.layer-digest" in labels}
     for ref, expected in ((deferred, ["cached"] * 3), (indexed, ["snapshotter", "snapshotter", "lazy"])):
         plan = soci.plan(ref)
@@ -230,7 +195,7 @@ def test_parallel_mode_takes_every_layer_index_or_not(soci: Box) -> None:
     soci.box.restart_soci(SociSettings(parallel=True))
     try:
         for name, seed, kind in (("plan/par-v2", 308, "v2"), ("plan/par-none", 309, "none")):
-            ref = soci.push(name, seed, kind)
+            ref = soci.push_small(name, seed, kind)
             plan = soci.plan(ref)
             assert plan["snapshotter"] == "soci" and plan["mode"] == "parallel", plan
             assert modes(plan) == ["parallel"] * 3

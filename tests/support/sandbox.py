@@ -8,17 +8,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from socirun.sandbox.components import containerd2_dir
-from socirun.sandbox.soci_daemon import SociPaths
-from tests.support.cli_result import CliResult
 
 # The base layer plus four small data layers: five layers, ~4 MB compressed, quick to push and pull.
 SAMPLE_5_LAYERS_MB = (1.0, 1.0, 2.0, 4.0)
@@ -101,25 +96,7 @@ def snapshot_layers(labels: dict[str, dict[str, str]]) -> set[str]:
             if "containerd.io/snapshot/cri.layer-digest" in label}
 
 
-# -- SOCI sandbox helpers (tests/integration/test_soci_plan.py) ---------------------------------------------------
-
-
-def soci_env(containerd_address: str, soci: SociPaths, *, with_log: bool = True) -> dict[str, str]:
-    """The environment `socirun sandbox env` exports for a sandbox with SOCI, for a `socirun` subprocess with
-    JSON progress; `with_log=False` leaves SOCI's log file out (socirun then cannot read it)."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("SOCI_SNAPSHOTTER_", "SOCIRUN_", "CONTAINERD_"))}
-    env |= {"CONTAINERD_ADDRESS": containerd_address, "SOCI_SNAPSHOTTER_CONFIG": str(soci.config),
-            "SOCI_SNAPSHOTTER_ROOT": str(soci.root), "SOCIRUN_PROGRESS": "json"}
-    if with_log:
-        env["SOCIRUN_SOCI_LOG"] = str(soci.log)
-    return env
-
-
-def run_socirun(env: dict[str, str], *args: str, timeout: float = 300) -> CliResult:
-    done = subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
-    return CliResult.of_process(done)
+# -- the sandbox registry's API (tests/integration/test_soci_plan.py) ---------------------------------------------
 
 
 def _registry_call(method: str, url: str, *, body: bytes | None = None,
@@ -150,11 +127,3 @@ def registry_put_manifest(registry_host: str, name: str, reference: str, media_t
     status, _, answer = _registry_call("PUT", f"http://{registry_host}/v2/{name}/manifests/{reference}", body=body,
                                        headers={"Content-Type": media_type})
     assert status == 201, f"PUT manifest {reference} of {name}: {status} {answer[:200]!r}"
-
-
-def forget_image(containerd_address: str, reference: str) -> None:
-    """Remove the image from containerd and, synchronously, what only it kept (content, snapshots): the next pull
-    asks the snapshotter again."""
-    done = subprocess.run([str(containerd2_dir() / "ctr"), "-a", containerd_address, "-n", "default", "images", "rm",
-                           "--sync", reference], capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr

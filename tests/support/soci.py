@@ -21,7 +21,7 @@ from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_daemon import BINARY, CLI, SociSettings, metrics_port_of
 from tests.support.cli_result import CliResult
-from tests.support.sandbox import missing_requirement
+from tests.support.sandbox import missing_requirement, snapshot_labels
 
 SAMPLE_TEXT = "hello from the socirun sample"
 
@@ -49,6 +49,7 @@ class SociBox:
     box: Sandbox
     info: SandboxInfo
     settings: SociSettings = field(default_factory=SociSettings)
+    extra_env: dict[str, str] = field(default_factory=dict)  # a test module's own additions to env()
 
     @property
     def address(self) -> str:
@@ -59,15 +60,21 @@ class SociBox:
         port = metrics_port_of(self.box.soci.config.read_text())
         return f"127.0.0.1:{port}"
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """What `eval "$(socirun sandbox env)"` sets, plus JSON progress for the tests to read."""
-        return dict(os.environ, CONTAINERD_ADDRESS=self.address, SOCI_SNAPSHOTTER_CONFIG=str(self.box.soci.config),
-                    SOCI_SNAPSHOTTER_ROOT=str(self.box.soci.root), SOCIRUN_SOCI_LOG=str(self.box.soci.log),
-                    SOCIRUN_PROGRESS="json") | extra
+    def env(self, *, with_log: bool = True, **extra: str) -> dict[str, str]:
+        """What `eval "$(socirun sandbox env)"` sets, plus JSON progress for the tests to read, on the caller's
+        environment without its own CONTAINERD_*, SOCI_SNAPSHOTTER_* and SOCIRUN_* variables; `with_log=False`
+        leaves SOCI's log file out (socirun then cannot read it)."""
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("SOCI_SNAPSHOTTER_", "SOCIRUN_", "CONTAINERD_"))}
+        env |= {"CONTAINERD_ADDRESS": self.address, "SOCI_SNAPSHOTTER_CONFIG": str(self.box.soci.config),
+                "SOCI_SNAPSHOTTER_ROOT": str(self.box.soci.root), "SOCIRUN_PROGRESS": "json"}
+        if with_log:
+            env["SOCIRUN_SOCI_LOG"] = str(self.box.soci.log)
+        return env | self.extra_env | extra
 
-    def socirun(self, *args: str, timeout: float = 300, **env: str) -> CliResult:
+    def socirun(self, *args: str, timeout: float = 300, with_log: bool = True, **env: str) -> CliResult:
         done = subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True,
-                              env=self.env(**env), timeout=timeout, check=False)
+                              env=self.env(with_log=with_log, **env), timeout=timeout, check=False)
         return CliResult.of_process(done)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -89,8 +96,13 @@ class SociBox:
                            min_layer_size=min_layer_size, containerd_address=self.address)
 
     def forget(self, ref: str) -> None:
-        """Remove the image and wait for containerd's GC (content and snapshots in both snapshotters)."""
-        self.ctr("images", "rm", "--sync", ref, check=False)
+        """Remove the image and, synchronously, what only it kept (content, snapshots in both snapshotters): the
+        next pull asks the snapshotter again."""
+        self.ctr("images", "rm", "--sync", ref)
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """Every soci snapshot's labels, by key."""
+        return snapshot_labels(str(containerd2_dir() / "ctr"), self.address)
 
     def metrics_text(self) -> str:
         from socirun.soci.observer import fetch_metrics
