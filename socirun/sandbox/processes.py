@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -99,22 +100,24 @@ def is_ours(pid: int, marker: str) -> bool:
     return find_ours(pid, marker) is not None
 
 
-def stop_process(pid: int, marker: str, timeout: float = 10.0) -> None:
-    """SIGTERM `pid` if it is still ours, wait up to `timeout`, then SIGKILL it."""
+def stop_process(pid: int, marker: str, timeout: float = 10.0, *, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` (SIGTERM) to `pid` if it is still ours, wait up to `timeout`, then SIGKILL it."""
     proc = find_ours(pid, marker)
     if proc is None:
         return
-    kill_processes([proc], timeout=timeout)
+    kill_processes([proc], timeout=timeout, sig=sig)
 
 
-def kill_processes(procs: Sequence[psutil.Process], *, timeout: float, hard: bool = False) -> None:
-    """Signal every process (SIGKILL when `hard`, else SIGTERM then SIGKILL after `timeout`) and wait."""
+def kill_processes(procs: Sequence[psutil.Process], *, timeout: float, hard: bool = False,
+                   sig: int = signal.SIGTERM) -> None:
+    """Signal every process (SIGKILL when `hard`, else `sig`, SIGTERM by default, then SIGKILL after
+    `timeout`) and wait."""
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             if hard:
                 proc.kill()
             else:
-                proc.terminate()
+                proc.send_signal(sig)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     if alive:
         for proc in alive:

@@ -136,8 +136,8 @@ class Sandbox:
                 f"choose a shorter one with {DIR_ENV}."
             )
         env: dict[str, str] | None = None
+        soci_binary = require(soci_daemon.BINARY) if soci else ""
         if soci:
-            require(soci_daemon.BINARY)
             bin_dir = containerd2_dir()
             containerd = str(bin_dir / "containerd")
             # containerd finds its shim on PATH: the 2.x shim beside it, not Debian's.
@@ -174,11 +174,10 @@ class Sandbox:
                 )
                 registry = start_registry(self.dir, port=previous_port)
                 try:
-                    soci_pid, soci_binary = 0, ""
+                    soci_pid = 0
                     if soci:
                         soci_daemon.write_config(self.soci, str(self.socket_path), soci_settings or SociSettings())
                         soci_pid = soci_daemon.start_daemon(self.soci)
-                        soci_binary = require(soci_daemon.BINARY)
                 except BaseException:
                     registry.stop(STOP_TIMEOUT_S)
                     raise

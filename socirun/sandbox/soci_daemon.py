@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
-import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from socirun.errors import SandboxError
 from socirun.sandbox.components import require
-from socirun.sandbox.processes import find_ours, free_port, mounts_under, spawn, unix_socket_answers
+from socirun.sandbox.processes import (
+    find_ours,
+    free_port,
+    spawn,
+    stop_process,
+    unix_socket_answers,
+    unmount_under,
+    wait_until,
+)
 
 BINARY = "soci-snapshotter-grpc"
 CLI = "soci"
@@ -154,23 +157,12 @@ def start_daemon(paths: SociPaths) -> int:
     argv = [binary, "--address", str(paths.socket), "--config", str(paths.config), "--root", str(paths.root),
             "--log-level", "debug"]
     pid = spawn(argv, paths.log, cwd=paths.dir)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    # Our own child: waitpid tells for sure whether it exited.
-    while not unix_socket_answers(paths.socket):
-        exited = False
-        try:
-            exited = os.waitpid(pid, os.WNOHANG)[0] == pid
-        except ChildProcessError:
-            exited = not psutil.pid_exists(pid)
-        if exited or time.monotonic() > deadline:
-            if not exited:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-            what = "exited during startup" if exited else f"did not answer within {STARTUP_TIMEOUT_S:.0f} s"
-            raise SandboxError(f"{BINARY} {what}; read {paths.log}." + _last_lines(paths.log))
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: unix_socket_answers(paths.socket), pid=pid, marker=str(paths.config),
+                   timeout=STARTUP_TIMEOUT_S, what=BINARY, log_path=paths.log)
+    except SandboxError as err:
+        stop_process(pid, str(paths.config), 0.0)  # if it still runs, it is hung: no clean-up to wait for
+        raise SandboxError(f"{err}{_last_lines(paths.log)}") from None
     return pid
 
 
@@ -185,21 +177,9 @@ def _last_lines(log: Path, n: int = 3) -> str:
 def stop_daemon(paths: SociPaths, pid: int) -> None:
     """SIGINT (SOCI unmounts its layers and closes its database on it; SIGTERM would not), wait, SIGKILL only
     if it hangs; then unmount whatever is still mounted under its root."""
-    proc = find_ours(pid, str(paths.config))
-    if proc is not None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGINT)
-        _, alive = psutil.wait_procs([proc], timeout=STOP_TIMEOUT_S)
-        for left in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                left.kill()
-        psutil.wait_procs(alive, timeout=5.0)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+    stop_process(pid, str(paths.config), STOP_TIMEOUT_S, sig=signal.SIGINT)
     if paths.root.exists():
-        for point in reversed(mounts_under(paths.root)):
-            if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        unmount_under(paths.root)
 
 
 def daemon_running(paths: SociPaths, pid: int) -> bool:
