@@ -57,6 +57,11 @@ class DigestMismatchError(RegistryError):
     """Bytes received from the registry do not match the digest they were asked for."""
 
 
+class MalformedImageError(RegistryError, ValueError):
+    """A manifest, index, config or descriptor of the wrong shape or types (also a ValueError, which is what
+    callers that parse image JSON already catch)."""
+
+
 class PullError(SocirunError):
     """A pull that could not complete for a reason other than the registry or containerd."""
 

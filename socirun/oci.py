@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform as _platform
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from socirun.errors import UsageError
+from socirun.errors import MalformedImageError, UsageError
 
 # Media types (image-spec and Docker's distribution formats).
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -43,6 +46,55 @@ def layer_compression(media_type: str) -> str:
     return "uncompressed"
 
 
+# go-digest's registered algorithms (what containerd accepts, and socirun.reference for a user's @digest), each
+# with its exact lowercase hex length: md5 or sha1 (or a truncated sha256) would let a registry substitute bytes.
+DIGEST_ALGORITHMS = frozenset({"sha256", "sha384", "sha512"})
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
+
+
+def _show(value: object) -> str:
+    """A registry-supplied value for an error sentence: repr escapes control characters, and it is cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_digest(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
+        raise MalformedImageError(f"{what} has the digest {_show(value)}, not a sha256, sha384 or sha512 digest")
+    return value
+
+
+def _optional_str(obj: Mapping[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedImageError(f"{what} has a {key} that is not a string ({_show(value)})")
+    return value
+
+
+def _string_map(value: object, key: str, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise MalformedImageError(f"{what} has {key} that are not a JSON object of strings")
+    return dict(value)
+
+
+def load_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """`data` parsed as a JSON object; anything else (bad JSON, nesting too deep for the parser, an array)
+    is a MalformedImageError naming `what`."""
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise MalformedImageError(f"{what} nests JSON too deeply to be read") from None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        raise MalformedImageError(f"{what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise MalformedImageError(f"{what} is not a JSON object")
+    return doc
+
+
 @dataclass(frozen=True)
 class Descriptor:
     media_type: str
@@ -54,15 +106,26 @@ class Descriptor:
     artifact_type: str = field(default="", compare=False)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Descriptor:
+    def from_json(cls, obj: object, what: str = "a descriptor") -> Descriptor:
+        """A descriptor from a manifest or index, its types checked (MalformedImageError names `what`)."""
+        if not isinstance(obj, dict):
+            raise MalformedImageError(f"{what} is not a JSON object")
+        if "digest" not in obj:
+            raise MalformedImageError(f"{what} has no digest")
+        digest = check_digest(obj["digest"], what)
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MalformedImageError(f"{what} has the size {_show(size)}, not a byte count")
         plat = obj.get("platform")
+        if plat is not None and not isinstance(plat, dict):
+            raise MalformedImageError(f"{what} has a platform that is not a JSON object")
         return cls(
-            media_type=str(obj.get("mediaType", "")),
-            digest=str(obj["digest"]),
-            size=int(obj["size"]),
-            annotations=dict(obj.get("annotations") or {}),
-            platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
-            artifact_type=str(obj.get("artifactType", "")),
+            media_type=_optional_str(obj, "mediaType", what),
+            digest=digest,
+            size=size,
+            annotations=_string_map(obj.get("annotations"), "annotations", what),
+            platform=Platform.from_json(plat, what) if plat is not None else None,
+            artifact_type=_optional_str(obj, "artifactType", what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -79,8 +142,12 @@ class Platform:
     variant: str = ""
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Platform:
-        return cls(str(obj.get("os", "")), str(obj.get("architecture", "")), str(obj.get("variant", "")))
+    def from_json(cls, obj: Mapping[str, Any], what: str = "a platform") -> Platform:
+        return cls(
+            _optional_str(obj, "os", what),
+            _optional_str(obj, "architecture", what),
+            _optional_str(obj, "variant", what),
+        )
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
@@ -90,6 +157,82 @@ class Platform:
         if self.os != other.os or self.architecture != other.architecture:
             return False
         return not self.variant or not other.variant or self.variant == other.variant
+
+
+def parse_index(data: bytes, what: str) -> list[Descriptor]:
+    """The `manifests` of an image index (or Docker manifest list), every entry type-checked."""
+    doc = load_json_object(data, what)
+    entries = doc.get("manifests")
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise MalformedImageError(f"{what} has manifests that are not a JSON array")
+    return [Descriptor.from_json(entry, f"entry {i} of {what}") for i, entry in enumerate(entries)]
+
+
+def parse_manifest(data: bytes, what: str) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    """(config, layers) of an image manifest, type-checked."""
+    doc = load_json_object(data, what)
+    if "config" not in doc:
+        raise MalformedImageError(f"{what} has no config")
+    config = Descriptor.from_json(doc["config"], f"the config descriptor of {what}")
+    layers = doc.get("layers")
+    if layers is None:
+        layers = []
+    if not isinstance(layers, list):
+        raise MalformedImageError(f"{what} has layers that are not a JSON array")
+    return config, tuple(Descriptor.from_json(layer, f"layer {i} of {what}") for i, layer in enumerate(layers))
+
+
+def _string_list(value: object, key: str, what: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        # docker's StrSlice would take it as one word; the image spec (and containerd's types, so nerdctl)
+        # require an array, and treating it as a sequence would split it into characters.
+        raise MalformedImageError(
+            f"{what} gives {key} as the string {_show(value)}; the image spec requires an array of strings"
+        )
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MalformedImageError(f"{what} has a {key} that is not an array of strings")
+
+
+def check_image_config(doc: Mapping[str, Any], what: str) -> None:
+    """Check the types of the image config fields socirun reads (image-spec config.md), so that nothing later
+    meets a list where an object belongs or splits a string into characters."""
+    for key in ("os", "architecture", "variant"):
+        _optional_str(doc, key, what)
+    rootfs = doc.get("rootfs")
+    if rootfs is not None:
+        if not isinstance(rootfs, dict):
+            raise MalformedImageError(f"{what} has a rootfs that is not a JSON object")
+        diff_ids = rootfs.get("diff_ids")
+        if diff_ids is not None:
+            if not isinstance(diff_ids, list):
+                raise MalformedImageError(f"{what} has diff_ids that are not a JSON array")
+            for i, diff_id in enumerate(diff_ids):
+                check_digest(diff_id, f"diff ID {i} of {what}")
+    cfg = doc.get("config")
+    if cfg is None:
+        return
+    if not isinstance(cfg, dict):
+        raise MalformedImageError(f"{what} has a config that is not a JSON object")
+    for key in ("Env", "Entrypoint", "Cmd"):
+        _string_list(cfg.get(key), key, what)
+    for key in ("WorkingDir", "User", "StopSignal"):
+        _optional_str(cfg, key, what)
+    _string_map(cfg.get("Labels"), "Labels", what)
+    for key in ("Volumes", "ExposedPorts"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise MalformedImageError(f"{what} has {key} that are not a JSON object")
+
+
+def parse_image_config(data: bytes, what: str) -> dict[str, Any]:
+    """An image config blob, its fields type-checked (check_image_config)."""
+    doc = load_json_object(data, what)
+    check_image_config(doc, what)
+    return doc
 
 
 _ARCH_ALIASES = {

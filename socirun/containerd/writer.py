@@ -31,6 +31,27 @@ WRITE_CHUNK_BYTES = 1 << 20
 WRITE_WINDOW_BYTES = 8 << 20
 
 
+class StallClock:
+    """Whether a locked ingest is worth waiting for (pure: the caller reads the clock and the ingest's offset).
+
+    Another client (a second pull of the same layer) holds the lock while it writes; we wait as long as its
+    offset keeps moving and give up only after `stall_s` seconds without a change. A missing ingest (None:
+    committed or aborted meanwhile) counts as a change: the next STAT finds the blob or a free lock.
+    """
+
+    def __init__(self, stall_s: float, now: float) -> None:
+        self.stall_s = stall_s
+        self.since = now
+        self.offset: int | None = -1  # nothing observed yet
+
+    def observe(self, offset: int | None, now: float) -> bool:
+        """Record the other writer's offset at `now`; True while waiting is still worthwhile."""
+        if self.offset != -1 and offset != self.offset:
+            self.since = now
+        self.offset = offset
+        return now - self.since < self.stall_s
+
+
 def _write_pieces(data: bytes) -> Iterator[bytes]:
     if len(data) <= WRITE_CHUNK_BYTES and type(data) is bytes:
         yield data
@@ -142,10 +163,12 @@ class ContentWriter:
 
         When the blob already exists containerd refuses to open it with ALREADY_EXISTS: `already_exists` is
         set and `total` returned, meaning nothing is left to write. Another writer holding the same ref makes
-        containerd answer UNAVAILABLE "locked"; like Go's OpenWriter this retries, for `lock_timeout` s.
+        containerd answer UNAVAILABLE "locked"; like Go's OpenWriter this retries, for as long as that writer
+        makes progress (its ingest's offset moves), giving up after `lock_timeout` s without any: a second
+        pull of a large layer waits for the first instead of failing after a fixed time.
         """
         delay = 0.016
-        deadline = time.monotonic() + lock_timeout
+        clock = StallClock(lock_timeout, time.monotonic())
         while True:
             self._open()
             request = content_pb2.WriteContentRequest(
@@ -161,10 +184,14 @@ class ContentWriter:
                 locked = exc.code == grpc.StatusCode.UNAVAILABLE and "locked" in exc.details
                 if not locked:
                     raise
-                if time.monotonic() >= deadline:
+                try:
+                    status = await self.client.ingest_status(self.ref)
+                except RpcError:
+                    status = None
+                if not clock.observe(None if status is None else status.offset, time.monotonic()):
                     raise ContainerdError(
-                        f"blob {self.expected} (ingest {self.ref}) is being written by another client and "
-                        f"stayed locked for {lock_timeout:g}s: try again later"
+                        f"blob {self.expected} (ingest {self.ref}) is being written by another client, which "
+                        f"made no progress for {lock_timeout:g}s: try again later"
                     ) from exc
                 await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
                 delay = min(delay * 2, 2.048)

@@ -11,7 +11,9 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +33,8 @@ _DOCKER_HUB_HOSTS = frozenset(
 )
 _HELPER_TIMEOUT_S = 60
 _DEFAULT_TOKEN_LIFETIME_S = 60  # the distribution token spec's default for a missing expires_in
+MAX_TOKEN_RESPONSE_BYTES = 1 << 20  # real ones are a few KiB; a token server may not fill our memory
+TOKEN_TIMEOUT_S = 60.0
 _CLIENT_ID = "socirun"
 
 
@@ -274,6 +278,25 @@ class _HostAuth:
     # One token fetch at a time per host: many parallel range reads meeting their first 401 together would
     # otherwise each ask the token server.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The registry host's TLS settings (hosts.toml `ca`, client certificate), for its token server too.
+    ssl: ssl.SSLContext | bool = True
+    # Set for a host a registry redirected to (blob storage): only ever the anonymous token flow there.
+    redirected_from: str | None = None
+    label: str = ""  # how messages name the host
+
+
+def check_realm(realm: str, label: str, *, plain_http: bool) -> None:
+    """A bearer challenge's realm must be an https URL (or http when the registry itself is plain HTTP by
+    hosts.py's rules: loopback, an http:// URL in hosts.toml, an insecure registry): credentials and tokens are
+    never sent in the clear to a token server an HTTPS registry merely names."""
+    parts = urlsplit(realm)
+    allowed = ("https", "http") if plain_http else ("https",)
+    if parts.scheme.lower() not in allowed or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname}" if parts.scheme and parts.hostname else repr(realm[:60])
+        raise AuthError(
+            f"{label} names the token server {shown}, which is not an https URL; "
+            "socirun asks for tokens only over HTTPS (or plain HTTP for a plain-HTTP registry)"
+        )
 
 
 RequestOptions = Callable[[str], Mapping[str, Any]]
@@ -292,10 +315,12 @@ class Authorizer:
         *,
         docker_config_dir: str | None = None,
         request_options: RequestOptions | None = None,
+        timeout: float = TOKEN_TIMEOUT_S,
     ) -> None:
         self._session = session
         self._config_dir = docker_config_dir
         self._options: RequestOptions = request_options or (lambda url: {})
+        self._timeout = timeout
         self._hosts: dict[str, _HostAuth] = {}
         self._creds: dict[str, Credentials | None] = {}
 
@@ -334,14 +359,35 @@ class Authorizer:
         return self.authorization(host, scope)
 
     async def on_unauthorized(
-        self, host: str, scope: str, www_authenticate: list[str], sent: str | None = None
+        self,
+        host: str,
+        scope: str,
+        www_authenticate: list[str],
+        sent: str | None = None,
+        *,
+        ssl_context: ssl.SSLContext | bool = True,
+        plain_http: bool = False,
+        redirected_from: str | None = None,
     ) -> bool:
         """Handle a 401 to a request that carried `sent` (its Authorization value, or None): remember the
-        challenge and obtain what it asks for. False: no challenge we can answer."""
+        challenge and obtain what it asks for. False: no challenge we can answer.
+
+        `ssl_context`: the registry host's TLS settings, used for its token server too; `plain_http`: the
+        registry is plain HTTP, so an http realm is acceptable; `redirected_from`: `host` is where that
+        registry redirected us, which gets no credentials, only the anonymous token flow."""
         challenges = parse_challenges(www_authenticate)
         state = self._hosts.setdefault(host, _HostAuth())
+        state.ssl = ssl_context
+        if redirected_from is not None:
+            state.redirected_from = redirected_from
+        state.label = (
+            f"the host registry {state.redirected_from} redirected to ({host.removeprefix('redirect:')})"
+            if state.redirected_from
+            else f"registry {host}"
+        )
         for ch in challenges:
             if ch.scheme == "bearer" and ch.params.get("realm"):
+                check_realm(ch.params["realm"], state.label, plain_http=plain_http)
                 async with state.lock:
                     state.challenge = ch
                     current = self.authorization(host, scope)
@@ -352,6 +398,11 @@ class Authorizer:
                 return True
         for ch in challenges:
             if ch.scheme == "basic":
+                if state.redirected_from is not None:
+                    raise AuthError(
+                        f"{state.label} asks for a password; socirun sends the registry's credentials "
+                        "to the registry alone"
+                    )
                 creds = await asyncio.to_thread(self._credentials, host)  # helpers are programs
                 if creds is None or creds.identity_token:
                     raise AuthError(
@@ -370,15 +421,25 @@ class Authorizer:
         realm = params["realm"]
         service = params.get("service", "")
         scopes = [scope, *(s for s in extra_scopes if s and s != scope)]
-        creds = await asyncio.to_thread(self._credentials, host)  # helpers are programs
-        if creds is None:
-            token = await self._token_get(host, realm, service, scopes, None)
-        else:
-            token = await self._token_post(host, realm, service, scopes, creds)
+        creds = (
+            None if state.redirected_from is not None
+            else await asyncio.to_thread(self._credentials, host)  # helpers are programs
+        )
+        name = host.removeprefix("redirect:")  # messages name the host, not our key for it
+        try:
+            async with asyncio.timeout(self._timeout):
+                if creds is None:
+                    token = await self._token_get(name, state, realm, service, scopes, None)
+                else:
+                    token = await self._token_post(name, state, realm, service, scopes, creds)
+        except TimeoutError:
+            raise AuthError(
+                f"the token server for {name} did not answer within {self._timeout:g} s"
+            ) from None
         state.tokens[scope] = token
 
     async def _token_post(
-        self, host: str, realm: str, service: str, scopes: list[str], creds: Credentials
+        self, host: str, state: _HostAuth, realm: str, service: str, scopes: list[str], creds: Credentials
     ) -> _Token:
         """OAuth2 form POST (password or refresh-token grant); GET with Basic auth where that is missing."""
         form: list[tuple[str, str]] = [("service", service), ("client_id", _CLIENT_ID)]
@@ -388,19 +449,25 @@ class Authorizer:
         else:
             form += [("grant_type", "password"), ("username", creds.username), ("password", creds.secret)]
         try:
-            async with self._session.post(realm, data=form, **self._options(realm)) as resp:
+            async with self._session.post(realm, data=form, ssl=state.ssl, **self._options(realm)) as resp:
                 status = resp.status
                 if status == 200:
-                    return self._parse_token(host, await resp.read())
+                    return self._parse_token(host, await _read_token_body(host, resp))
         except aiohttp.ClientError as err:
             raise AuthError(f"cannot reach the token server for {host}: {type(err).__name__}") from None
         fallback = status in (400, 401, 404) or (status == 405 and bool(creds.username))
         if fallback and not creds.identity_token:
-            return await self._token_get(host, realm, service, scopes, creds)
+            return await self._token_get(host, state, realm, service, scopes, creds)
         raise _token_refused(host, status, with_credentials=True)
 
     async def _token_get(
-        self, host: str, realm: str, service: str, scopes: list[str], creds: Credentials | None
+        self,
+        host: str,
+        state: _HostAuth,
+        realm: str,
+        service: str,
+        scopes: list[str],
+        creds: Credentials | None,
     ) -> _Token:
         query: list[tuple[str, str]] = []
         if service:
@@ -409,28 +476,62 @@ class Authorizer:
         headers = {"Authorization": creds.basic_header()} if creds else {}
         try:
             async with self._session.get(
-                realm, params=query, headers=headers, **self._options(realm)
+                realm, params=query, headers=headers, ssl=state.ssl, **self._options(realm)
             ) as resp:
                 if resp.status != 200:
                     raise _token_refused(host, resp.status, with_credentials=creds is not None)
-                return self._parse_token(host, await resp.read())
+                return self._parse_token(host, await _read_token_body(host, resp))
         except aiohttp.ClientError as err:
             raise AuthError(f"cannot reach the token server for {host}: {type(err).__name__}") from None
 
     @staticmethod
     def _parse_token(host: str, body: bytes) -> _Token:
-        try:
-            data = json.loads(body)
-            value = str(data.get("access_token") or data.get("token") or "")
-            lifetime = int(data.get("expires_in") or _DEFAULT_TOKEN_LIFETIME_S)
-        except (ValueError, AttributeError, TypeError):
-            value, lifetime = "", 0
-        if not value:
-            raise AuthError(f"the token server for {host} answered without a token")
-        # Renew a little early so that a token never expires between our check and the registry's.
-        lifetime = max(lifetime - 10, lifetime // 2)
-        log.debug("got a token for %s valid %d s", host, lifetime)  # never the token itself
-        return _Token(value, time.monotonic() + lifetime)
+        return parse_token(host, body)
+
+
+async def _read_token_body(host: str, resp: aiohttp.ClientResponse) -> bytes:
+    """The token response, refused past MAX_TOKEN_RESPONSE_BYTES (declared or received)."""
+    too_big = AuthError(
+        f"the token server for {host} sent more than {MAX_TOKEN_RESPONSE_BYTES} bytes, which is no token"
+    )
+    if resp.content_length is not None and resp.content_length > MAX_TOKEN_RESPONSE_BYTES:
+        raise too_big
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        total += len(chunk)
+        if total > MAX_TOKEN_RESPONSE_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _usable_token(value: object) -> bool:
+    # It goes into an HTTP header: printable ASCII without spaces (RFC 6750's b64token is stricter still).
+    return isinstance(value, str) and bool(value) and value.isascii() and value.isprintable() and " " not in value
+
+
+def parse_token(host: str, body: bytes) -> _Token:
+    """A token server's JSON answer (`token` or `access_token`, optional `expires_in`) → _Token; anything
+    else is an AuthError naming the host."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        raise AuthError(f"the token server for {host} answered with something that is not a JSON token")
+    value = data.get("access_token") or data.get("token")
+    if not _usable_token(value):
+        raise AuthError(f"the token server for {host} answered without a usable token")
+    assert isinstance(value, str)
+    expires = data.get("expires_in")
+    lifetime = _DEFAULT_TOKEN_LIFETIME_S
+    if isinstance(expires, int | float) and not isinstance(expires, bool) and math.isfinite(expires) and expires > 0:
+        lifetime = int(min(expires, 86400.0 * 365))
+    # Renew a little early so that a token never expires between our check and the registry's.
+    lifetime = max(lifetime - 10, lifetime // 2)
+    log.debug("got a token for %s valid %d s", host, lifetime)  # never the token itself
+    return _Token(value, time.monotonic() + lifetime)
 
 
 def _token_refused(host: str, status: int, *, with_credentials: bool) -> AuthError:

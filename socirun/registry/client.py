@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -30,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from socirun import __version__
 from socirun.errors import (
@@ -40,6 +42,7 @@ from socirun.errors import (
     RegistryError,
 )
 from socirun.oci import (
+    DIGEST_ALGORITHMS,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     INDEX_TYPES,
@@ -48,6 +51,9 @@ from socirun.oci import (
     OCI_MANIFEST,
     Descriptor,
     Platform,
+    parse_image_config,
+    parse_index,
+    parse_manifest,
 )
 from socirun.reference import ImageReference
 from socirun.registry.auth import Authorizer
@@ -60,6 +66,9 @@ MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST
 MAX_MANIFEST_SIZE = 4 * 1048 * 1048  # containerd's MaxManifestSize, "sic" included
 MAX_CONFIG_SIZE = 64 << 20
 MAX_RETRY_AFTER_S = 60.0  # a registry asking us to wait longer gets an error, not a silent hour-long pause
+# A manifest, index, config or referrers list (and its token) must arrive whole within this, retries included:
+# sock_read alone lets a server that trickles a byte a minute hold a pull for ever.
+SMALL_REQUEST_TIMEOUT_S = 60.0
 SCHEMA1_TYPES = frozenset(
     {
         "application/vnd.docker.distribution.manifest.v1+json",
@@ -114,10 +123,9 @@ _RESUMABLE: tuple[type[BaseException], ...] = (*_TRANSFER_ERRORS, _Dropped)
 
 def verify_digest(data: bytes, digest: str, what: str) -> None:
     algorithm, _, expected = digest.partition(":")
-    try:
-        actual = hashlib.new(algorithm, data).hexdigest()
-    except ValueError:
-        raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}") from None
+    if algorithm not in DIGEST_ALGORITHMS:  # hashlib would take md5 or sha1 too
+        raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}")
+    actual = hashlib.new(algorithm, data).hexdigest()
     if actual != expected:
         raise DigestMismatchError(
             f"{what} does not match its digest {digest} (got {algorithm}:{actual}): "
@@ -194,7 +202,7 @@ def _media_type(header: str | None, body: bytes) -> str:
     """The manifest's media type: its `mediaType` field, else Content-Type, else guessed from its shape."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # the parsers that follow say what is wrong with it
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str) and doc["mediaType"]:
         return str(doc["mediaType"])
@@ -209,6 +217,31 @@ def _media_type(header: str | None, body: bytes) -> str:
         if doc.get("schemaVersion") == 1:
             return "application/vnd.docker.distribution.manifest.v1+json"
     return ctype or "application/octet-stream"
+
+
+async def _read_range(resp: aiohttp.ClientResponse, want: int, what: str) -> bytes:
+    """At most `want` bytes of a 206 body: a longer one (declared or sent) is an error, read no further, so a
+    hostile server cannot make a bounded chunk unbounded. A shorter one is returned short (the caller retries)."""
+    declared = resp.content_length
+    if declared is not None and declared > want:
+        raise RegistryError(f"registry sent {declared} bytes for the {want} bytes asked ({what})")
+    parts: list[bytes] = []
+    got = 0
+    while got < want:
+        part = await resp.content.read(want - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    if got == want and await resp.content.read(1):
+        raise RegistryError(f"registry sent more than the {want} bytes asked ({what})")
+    return b"".join(parts)
+
+
+def redirect_auth_key(url: URL) -> str:
+    """The Authorizer key for a host a registry redirected to: apart from every registry's own key, so that
+    neither its state nor any credentials are ever shared with a registry of the same name."""
+    return f"redirect:{url.scheme}://{url.host}:{url.port}"
 
 
 def select_platform(manifests: list[Descriptor], wanted: Platform) -> Descriptor | None:
@@ -241,6 +274,7 @@ class RegistryClient:
         retries: int = 5,
         backoff_base: float = 0.5,
         backoff_cap: float = 10.0,
+        small_request_timeout: float = SMALL_REQUEST_TIMEOUT_S,
     ) -> None:
         self._hosts_dir = hosts_dir
         self._insecure = tuple(insecure)
@@ -250,6 +284,7 @@ class RegistryClient:
         self._retries = max(1, retries)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
+        self._small_timeout = small_request_timeout
         self._session_obj: aiohttp.ClientSession | None = None
         self._auth: Authorizer | None = None
         self._hosts_cache: dict[str, list[RegistryHost]] = {}
@@ -290,6 +325,7 @@ class RegistryClient:
                 self._session_obj,
                 docker_config_dir=self._docker_config_dir,
                 request_options=self._request_options,
+                timeout=self._small_timeout,
             )
         return self._session_obj
 
@@ -360,7 +396,11 @@ class RegistryClient:
         headers: Mapping[str, str],
         scope: str,
     ) -> aiohttp.ClientResponse:
-        """One request to one host, answering a 401 challenge once with a token or credentials."""
+        """One request to one host, answering a 401 challenge once with a token or credentials.
+
+        A 401 that comes from another host the registry redirected to (blob storage) is answered for that
+        host alone and anonymously: the registry's credentials belong to the registry (aiohttp already drops
+        the Authorization header when a redirect leaves the origin)."""
         session = self._session()
         assert self._auth is not None
         hdrs: CIMultiDict[str] = CIMultiDict(host.headers)
@@ -368,16 +408,40 @@ class RegistryClient:
         auth = await self._auth.ensure(host.host, scope)
         if auth:
             hdrs["Authorization"] = auth
-        options = {"ssl": self._ssl_for(host), **self._request_options(url)}
+        tls = self._ssl_for(host)
+        options = {"ssl": tls, **self._request_options(url)}
         resp = await session.request(method, url, params=params, headers=hdrs, **options)
-        if resp.status == 401:
-            challenges = resp.headers.getall("WWW-Authenticate", [])
+        plain_http = host.scheme == "http"
+        answered: set[str] = set()  # each origin's challenge once: the registry's, then a redirect target's
+        while resp.status == 401:
+            final = resp.url
+            own = final.origin() == URL(url).origin()
+            key = host.host if own else redirect_auth_key(final)
+            if key in answered or len(answered) >= 2:
+                break
+            answered.add(key)
+            challenges = list(resp.headers.getall("WWW-Authenticate", []))
             resp.release()
-            if challenges and await self._auth.on_unauthorized(host.host, scope, list(challenges), auth):
+            if not challenges or not await self._auth.on_unauthorized(
+                key, scope, challenges, auth if own else None, ssl_context=tls, plain_http=plain_http,
+                redirected_from=None if own else host.host,
+            ):
+                break
+            if own:
                 auth = self._auth.authorization(host.host, scope)
                 if auth:
                     hdrs["Authorization"] = auth
                 resp = await session.request(method, url, params=params, headers=hdrs, **options)
+            else:
+                # Straight to where the registry sent us, with that host's own token (never the registry's).
+                other: CIMultiDict[str] = CIMultiDict(hdrs)
+                other.popall("Authorization", None)
+                token = self._auth.authorization(key, scope)
+                if token:
+                    other["Authorization"] = token
+                resp = await session.request(
+                    method, final, headers=other, **{**options, **self._request_options(str(final))}
+                )
         log.debug("%s %s -> %d", method, url, resp.status)  # the URL carries no secrets; headers never logged
         return resp
 
@@ -542,14 +606,17 @@ class RegistryClient:
         def not_found(detail: str) -> RegistryError:
             return ImageNotFoundError(f"{what} not found: {detail or 'manifest unknown'}")
 
-        async with self._open(
-            ref,
-            f"manifests/{obj}",
-            capability="pull" if by_digest else "resolve",
-            headers={"Accept": accept},
-            what=what,
-            not_found=not_found,
-        ) as resp:
+        async with (
+            self._deadline(what),
+            self._open(
+                ref,
+                f"manifests/{obj}",
+                capability="pull" if by_digest else "resolve",
+                headers={"Accept": accept},
+                what=what,
+                not_found=not_found,
+            ) as resp,
+        ):
             length = resp.content_length
             if length is not None and length > MAX_MANIFEST_SIZE:
                 raise RegistryError(f"{what} is {length} bytes, more than the {MAX_MANIFEST_SIZE} allowed")
@@ -574,6 +641,20 @@ class RegistryClient:
         annotations = dict(expected.annotations) if expected else {}
         return Descriptor(media_type, digest, len(body), annotations, platform), body
 
+    @asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        """The total time a small request (manifest, index, config, referrers) may take, retries included."""
+        timeout = asyncio.timeout(self._small_timeout)
+        try:
+            async with timeout:
+                yield
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise RegistryError(
+                f"{what} did not arrive within {self._small_timeout:g} s; the registry is too slow or stalled"
+            ) from None
+
     async def _read_body(self, resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
         chunks: list[bytes] = []
         total = 0
@@ -595,7 +676,7 @@ class RegistryClient:
             )
         if target.media_type in INDEX_TYPES:
             index_bytes = body
-            entries = [Descriptor.from_json(m) for m in _json(body, f"index of {ref}").get("manifests") or []]
+            entries = parse_index(body, f"the index of image {ref}")
             chosen = select_platform(entries, platform)
             if chosen is None:
                 available = ", ".join(sorted({str(m.platform) for m in entries if m.platform})) or "none"
@@ -610,17 +691,10 @@ class RegistryClient:
         else:
             raise RegistryError(f"image {ref} is a {target.media_type}, not an image manifest or index")
 
-        doc = _json(manifest_bytes, f"manifest of {ref}")
-        try:
-            config = Descriptor.from_json(doc["config"])
-            layers = tuple(Descriptor.from_json(layer) for layer in doc.get("layers") or [])
-        except (KeyError, TypeError, ValueError):
-            raise RegistryError(
-                f"the manifest of image {ref} is malformed (no valid config or layers)"
-            ) from None
+        config, layers = parse_manifest(manifest_bytes, f"the manifest of image {ref}")
         config_bytes = await self.fetch_blob_bytes(ref, config, max_size=MAX_CONFIG_SIZE)
-        cfg = _json(config_bytes, f"config of {ref}")
-        diff_ids = tuple(str(d) for d in (cfg.get("rootfs") or {}).get("diff_ids") or [])
+        cfg = parse_image_config(config_bytes, f"the config of image {ref}")
+        diff_ids = tuple((cfg.get("rootfs") or {}).get("diff_ids") or ())
         if len(diff_ids) != len(layers):
             raise RegistryError(
                 f"image {ref} is malformed: its config lists {len(diff_ids)} diff IDs "
@@ -650,14 +724,17 @@ class RegistryClient:
         no referrers API (distribution 2.8 answers 404). The caller filters by artifactType."""
         what = f"referrers of {digest} in {ref.repository}"
         try:
-            async with self._open(
-                ref,
-                f"referrers/{digest}",
-                capability="pull",
-                headers={"Accept": OCI_INDEX},
-                what=what,
-                not_found=lambda detail: ImageNotFoundError(f"{what} not found"),
-            ) as resp:
+            async with (
+                self._deadline(what),
+                self._open(
+                    ref,
+                    f"referrers/{digest}",
+                    capability="pull",
+                    headers={"Accept": OCI_INDEX},
+                    what=what,
+                    not_found=lambda detail: ImageNotFoundError(f"{what} not found"),
+                ) as resp,
+            ):
                 return await self._read_body(resp, MAX_MANIFEST_SIZE, what)
         except ImageNotFoundError:
             return None
@@ -681,8 +758,10 @@ class RegistryClient:
                 f"blob {desc.digest} of {ref.repository} is {desc.size} bytes, more than {max_size}"
             )
         data = bytearray()
-        async for chunk in self.fetch_blob(ref, desc):
-            data += chunk
+        what = f"blob {desc.digest} of {ref.repository}"
+        async with self._deadline(what), contextlib.aclosing(self.fetch_blob(ref, desc)) as stream:
+            async for chunk in stream:
+                data += chunk
         blob = bytes(data)
         verify_digest(blob, desc.digest, f"blob {desc.digest} of {ref.repository}")
         return blob
@@ -787,7 +866,7 @@ class RegistryClient:
                             f"registry answered a request for bytes {start}-{end_inclusive} of {what} with "
                             f"range {content_range!r}"
                         )
-                    data = await resp.read()
+                    data = await _read_range(resp, want, f"bytes {start}-{end_inclusive} of {what}")
                 if len(data) == want:
                     return data
                 reason = f"got {len(data)} of {want} bytes"
@@ -799,12 +878,3 @@ class RegistryClient:
             f"reading bytes {start}-{end_inclusive} of {what} failed {self._retries} times: {reason}"
         )
 
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise RegistryError(f"the {what} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"the {what} is not a JSON object")
-    return doc

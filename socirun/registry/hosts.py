@@ -174,6 +174,14 @@ def _host_from_table(
     if "://" not in url:
         url = "https://" + url  # containerd treats a bare host as https
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Refused rather than stripped: the URL would otherwise be shown in messages, events and recordings
+        # with its password, and silently dropping it would hide that the credentials are not used.
+        shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        raise ConfigError(
+            f'the URL for {shown} in {origin} carries a user name or password; remove it and put the '
+            "credentials in docker's config (docker login), which socirun reads"
+        )
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f'"{url}" in {origin} is not an http(s) URL')
     override_path = bool(table.get("override_path", False))

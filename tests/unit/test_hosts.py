@@ -193,3 +193,21 @@ def test_bad_hosts_toml_names_the_file(tmp_path: Path, text: str, needle: str) -
         resolve_hosts("reg.example", str(tmp_path))
     assert str(d / "hosts.toml") in str(info.value)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'server = "https://alice:hunter2-secret@registry.example"\n',
+        '[host."https://alice:hunter2-secret@mirror.example"]\n  capabilities = ["pull"]\n',
+        '[host."alice:hunter2-secret@mirror.example:5000"]\n',  # bare host form, https implied
+        'server = "ftp://alice:hunter2-secret@registry.example"\n',  # refused before the scheme is echoed
+    ],
+)
+def test_userinfo_in_hosts_toml_is_refused_without_echoing_it(tmp_path: Path, text: str) -> None:
+    write_hosts(tmp_path, "registry.example", text)
+    with pytest.raises(ConfigError) as info:
+        resolve_hosts("registry.example", str(tmp_path))
+    message = str(info.value)
+    assert "user name or password" in message and "docker login" in message
+    assert "hunter2-secret" not in message and "alice" not in message
