@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(containerd runc docker-registry containernetworking-plugins busybox-static iptables tmux tini iproute2)
+# golang-github-containers-common: /usr/share/containers/seccomp.json, the default seccomp profile of every run.
+packages=(containerd runc docker-registry containernetworking-plugins busybox-static iptables tmux tini iproute2
+          golang-github-containers-common)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

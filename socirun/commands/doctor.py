@@ -19,9 +19,11 @@ from socirun.config import SocirunConfig
 from socirun.containerd.client import ContainerdClient, resolve_target
 from socirun.decide.facts import SnapshotterFacts, SociConfig
 from socirun.errors import ContainerdError
+from socirun.runtime.seccomp import DEFAULT_PROFILE_PACKAGE, DEFAULT_PROFILE_PATH, apparmor_enabled
 from socirun.soci.config import load_soci_config
 from socirun.soci.observer import observation_sources
 from socirun.soci.probe import probe_snapshotters
+from socirun.text import terminal_safe
 
 CNI_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni")
 CNI_PLUGINS = ("bridge", "portmap", "host-local", "loopback")
@@ -113,6 +115,25 @@ def gpu_check() -> Check:
     return Check("GPUs", True, f"{len(devices)} NVIDIA device(s); --gpus would use {how}", fix, optional=True)
 
 
+def security_checks(profile_path: str = DEFAULT_PROFILE_PATH, apparmor: bool | None = None) -> list[Check]:
+    """What confines a container by default: the seccomp profile (its file must exist, or every run fails) and
+    whether AppArmor is on (socirun loads no AppArmor profile of its own)."""
+    if os.path.isfile(profile_path):
+        seccomp = Check("seccomp", True, f"default profile {profile_path} (containers-common's, with docker's "
+                        "namespace rules); --security-opt seccomp=unconfined|PATH, --privileged: none")
+    else:
+        seccomp = Check("seccomp", False, f"the default profile {profile_path} is missing: every run without "
+                        "--security-opt seccomp=unconfined fails",
+                        f"apt-get install {DEFAULT_PROFILE_PACKAGE} (scripts/install-deps.sh installs it)")
+    if apparmor_enabled() if apparmor is None else apparmor:
+        armor = Check("AppArmor", True, "enabled on the host; socirun loads no default profile, so a container is "
+                      "confined only by --security-opt apparmor=PROFILE (a loaded profile)", optional=True)
+    else:
+        armor = Check("AppArmor", True, "not enabled on this host (--security-opt apparmor= is ignored, as docker "
+                      "does)", optional=True)
+    return [seccomp, armor]
+
+
 def credentials_check(image: str, config_dir: str | None = None) -> Check:
     from socirun.reference import parse_reference
     from socirun.registry.auth import load_credentials
@@ -144,6 +165,7 @@ async def _doctor(args: argparse.Namespace, config: SocirunConfig, glob_opts: Gl
                                  args.soci_log or config.soci_log)
     checks.append(cni_check())
     checks.append(gpu_check())
+    checks += security_checks()
     if args.image:
         checks.append(credentials_check(args.image))
     return checks
@@ -151,6 +173,6 @@ async def _doctor(args: argparse.Namespace, config: SocirunConfig, glob_opts: Gl
 
 def doctor_command(args: argparse.Namespace, config: SocirunConfig, glob_opts: GlobalOptions) -> int:
     checks = asyncio.run(_doctor(args, config, glob_opts))
-    print("\n".join(render(checks)), file=sys.stderr)
+    print("\n".join(terminal_safe(line) for line in render(checks)), file=sys.stderr)
     failed = [c for c in checks if not c.ok and not c.optional]
     return 1 if failed else 0

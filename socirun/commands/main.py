@@ -1,9 +1,11 @@
 """The command line's entry: argv → the command's options → the engine. stdout is data (references, IDs);
 everything else goes to stderr.
 
-The one error-handling shell: every SocirunError becomes one sentence on stderr and docker's exit code; a
-traceback is printed only with --debug. The configuration and environment are read once (load_config) and
-handed down with the global flags as one GlobalOptions value.
+The one error-handling shell: every SocirunError becomes one sentence on stderr and docker's exit code, and any
+other exception (a bug, or input a parser let through) one sentence and 125; a traceback is printed only with
+--debug. Messages quote registries, images and files, so they are made terminal-safe before they are printed.
+The configuration and environment are read once (load_config) and handed down with the global flags as one
+GlobalOptions value.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import NoReturn
 from socirun import __version__
 from socirun.commands.context import GlobalOptions
 from socirun.config import PROGRESS_MODES, load_config
-from socirun.errors import EXIT_INTERRUPTED, SocirunError, UsageError
+from socirun.errors import EXIT_DAEMON, EXIT_INTERRUPTED, SocirunError, UsageError
+from socirun.text import terminal_safe
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,15 +231,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             case _:
                 parser.print_help(sys.stderr)
                 return 0 if not argv else 125
-    except SocirunError as err:
-        if debug:
-            traceback.print_exc()
-        print(f"socirun: {err.message}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print("socirun: interrupted; nothing half-written was kept, and a rerun resumes the download",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:  # the one shell: whatever escaped becomes a sentence, never a traceback
+        if debug:
+            traceback.print_exc()
+        message, code = error_sentence(err, debug=debug)
+        print(f"socirun: {terminal_safe(message)}", file=sys.stderr)
+        return code
+
+
+def error_sentence(err: Exception, *, debug: bool = False) -> tuple[str, int]:
+    """What the shell says for `err`, and the exit code: a SocirunError's own sentence and code (also when it
+    comes wrapped in an ExceptionGroup from a task group); anything else is socirun's own failure, exit 125."""
+    ours = _first_socirun_error(err)
+    if ours is not None:
+        return ours.message, ours.exit_code
+    detail = str(err) or "no message"
+    hint = "" if debug else "; rerun with --debug for the traceback"
+    return f"unexpected error ({type(err).__name__}: {detail}){hint}", EXIT_DAEMON
+
+
+def _first_socirun_error(err: BaseException) -> SocirunError | None:
+    if isinstance(err, SocirunError):
+        return err
+    if isinstance(err, BaseExceptionGroup):
+        for inner in err.exceptions:
+            found = _first_socirun_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def run() -> NoReturn:

@@ -9,6 +9,7 @@ from typing import Any
 
 from socirun.commands.context import GlobalOptions
 from socirun.config import SocirunConfig
+from socirun.text import terminal_safe
 
 
 async def _plan(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOptions) -> dict[str, Any]:
@@ -59,10 +60,13 @@ async def _plan(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOpt
 
 def plan_command(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOptions) -> int:
     doc = asyncio.run(_plan(args, config, glob))
-    if args.json:
-        text = doc.pop("text")
-        del text
-        print(json.dumps(doc, indent=2))
-    else:
-        print("\n".join(doc["text"]))
+    print(render_plan(doc, as_json=args.json))
     return 0
+
+
+def render_plan(doc: dict[str, Any], *, as_json: bool) -> str:
+    """What `plan` prints on stdout: the document as JSON (json.dumps escapes every control and non-ASCII
+    character), or its text lines, each terminal-safe (they quote the registry's and SOCI's words)."""
+    if as_json:
+        return json.dumps({k: v for k, v in doc.items() if k != "text"}, indent=2)
+    return "\n".join(terminal_safe(line) for line in doc["text"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ from socirun.runtime.options import (
     Ulimit,
     VolumeSpec,
 )
+from socirun.runtime.spec import kernel_fs_mount_problem
 
 HELP_HINT = "See 'socirun run --help'."
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -114,7 +116,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("uts", "string", help="UTS namespace to use (host)"),
     Flag("sysctl", "array", help="Sysctl options"),
     Flag("pids-limit", "string", help="Tune container pids limit (-1 for unlimited)"),
-    Flag("security-opt", "array", help="Security options (no-new-privileges, seccomp=unconfined, ...)"),
+    Flag("security-opt", "array", help="seccomp=unconfined|PATH, apparmor=PROFILE, no-new-privileges"),
     Flag("help", "bool", help="Print usage"),
     # socirun's own (nerdctl's global flags, accepted after `run` too).
     Flag("snapshotter", "string", aliases=("storage-driver",), help="containerd snapshotter (default overlayfs)"),
@@ -218,16 +220,22 @@ class _ValueError(Exception):
 
 # ------------------------------------------------------------------------------------------------ value parsers
 
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?$")
+# ASCII digits only: Python's \d also takes other scripts' digits (int() reads them, Go's ParseFloat does not).
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?", re.ASCII)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+INT64_MAX = (1 << 63) - 1  # docker keeps sizes, counts and nano-CPUs in int64s
+ID_MAX = (1 << 32) - 1  # uid_t / gid_t
 
 
 def parse_ram_size(text: str) -> int:
     """docker's units.RAMInBytes: `64m`, `1g`, `512`, `1.5GiB` (binary units); error `invalid size: 'x'`."""
-    m = _SIZE_RE.match(text.strip())
+    m = _SIZE_RE.fullmatch(text.strip())
     if not m:
         raise _ValueError(f"invalid size: '{text}'")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not size < INT64_MAX:  # also inf: 400 digits parse to a float infinity
+        raise _ValueError(f"invalid size: '{text}': value out of range")
+    return int(size)
 
 
 def _parse_bool(text: str) -> bool:
@@ -238,11 +246,16 @@ def _parse_bool(text: str) -> bool:
     raise _ValueError(f'strconv.ParseBool: parsing "{text}": invalid syntax')
 
 
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_int(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise _ValueError(f'strconv.ParseInt: parsing "{text}": invalid syntax') from None
+    """Go's strconv.ParseInt(text, 10, 64): ASCII digits, an optional sign, within int64."""
+    if not _INT_RE.fullmatch(text):
+        raise _ValueError(f'strconv.ParseInt: parsing "{text}": invalid syntax')
+    if len(text) > 20 or not -INT64_MAX - 1 <= int(text) <= INT64_MAX:  # (20: int() refuses 4300+ digits)
+        raise _ValueError(f'strconv.ParseInt: parsing "{text}": value out of range')
+    return int(text)
 
 
 def _port_range(text: str, what: str) -> tuple[int, int]:
@@ -533,15 +546,35 @@ def normalize_capability(name: str) -> str:
 
 def parse_signal(text: str) -> str:
     """`SIGTERM`, `TERM` or `15` → the SIG name."""
-    if text.isdigit():
+    if text.isdigit():  # also "²", which int() refuses: isdecimal and isascii together are 0-9
+        number = int(text) if text.isascii() and len(text) < 20 else None
         for name, num in SIGNALS.items():
-            if num == int(text):
+            if num == number:
                 return f"SIG{name}"
         raise _ValueError(f"invalid signal: {text}")
     name = text.upper().removeprefix("SIG")
     if name not in SIGNALS:
         raise _ValueError(f"invalid signal: {text}")
     return f"SIG{name}"
+
+
+def parse_user(text: str) -> str:
+    """`-u name|uid[:group|gid]`, kept as given (names are looked up in the image's passwd and group files when
+    the container is made), but a part that reads as a number must be a uid_t / gid_t in the digits 0-9: the
+    lookup takes any str.isdigit() part ("²" too) for a number."""
+    for part in text.split(":", 1):
+        check_id(part)
+    return text
+
+
+def check_id(part: str) -> None:
+    """A user or group part of -u or --group-add: a name, or a number that fits a uid_t / gid_t."""
+    if not part.isdigit():
+        return
+    if not part.isascii():
+        raise _ValueError(f"'{part}' is neither a name nor a number in the digits 0-9")
+    if len(part) > 10 or int(part) > ID_MAX:
+        raise _ValueError(f"id {part} is out of range (at most {ID_MAX})")
 
 
 def parse_env_file(text: str, path: str, environ: Mapping[str, str]) -> list[str]:
@@ -679,6 +712,9 @@ def parse_run_args(
             text = read_file(path)
         except OSError as err:
             raise UsageError(f"open {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:  # docker's sentence (opts/file.go)
+            line = err.object[: err.start].count(b"\n") + 1
+            raise UsageError(f"env file {path} contains invalid utf8 bytes at line {line}") from None
         opts.env += parse_env_file(text, path, environ)
     for item in env_flags:
         opts.env += _expand_env(item, environ)
@@ -722,6 +758,13 @@ def _set_network(opts: Any, networks: list[str]) -> None:
         raise UsageError(f"-p/--publish needs the bridge network, not --network {net}. {HELP_HINT}")
 
 
+def _off_kernel_fs(spec: VolumeSpec) -> VolumeSpec:
+    problem = kernel_fs_mount_problem(spec)
+    if problem:
+        raise _ValueError(problem)
+    return spec
+
+
 def _apply(
     opts: Any,  # a _Draft
     flag: Flag,
@@ -741,11 +784,11 @@ def _apply(
         case "env-file":
             env_files.append(v)
         case "volume":
-            opts.volumes.append(parse_volume(v))
+            opts.volumes.append(_off_kernel_fs(parse_volume(v)))
         case "mount":
-            opts.volumes.append(parse_mount(v))
+            opts.volumes.append(_off_kernel_fs(parse_mount(v)))
         case "tmpfs":
-            opts.volumes.append(parse_tmpfs(v))
+            opts.volumes.append(_off_kernel_fs(parse_tmpfs(v)))
         case "publish":
             opts.publish += parse_publish(v)
         case "network":
@@ -773,7 +816,7 @@ def _apply(
                 raise _ValueError("the working directory must be an absolute path")
             opts.workdir = v
         case "user":
-            opts.user = v
+            opts.user = parse_user(v)
         case "cap-add":
             opts.cap_add.append(normalize_capability(v))
         case "cap-drop":
@@ -810,13 +853,16 @@ def _apply(
         case "dns-option":
             opts.dns_options.append(v)
         case "group-add":
+            check_id(v)
             opts.group_add.append(v)
         case "cpus":
             try:
                 opts.cpus = float(v)
             except ValueError:
                 raise _ValueError(f"failed to parse {v} as a rational number") from None
-            if opts.cpus < 0:
+            if not math.isfinite(opts.cpus):  # docker reads a big.Rat, which has no nan or inf
+                raise _ValueError(f"failed to parse {v} as a rational number")
+            if not 0 <= opts.cpus * 1e9 <= INT64_MAX:  # docker's NanoCPUs is an int64
                 raise _ValueError("range of CPUs is from 0.01 to the number of CPUs available")
         case "memory":
             opts.memory = parse_ram_size(v)
@@ -859,13 +905,24 @@ def _apply(
         case "pids-limit":
             opts.pids_limit = _parse_int(v)
         case "security-opt":
-            if v in ("no-new-privileges", "no-new-privileges=true", "no-new-privileges:true"):
-                opts.no_new_privileges = True
-            elif v not in ("seccomp=unconfined", "apparmor=unconfined", "label=disable", "label:disable",
-                           "no-new-privileges=false", "no-new-privileges:false"):  # fmt: skip
+            # docker's parseSecurityOpts: KEY=VALUE, or the older KEY:VALUE; only no-new-privileges stands alone.
+            key, sep, value = v.partition("=")
+            if not sep and key != "no-new-privileges":
+                key, sep, value = v.partition(":")
+            if (not sep or not value) and key != "no-new-privileges":
+                raise UsageError(f'Invalid --security-opt: "{v}"')
+            if key == "no-new-privileges":
+                opts.no_new_privileges = _parse_bool(value) if sep else True
+            elif key == "seccomp":
+                # "builtin" names the default profile; "unconfined" none; anything else a profile file (read
+                # when the container is made, by socirun.runtime.seccomp).
+                opts.seccomp = "" if value == "builtin" else value
+            elif key == "apparmor":
+                opts.apparmor = value
+            elif v not in ("label=disable", "label:disable"):  # socirun applies no SELinux label anyway
                 raise UsageError(
-                    f"--security-opt {v} is not supported: socirun applies no seccomp, AppArmor or SELinux "
-                    "profile; only no-new-privileges and the unconfined forms are accepted"
+                    f"--security-opt {v} is not supported: socirun takes seccomp=, apparmor=, no-new-privileges "
+                    "and label=disable (it applies no SELinux label)"
                 )
         case "snapshotter":
             opts.snapshotter = v

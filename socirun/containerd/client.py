@@ -91,7 +91,7 @@ def resolve_address(flag: str | None, env: Mapping[str, str]) -> str:
 def resolve_namespace(flag: str | None, env: Mapping[str, str]) -> str:
     """The containerd namespace: --namespace, else CONTAINERD_NAMESPACE, else "default"; validated as identifiers."""
     namespace = flag or env.get("CONTAINERD_NAMESPACE") or DEFAULT_NAMESPACE
-    if len(namespace) > _IDENTIFIER_MAX or not _IDENTIFIER.match(namespace):
+    if len(namespace) > _IDENTIFIER_MAX or not _IDENTIFIER.fullmatch(namespace):  # `$` takes "x\n"
         raise UsageError(
             f'invalid containerd namespace "{namespace}": use letters and digits, separated by single '
             f'".", "_" or "-", at most {_IDENTIFIER_MAX} characters'

@@ -15,10 +15,9 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,13 @@ from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids
 from socirun.pull.request import PullChoices, PullSetup
 from socirun.reference import ImageReference
 from socirun.registry.client import select_platform
-from socirun.runtime import cni
-from socirun.runtime.gpus import GpuInjection, host_device_numbers, plan_gpus
-from socirun.runtime.lifecycle import ContainerState, cni_ipam_dir, teardown
+from socirun.runtime import cni, reaper
+from socirun.runtime.gpus import GpuInjection, plan_gpus
+from socirun.runtime.image_users import read_rootfs_file
+from socirun.runtime.lifecycle import ContainerState, cni_ipam_dir, prepare_data_root, reserve_name, teardown
 from socirun.runtime.options import CAPABILITIES, RunOptions
+from socirun.runtime.seccomp import apparmor_enabled
+from socirun.runtime.seccomp import load_profile as load_seccomp_profile
 from socirun.runtime.spec import (
     ImageConfig,
     SpecDevice,
@@ -43,7 +45,9 @@ from socirun.runtime.spec import (
     SpecMount,
     bounding_caps,
     build_spec,
+    device_from_stat,
     hosts_file,
+    image_volume_on_kernel_fs,
     resolv_conf,
 )
 from socirun.runtime.stdio import TaskIO
@@ -161,30 +165,6 @@ async def ensure_image(ctd: ContainerdClient, opts: RunOptions, ctx: RunContext,
     return EnsuredImage(image, result.top_chain_id, result.snapshotter)
 
 
-# ---------------------------------------------------------------------------------------------- rootfs lookups
-
-
-def read_rootfs_file(mounts: Sequence[Mount], path: str) -> str | None:
-    """Read `path` from a snapshot's mounts without mounting: a bind source, or overlay upper then lowers."""
-    dirs: list[str] = []
-    for m in mounts:
-        if m.type == "bind" or "bind" in m.options or "rbind" in m.options:
-            dirs.append(m.source)
-        elif m.type == "overlay":
-            opts = dict(o.split("=", 1) for o in m.options if "=" in o)
-            if "upperdir" in opts:
-                dirs.append(opts["upperdir"])
-            dirs += [d for d in opts.get("lowerdir", "").split(":") if d]
-    for d in dirs:
-        candidate = os.path.join(d, path.lstrip("/"))
-        if os.path.lexists(candidate):
-            try:
-                return Path(candidate).read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                return None
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- host lookups
 
 
@@ -209,9 +189,9 @@ def host_devices(root: str = "/dev") -> list[SpecDevice]:
         for p in paths:
             if os.path.islink(p):
                 continue
-            found = host_device_numbers(p)
+            found = _stat_device(p, p)
             if found is not None:
-                out.append(SpecDevice(p, found[0], found[1], found[2]))
+                out.append(found)
     return out
 
 
@@ -223,15 +203,33 @@ def _own_bounding_caps() -> tuple[str, ...]:
     return CAPABILITIES
 
 
+def _stat_device(host_path: str, container_path: str, permissions: str = "rwm") -> SpecDevice | None:
+    try:
+        return device_from_stat(container_path, os.stat(host_path), permissions)
+    except OSError:
+        return None
+
+
 def device_for(host_path: str, container_path: str, permissions: str) -> SpecDevice:
-    found = host_device_numbers(host_path)
+    found = _stat_device(host_path, container_path, permissions)
     if found is None:
         raise UsageError(f'error gathering device information while adding custom device "{host_path}": '
                          "not a device node")  # fmt: skip
-    return SpecDevice(container_path, found[0], found[1], found[2], permissions=permissions)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- labels
+
+
+# Label namespaces that belong to socirun / nerdctl and containerd: an image's own labels under them are not
+# copied, or an image could name a container's anonymous volumes or mounts (which --rm and `nerdctl rm` act on),
+# its state directory, or the garbage collector's references.
+RESERVED_LABEL_PREFIXES = ("nerdctl/", "containerd.io/", "io.containerd.")
+
+
+def image_labels_for_container(image_labels: Mapping[str, str]) -> dict[str, str]:
+    """The image's labels a container inherits (as nerdctl's WithImageConfigLabels), less the reserved ones."""
+    return {k: v for k, v in image_labels.items() if not k.startswith(RESERVED_LABEL_PREFIXES)}
 
 
 def container_labels(opts: RunOptions, image: ImageConfig, *, name: str, namespace: str, hostname: str,
@@ -239,7 +237,7 @@ def container_labels(opts: RunOptions, image: ImageConfig, *, name: str, namespa
                      anonymous: list[str]) -> dict[str, str]:  # fmt: skip
     """nerdctl's labels (https://github.com/containerd/nerdctl/blob/main/pkg/labels/labels.go), so `nerdctl ps` shows
     socirun's containers."""
-    labels: dict[str, str] = dict(image.labels)
+    labels: dict[str, str] = image_labels_for_container(image.labels)
     labels.update({
         "nerdctl/namespace": namespace,
         "nerdctl/name": name,
@@ -272,13 +270,57 @@ def container_labels(opts: RunOptions, image: ImageConfig, *, name: str, namespa
 # ---------------------------------------------------------------------------------------------- run
 
 
-async def _check_name(rt: Runtime, name: str) -> None:
-    taken = await rt.list_containers([f'labels."nerdctl/name"=={name}'])
-    if taken:
-        raise SocirunError(
-            f'Conflict. The container name "/{name}" is already in use by container "{taken[0].id}". '
-            "You have to remove (or rename) that container to be able to reuse that name."
-        )
+class CidFile:
+    """--cidfile as docker does it: created exclusively before anything else exists (O_EXCL never follows a
+    symlink, so a dangling one planted at the path is refused, not written through), the ID written as soon as the
+    container exists, the file removed again when the run ends without one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = False
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                           0o666)  # fmt: skip
+        except FileExistsError:
+            raise SocirunError("Container ID file found, make sure the other container isn't running or delete "
+                               f"{path}") from None  # fmt: skip
+        except OSError as err:
+            reason = (err.strerror or str(err)).lower()
+            raise SocirunError(f"failed to create the container ID file: open {path}: {reason}") from None
+
+    def write(self, container_id: str) -> None:
+        if self._fd is None:
+            return
+        try:
+            data = container_id.encode()
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as err:
+            raise SocirunError(f"failed to write the container ID to the file {self.path}: "
+                               f"{err.strerror or err}") from None  # fmt: skip
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        self.written = True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self.written:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+async def _reserve_name(rt: Runtime, ctx: RunContext, name: str, container_id: str) -> None:
+    async def labelled() -> str | None:
+        taken = await rt.list_containers([f'labels."nerdctl/name"=={name}'])
+        return taken[0].id if taken else None
+
+    async def exists(holder_id: str) -> bool:
+        return await rt.get_container(holder_id) is not None
+
+    await reserve_name(ctx.data_root, ctx.namespace, name, container_id, labelled=labelled, container_exists=exists)
 
 
 async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
@@ -298,25 +340,36 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
     Events go to `emit` (the face is the caller's choice); `print_id=False` leaves printing a detached
     container's ID to the caller (the TUI prints it when the user leaves); `observe=False` when the caller
     already follows lazily loaded layers."""
-    if opts.cidfile and os.path.exists(opts.cidfile):
-        raise SocirunError(f"Container ID file found, make sure the other container isn't running or delete "
-                           f"{opts.cidfile}")  # fmt: skip
+    cidfile = CidFile(opts.cidfile) if opts.cidfile else None  # first, as docker: nothing exists yet
+    try:
+        return await _run_container(opts, ctx, emit, cidfile, print_id=print_id, observe=observe)
+    finally:
+        if cidfile is not None:
+            cidfile.close()
+
+
+async def _run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, cidfile: CidFile | None, *,
+                         print_id: bool, observe: bool) -> int:  # fmt: skip
+    prepare_data_root(ctx.data_root)
     gpu: GpuInjection | None = plan_gpus(opts.gpus) if opts.gpus is not None else None
     async with await ContainerdClient.connect(ctx.address, ctx.namespace) as ctd, \
             _observing_lazy_layers(emit, ctx, observe) as emit:
         rt = Runtime(ctd)
         image = await ensure_image(ctd, opts, ctx, emit, observe=False)
+        for path in (v for v in image.config.volumes if image_volume_on_kernel_fs(v)):
+            emit(ev.WarningMessage(message=f"ignoring the image's VOLUME {path}: a volume there would hide the "
+                                           "kernel filesystem the container needs"))  # fmt: skip
         container_id = secrets.token_hex(32)
         name = opts.name or f"{os.path.basename(ctx.reference.path)}-{container_id[:5]}"
-        await _check_name(rt, name)
+        await _reserve_name(rt, ctx, name, container_id)
         state_dir = os.path.join(ctx.data_root, "containers", ctx.namespace, container_id)
-        os.makedirs(state_dir, mode=0o700)
         state = ContainerState(
             id=container_id, name=name, namespace=ctx.namespace, address=ctx.address, snapshotter=image.snapshotter,
             data_root=ctx.data_root, state_dir=state_dir, rm=opts.rm, network=opts.network,
         )
         created = False
         try:
+            os.makedirs(state_dir, mode=0o700)
             # One lease from Prepare to Containers.Create: once the record references the snapshot the lease
             # can go; ending it earlier lets containerd's GC remove the unreferenced snapshot.
             async with ctd.lease():
@@ -324,10 +377,10 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
                 await rt.create_container(container_id, image=str(ctx.reference), runtime=opts.runtime,
                                           runtime_binary=opts.runtime_binary, spec=spec,
                                           snapshotter=image.snapshotter, labels=labels)  # fmt: skip
+            if cidfile is not None:
+                cidfile.write(container_id)  # before `created`: a failed write removes the container again
             created = True
             emit(ev.ContainerCreated(container_id=container_id, name=name))
-            if opts.cidfile:
-                Path(opts.cidfile).write_text(container_id, encoding="utf-8")
         except BaseException:
             if not created:
                 await teardown(rt, state, remove=True)
@@ -356,7 +409,8 @@ async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: Ru
     image, bridge = ensured.config, ctx.bridge
     rootfs = await ctd.snapshot_prepare(state.snapshotter, state.id, ensured.top_chain_id, {})
     hostname = opts.hostname or state.id[:12]
-    volumes = resolve_volumes(opts.volumes, image.volumes, state.data_root, state.namespace, os.getcwd())
+    image_volumes = [v for v in image.volumes if not image_volume_on_kernel_fs(v)]  # warned in run_container
+    volumes = resolve_volumes(opts.volumes, image_volumes, state.data_root, state.namespace, os.getcwd())
     state.anonymous_volumes = volumes.anonymous
     inputs = SpecInputs(container_id=state.id, namespace=state.namespace, hostname=hostname,
                         passwd=read_rootfs_file(rootfs, "/etc/passwd"),
@@ -378,6 +432,9 @@ async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: Ru
     if opts.init:
         inputs.init_binary = find_init_binary()
     inputs.host_caps = _own_bounding_caps()
+    inputs.seccomp_profile = load_seccomp_profile(opts.seccomp, privileged=opts.privileged)
+    inputs.apparmor_enabled = apparmor_enabled()
+    inputs.cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     if opts.tty:
         inputs.console_size = terminal_size(sys.stdin.fileno()) or terminal_size(sys.stdout.fileno())
     inputs.host_ipc_dirs = tuple(d for d in ("/dev/shm", "/dev/mqueue") if os.path.isdir(d))
@@ -440,12 +497,7 @@ async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, ro
     for fifo in fifos:
         os.mkfifo(fifo, 0o600)
     stdio = ("", fifos[0], "" if opts.tty else fifos[1])
-    reaper_args = [state.state_dir, "--log", log_path, *fifos]
-    subprocess.Popen(
-        [sys.executable, "-m", "socirun.runtime.reaper", *reaper_args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        close_fds=True,
-    )
+    reaper.start(state.state_dir, log_path, fifos)
     try:
         pid = await rt.create_task(state.id, rootfs, stdio, opts.tty)
         await rt.start_task(state.id)

@@ -130,6 +130,8 @@ class RunOptions:
     sysctls: dict[str, str] = field(default_factory=dict)
     pids_limit: int = 0
     no_new_privileges: bool = False
+    seccomp: str = ""  # --security-opt seccomp=: "" the default profile, "unconfined", or a profile file's path
+    apparmor: str = ""  # --security-opt apparmor=: a profile name (applied only where the host has AppArmor)
     help: bool = False
     snapshotter: str = ""
     progress: str = ""

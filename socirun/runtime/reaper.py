@@ -2,20 +2,24 @@
 the task to exit, then tears down what a foreground run would have (task, CNI DEL + netns; with --rm the
 container, snapshot, anonymous volumes and state).
 
-Started by socirun/runtime/container.py in its own session, before Tasks.Create, as
-`python -m socirun.runtime.reaper STATE_DIR --log LOG FIFO [FIFO]`. If it is killed, the teardown does not
-happen (socirun has no daemon), as with nerdctl's client-side --rm.
+Started by socirun/runtime/container.py through start() in its own session, before Tasks.Create, with the
+arguments `STATE_DIR --log LOG FIFO [FIFO]`. If it is killed, the teardown does not happen (socirun has no
+daemon), as with nerdctl's client-side --rm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import subprocess
 import sys
 import threading
-from typing import BinaryIO
+from collections.abc import Sequence
+from typing import IO, Any, BinaryIO
 
+import socirun
 from socirun.containerd.client import ContainerdClient
 from socirun.containerd.runtime import Runtime
 from socirun.errors import SocirunError
@@ -66,9 +70,38 @@ async def reap(state_dir: str, log_path: str, fifos: list[str]) -> int:
     return 0
 
 
+# The child's whole program: it runs as root, so it must import exactly the socirun (and the dependencies) this
+# process imported, never a `socirun` planted in the caller's working directory or named by PYTHONPATH: `-I`
+# (isolated: no cwd or script directory on sys.path, PYTHON* variables and the user's site ignored; it implies
+# -P and -E) with cwd "/", and this process's own import path handed over explicitly as the first argument.
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
+    "from socirun.runtime.reaper import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def command(state_dir: str, log_path: str, fifos: Sequence[str]) -> list[str]:
+    """The reaper's argv: the running interpreter in isolated mode, with this process's absolute import path."""
+    # The directory this socirun came from goes first: even with this process's cwd on its sys.path (started as
+    # `python -m socirun`), the child's `socirun` is this one. "" and relative entries would mean the cwd.
+    home = os.path.dirname(os.path.dirname(os.path.abspath(socirun.__file__)))
+    paths = [home, *(p for p in sys.path if os.path.isabs(p) and p != home)]
+    return [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(paths), state_dir, "--log", log_path, *fifos]
+
+
+def start(state_dir: str, log_path: str, fifos: Sequence[str], *,
+          stderr: int | IO[Any] = subprocess.DEVNULL) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start the reaper detached from this process (own session, cwd "/", no inherited descriptors)."""
+    for path in (state_dir, log_path, *fifos):
+        if not os.path.isabs(path):
+            raise ValueError(f"reaper paths must be absolute (it runs in /): {path}")
+    return subprocess.Popen(command(state_dir, log_path, fifos), cwd="/", stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, close_fds=True)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[1] != "--log":
-        print("usage: python -m socirun.runtime.reaper STATE_DIR --log LOG FIFO [FIFO]", file=sys.stderr)
+        print("usage: reaper STATE_DIR --log LOG FIFO [FIFO]", file=sys.stderr)
         return 2
     try:
         return asyncio.run(reap(argv[0], argv[2], argv[3:]))

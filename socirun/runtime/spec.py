@@ -3,18 +3,25 @@ in the rootfs (`/etc/passwd`, `/etc/group`) and on the host (devices, mounts, na
 
 Layering, as containerd and nerdctl do it (https://github.com/containerd/containerd/blob/v1.6.20/oci/spec_opts.go and
 nerdctl's pkg/cmd/container/create.go):
-containerd's Linux defaults, then nerdctl's changes (no /run tmpfs, a ro cgroup mount, rlimits inherited,
-NoNewPrivileges off), then the image's Env/Entrypoint/Cmd/WorkingDir/User, then the flags.
+containerd's Linux defaults, then nerdctl's changes (no /run tmpfs, a ro cgroup mount, NoNewPrivileges off; but
+containerd's NOFILE 1024 is kept where nerdctl drops every rlimit, see DEFAULT_RLIMITS), docker's masked paths and
+seccomp rules (socirun.runtime.seccomp), then the image's Env/Entrypoint/Cmd/WorkingDir/User, then the flags.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from socirun.errors import SocirunError, UsageError
-from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions
+from socirun.oci import check_image_config
+from socirun.runtime.image_users import resolve_user
+from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions, VolumeSpec
+from socirun.runtime.seccomp import kernel_version, native_arch, to_oci_seccomp
 
 OCI_VERSION = "1.0.2-dev"
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -23,14 +30,25 @@ DEFAULT_CAPS = (
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
     "CAP_AUDIT_WRITE",
 )  # fmt: skip
+# docker's current default list (containerd 2's has all but /proc/interrupts): /proc/interrupts shows the host's
+# IRQ counts, powercap its RAPL energy counters (a power side channel, CVE-2020-8694).
 MASKED_PATHS = (
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi", "/sys/devices/virtual/powercap",
+    "/proc/interrupts",
 )  # fmt: skip
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 # oci.WithDefaultUnixDevices: (major, minor) allowed in the device cgroup; -1 is "*".
 DEFAULT_DEVICE_RULES = ((1, 3), (1, 8), (1, 7), (5, 0), (1, 5), (1, 9), (5, 1), (136, -1), (5, 2))
 INIT_PATH_IN_CONTAINER = "/sbin/docker-init"
+# containerd's default spec (oci.populateDefaultUnixSpec): NOFILE 1024:1024. nerdctl drops every rlimit and docker
+# sets none by default, so their containers inherit the shim's limits: about 10^9 open files under current systemd
+# (LimitNOFILE=infinity), which makes programs that loop over every fd or size tables by the limit crawl. The
+# default is the one a login shell gets; --ulimit nofile=... replaces it.
+DEFAULT_RLIMITS = (("RLIMIT_NOFILE", 1024, 1024),)
+# The kernel filesystems the runtime mounts: a volume there would replace them with a host directory (and runc
+# would create device nodes in it, for /dev).
+KERNEL_FS_TARGETS = ("/proc", "/sys", "/dev")
 CPU_PERIOD = 100_000
 
 
@@ -49,6 +67,7 @@ class ImageConfig:
 
     @classmethod
     def from_blob(cls, blob: Mapping[str, Any]) -> ImageConfig:
+        check_image_config(blob, "the image's config")  # types first: a string Cmd must not become characters
         cfg = blob.get("config") or {}
         return cls(
             env=tuple(cfg.get("Env") or ()),
@@ -117,62 +136,19 @@ class SpecInputs:
     # (columns, rows) of the user's terminal for -t: the pty starts at that size (docker sets consoleSize too),
     # so a process that asks at once does not see 0x0 before the first ResizePty arrives.
     console_size: tuple[int, int] | None = None
+    # The seccomp profile to apply (socirun.runtime.seccomp.load_profile; None: unconfined), converted here for the
+    # container's capabilities, on the host's architecture and kernel.
+    seccomp_profile: Mapping[str, Any] | None = None
+    arch: str = field(default_factory=native_arch)
+    kernel: tuple[int, int] | None = field(default_factory=kernel_version)
+    apparmor_enabled: bool = False  # /sys/module/apparmor/parameters/enabled: an --security-opt apparmor= applies
+    cgroup_v2: bool = False  # a unified hierarchy: the container gets its own cgroup namespace, as docker's default
 
 
 # ------------------------------------------------------------------------------------------------ users
 
 
-@dataclass(frozen=True)
-class ResolvedUser:
-    uid: int
-    gid: int
-    additional_gids: tuple[int, ...]
-    name: str = ""
-
-
-def _entries(text: str | None) -> list[list[str]]:
-    if not text:
-        return []
-    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
-
-
-def resolve_user(spec: str, passwd: str | None, group: str | None, extra_groups: Sequence[str] = ()) -> ResolvedUser:
-    """containerd's WithUser + WithAdditionalGIDs (oci/spec_opts.go): `name`, `uid`, `user:group`, numeric or looked
-    up."""
-    users = [e for e in _entries(passwd) if len(e) >= 4]
-    groups = [e for e in _entries(group) if len(e) >= 3]
-    user_part, sep, group_part = (spec or "0").partition(":")
-    name = ""
-    if user_part.isdigit():
-        uid = int(user_part)
-        match = next((u for u in users if u[2] == user_part), None)
-        gid = int(match[3]) if match and match[3].isdigit() else 0
-        name = match[0] if match else ""
-    else:
-        match = next((u for u in users if u[0] == user_part), None)
-        if match is None:
-            raise SocirunError(f'unable to find user {user_part}: no matching entries in passwd file')
-        uid, gid, name = int(match[2]), int(match[3]), match[0]
-    if sep:
-        gid = _group_id(group_part, groups)
-    additional: list[int] = [gid]
-    if name:
-        for g in groups:
-            members = g[3].split(",") if len(g) > 3 else []
-            if name in members and g[0] != name and g[2].isdigit():
-                additional.append(int(g[2]))
-    for extra in extra_groups:
-        additional.append(_group_id(extra, groups))
-    return ResolvedUser(uid, gid, tuple(dict.fromkeys(additional)), name)
-
-
-def _group_id(text: str, groups: list[list[str]]) -> int:
-    if text.isdigit():
-        return int(text)
-    match = next((g for g in groups if g[0] == text), None)
-    if match is None or not match[2].isdigit():
-        raise SocirunError(f"unable to find group {text}: no matching entries in group file")
-    return int(match[2])
+# resolve_user lives in socirun.runtime.image_users, next to the safe reads of /etc/passwd and /etc/group.
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -250,6 +226,42 @@ def default_mounts(opts: RunOptions, host_ipc_dirs: Sequence[str] = ("/dev/shm",
     return mounts
 
 
+def device_from_stat(container_path: str, st: os.stat_result, permissions: str = "rwm") -> SpecDevice | None:
+    """The device entry for a host node: its type and numbers, and its mode, uid and gid as on the host
+    (containerd's DeviceFromPath, docker's too), so e.g. a 0600 /dev/loop0 does not become 0666 inside.
+    None when `st` is not a character or block device."""
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        return None
+    return SpecDevice(container_path, kind, os.major(st.st_rdev), os.minor(st.st_rdev),
+                      file_mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                      permissions=permissions)  # fmt: skip
+
+
+def kernel_fs_mount_problem(spec: VolumeSpec) -> str | None:
+    """Why a -v/--mount/--tmpfs cannot go where it asks, or None. Onto /proc, /sys or /dev only the host's own
+    filesystem may be bound (`-v /sys:/sys:ro`, `-v /dev:/dev`, as cAdvisor and device tools do with docker):
+    a volume, tmpfs or other host directory there would replace the kernel filesystem, and for /dev runc would
+    then create the container's device nodes inside that host directory."""
+    target = posixpath.normpath(spec.target)
+    if target not in KERNEL_FS_TARGETS:
+        return None
+    if spec.kind == "bind" and posixpath.normpath(spec.source) == target:
+        return None
+    return (f"{target} is the kernel's {target.lstrip('/')} filesystem in every container: only the host's own "
+            f"{target} can be mounted there (-v {target}:{target})")  # fmt: skip
+
+
+def image_volume_on_kernel_fs(path: str) -> bool:
+    """An image VOLUME that would hide a kernel filesystem: /dev itself, or /proc or /sys or anything below them
+    (docker would mount an empty host directory there; runc refuses most of /proc)."""
+    target = posixpath.normpath("/" + path.lstrip("/"))
+    return target == "/dev" or any(target == d or target.startswith(d + "/") for d in ("/proc", "/sys"))
+
+
 def _device_json(d: SpecDevice) -> dict[str, Any]:
     return {"path": d.path, "type": d.type, "major": d.major, "minor": d.minor, "fileMode": d.file_mode,
             "uid": d.uid, "gid": d.gid}  # fmt: skip
@@ -279,6 +291,9 @@ def _namespaces(opts: RunOptions, inputs: SpecInputs) -> list[dict[str, str]]:
         if inputs.netns_path:
             net["path"] = inputs.netns_path
         ns.append(net)
+    if inputs.cgroup_v2:
+        # docker's default --cgroupns: private on cgroup v2, host on v1 (nerdctl's too).
+        ns.append({"type": "cgroup"})
     return ns
 
 
@@ -330,16 +345,20 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
     }
     if opts.tty and inputs.console_size is not None:
         process["consoleSize"] = {"width": inputs.console_size[0], "height": inputs.console_size[1]}
-    if opts.ulimits:
-        process["rlimits"] = [
-            {"type": f"RLIMIT_{u.name.upper()}", "soft": _rlimit(u.soft), "hard": _rlimit(u.hard)} for u in opts.ulimits
-        ]
+    process["rlimits"] = rlimits(opts)
+    if inputs.apparmor_enabled and opts.apparmor:
+        # docker sets a profile only where the host has AppArmor (runc fails otherwise), --privileged included.
+        process["apparmorProfile"] = opts.apparmor
     linux: dict[str, Any] = {
         "resources": _resources(opts, inputs.devices),
         "cgroupsPath": f"/{inputs.namespace}/{inputs.container_id}",
         "namespaces": _namespaces(opts, inputs),
         "devices": [_device_json(d) for d in inputs.devices],
     }
+    if inputs.seccomp_profile is not None and not opts.privileged:
+        seccomp = to_oci_seccomp(inputs.seccomp_profile, caps, inputs.arch, inputs.kernel)
+        if seccomp is not None:
+            linux["seccomp"] = seccomp
     if not opts.privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
@@ -364,6 +383,16 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
             for stage, hooks in inputs.hooks.items()
         }
     return spec
+
+
+def rlimits(opts: RunOptions) -> list[dict[str, Any]]:
+    """DEFAULT_RLIMITS, each replaced by an --ulimit of the same name, then the other --ulimit values in order."""
+    out: dict[str, dict[str, Any]] = {kind: {"type": kind, "soft": soft, "hard": hard}
+                                      for kind, soft, hard in DEFAULT_RLIMITS}  # fmt: skip
+    for u in opts.ulimits:
+        kind = f"RLIMIT_{u.name.upper()}"
+        out[kind] = {"type": kind, "soft": _rlimit(u.soft), "hard": _rlimit(u.hard)}
+    return list(out.values())
 
 
 def _rlimit(value: int) -> int:

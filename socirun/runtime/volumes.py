@@ -8,6 +8,7 @@ directory when missing, as docker does).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from socirun.errors import SocirunError
 from socirun.runtime.options import VolumeSpec
 from socirun.runtime.spec import SpecMount
+
+# docker's volume name pattern (volume/local), matched whole: with `$`, "name\n" would pass.
+VOLUME_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 
 
 @dataclass
@@ -65,12 +69,17 @@ def resolve_volumes(
         if not name:
             name = secrets.token_hex(32)
             out.anonymous.append(name)
+        elif not VOLUME_NAME_PATTERN.fullmatch(name):  # the name becomes a directory under the data root
+            raise SocirunError(f"{name!r} includes invalid characters for a local volume name, only "
+                               '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed')  # fmt: skip
         path = volume_path(data_root, namespace, name)
         try:
             os.makedirs(path, mode=0o755, exist_ok=True)
         except OSError as err:
             raise SocirunError(f"cannot create volume {name} under {data_root}: {err.strerror or err}") from None
-        out.mounts.append(SpecMount(spec.target, "bind", path, tuple(opts_list)))
+        # A volume is socirun's own directory: what a container leaves in it must not become a setuid binary or a
+        # device node that works on the host's side (CVE-2021-41091's class), so it is mounted nosuid, nodev.
+        out.mounts.append(SpecMount(spec.target, "bind", path, (*opts_list, "nosuid", "nodev")))
         out.records.append({"Type": "volume", "Name": name, "Source": path, "Destination": spec.target,
                             "Driver": "local", "RW": not spec.readonly})  # fmt: skip
     return out

@@ -1,10 +1,13 @@
-"""Plain face: one line per state change, a heartbeat every few seconds, one summary line. No control codes."""
+"""Plain face: one line per state change, a heartbeat every few seconds, one summary line. No control codes:
+every line is made terminal-safe as it is written (it quotes references, platforms, reasons, SOCI's paths and
+messages, and the file names an image chose), and the helpers other faces reuse return safe lines too."""
 
 from __future__ import annotations
 
 from typing import TextIO
 
 from socirun import events as ev
+from socirun.text import terminal_safe
 from socirun.ui.model import PullModel, human_bytes, human_duration, short_digest
 
 HEARTBEAT_S = 5.0
@@ -20,7 +23,7 @@ class PlainRenderer:
         self._stats_said: dict[str, tuple[float, ev.LazyLayerStats]] = {}
 
     def _line(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self.out.write(terminal_safe(text) + "\n")
         self.out.flush()
 
     def handle(self, event: ev.Event) -> None:
@@ -122,11 +125,11 @@ class PlainRenderer:
 
 
 def alias_line(event: ev.Resolving) -> str:
-    return f"short name {event.expanded_from!r} expanded to {event.reference}"
+    return terminal_safe(f"short name {event.expanded_from!r} expanded to {event.reference}")
 
 
 def read_line(event: ev.FetchLogEntry) -> str:
-    return f"read {event.path}"
+    return terminal_safe(f"read {event.path}")
 
 
 def lazy_stats_line(s: ev.LazyLayerStats) -> str:
@@ -144,13 +147,13 @@ def lazy_stats_line(s: ev.LazyLayerStats) -> str:
         text += "; complete"
     if s.error:
         text += f"; error: {s.error}"
-    return text
+    return terminal_safe(text)
 
 
 def heartbeat_line(m: PullModel, now: float) -> str:
     done, total = m.counts()
     elapsed = now - m.started if m.started is not None else 0.0
-    return (
+    return terminal_safe(
         f"pulling {m.reference} {m.fraction() * 100:.0f}% "
         f"{human_bytes(m.bytes_done())}/{human_bytes(m.total_size)} "
         f"{human_bytes(m.rate())}/s eta {human_duration(m.eta())} "
@@ -161,7 +164,7 @@ def heartbeat_line(m: PullModel, now: float) -> str:
 def summary_line(m: PullModel, event: ev.PullFinished) -> str:
     cached = sum(1 for r in m.layers.values() if r.state == "exists")
     rate = event.fetched / event.elapsed if event.elapsed > 0 else 0.0
-    return (
+    return terminal_safe(
         f"pulled {event.reference} ({event.mode}, {event.snapshotter}): fetched "
         f"{human_bytes(event.fetched)} of {human_bytes(event.total_size)} in "
         f"{human_duration(event.elapsed)} ({human_bytes(rate)}/s); {len(m.layers)} layers, {cached} cached"

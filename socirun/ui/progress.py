@@ -82,12 +82,21 @@ def run_renderer(mode: str, out: TextIO) -> Renderer:
     return renderer if mode == "json" else PullOnly(renderer)
 
 
+def open_recording(path: str) -> TextIO:
+    """The `--record-events` file, opened for writing before any work starts; a path that cannot be written is
+    the user's to fix, so it is a sentence (exit 125), not a traceback."""
+    try:
+        return open(path, "w", encoding="utf-8")  # the caller closes it
+    except OSError as err:
+        raise UsageError(f"cannot write --record-events file {path}: {err.strerror or err}") from None
+
+
 class Recorder:
     """Tees the stream into a JSON-lines file (`--record-events`) for replay into any face."""
 
     def __init__(self, inner: Renderer, path: str) -> None:
         self.inner = inner
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file = open_recording(path)
 
     def handle(self, event: ev.Event) -> None:
         self._file.write(json.dumps(ev.to_record(event), separators=(",", ":")) + "\n")
@@ -136,7 +145,7 @@ def run_work(work: ev.Work, mode: str, *, record: str | None = None, out: TextIO
     work is also emitted as an `error` event (so JSON consumers and recordings see it) and re-raised for the
     CLI's single handler. `detach` / `foreground` only matter to the TUI (see `run_with_tui`).
     """
-    recording = open(record, "w", encoding="utf-8") if record else None  # noqa: SIM115 - closed below
+    recording = open_recording(record) if record else None
 
     def tee(emit: ev.Emit) -> ev.Emit:
         if recording is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import pytest
@@ -17,6 +19,8 @@ from socirun.runtime.spec import (
     SpecMount,
     bounding_caps,
     build_spec,
+    device_from_stat,
+    image_volume_on_kernel_fs,
     merge_env,
     resolv_conf,
     resolve_user,
@@ -51,7 +55,8 @@ def test_defaults_follow_containerd_and_nerdctl() -> None:
     assert proc["env"] == ["PATH=/img/bin", "LANG=C", "HOSTNAME=cccccccccccc"]
     assert proc["user"] == {"uid": 0, "gid": 0, "additionalGids": [0]}
     assert proc["capabilities"]["bounding"] == list(DEFAULT_CAPS)
-    assert proc["noNewPrivileges"] is False and "rlimits" not in proc
+    assert proc["noNewPrivileges"] is False
+    assert proc["rlimits"] == [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}]  # containerd's default
     assert [m["destination"] for m in spec["mounts"]] == [
         "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup",
     ]  # fmt: skip
@@ -196,3 +201,69 @@ def test_tty_starts_at_the_users_terminal_size() -> None:
     spec = build_spec(plain, image, SpecInputs(container_id="c" * 64, namespace="default", hostname="h",
                                                console_size=(100, 33)))
     assert "consoleSize" not in spec["process"]
+
+
+# ---------------------------------------------------------------------------------------------- security
+
+
+PROFILE = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+           "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+           "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                        {"names": ["unshare"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}}]}
+
+
+def test_seccomp_profile_is_converted_for_the_containers_capabilities() -> None:
+    spec = spec_for(seccomp_profile=PROFILE, arch="amd64", kernel=(6, 1))
+    assert spec["linux"]["seccomp"] == {
+        "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+        "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}],
+    }  # fmt: skip
+    admin = spec_for("--cap-add", "SYS_ADMIN", seccomp_profile=PROFILE, arch="amd64")["linux"]["seccomp"]
+    assert {"names": ["unshare"], "action": "SCMP_ACT_ALLOW"} in admin["syscalls"]
+    assert "seccomp" not in spec_for("--privileged", seccomp_profile=PROFILE)["linux"]  # docker: unconfined
+    assert "seccomp" not in spec_for()["linux"]  # no profile loaded: unconfined
+
+
+def test_apparmor_profile_only_where_the_host_has_apparmor() -> None:
+    assert spec_for("--security-opt", "apparmor=mine", apparmor_enabled=True)["process"]["apparmorProfile"] == "mine"
+    assert "apparmorProfile" not in spec_for("--security-opt", "apparmor=mine", apparmor_enabled=False)["process"]
+    assert "apparmorProfile" not in spec_for(apparmor_enabled=True)["process"]
+
+
+def test_cgroup_namespace_on_cgroup_v2_only() -> None:
+    assert {"type": "cgroup"} in spec_for(cgroup_v2=True)["linux"]["namespaces"]
+    assert "cgroup" not in {n["type"] for n in spec_for(cgroup_v2=False)["linux"]["namespaces"]}
+
+
+def test_masked_paths_match_dockers_list() -> None:
+    masked = spec_for()["linux"]["maskedPaths"]
+    assert {"/sys/devices/virtual/powercap", "/proc/interrupts", "/proc/kcore", "/sys/firmware"} <= set(masked)
+
+
+def test_ulimit_replaces_the_default_nofile_and_adds_others() -> None:
+    assert spec_for("--ulimit", "core=0")["process"]["rlimits"] == [
+        {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}, {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]
+    assert spec_for("--ulimit", "nofile=65536")["process"]["rlimits"] == [
+        {"type": "RLIMIT_NOFILE", "soft": 65536, "hard": 65536}]
+
+
+def _stat(mode: int, uid: int, gid: int, rdev: int) -> os.stat_result:
+    return os.stat_result((mode, 1, 2, 1, uid, gid, 0, 0, 0, 0), {"st_rdev": rdev})
+
+
+def test_device_copies_the_host_nodes_mode_and_owner() -> None:
+    loop = device_from_stat("/dev/loop0", _stat(stat.S_IFBLK | 0o660, 0, 6, os.makedev(7, 0)), "rw")
+    assert loop == SpecDevice("/dev/loop0", "b", 7, 0, file_mode=0o660, uid=0, gid=6, permissions="rw")
+    tty = device_from_stat("/dev/ttyS0", _stat(stat.S_IFCHR | 0o620, 1000, 5, os.makedev(4, 64)))
+    assert tty is not None and (tty.type, tty.file_mode, tty.uid, tty.gid) == ("c", 0o620, 1000, 5)
+    assert device_from_stat("/etc/passwd", _stat(stat.S_IFREG | 0o644, 0, 0, 0)) is None
+    spec = spec_for(devices=[loop])
+    assert spec["linux"]["devices"] == [{"path": "/dev/loop0", "type": "b", "major": 7, "minor": 0,
+                                         "fileMode": 0o660, "uid": 0, "gid": 6}]  # fmt: skip
+
+
+def test_image_volumes_on_kernel_filesystems_are_recognised() -> None:
+    for path in ("/dev", "/dev/", "/sys", "/sys/fs/cgroup", "/proc", "/proc/sys/net", "sys"):
+        assert image_volume_on_kernel_fs(path), path
+    for path in ("/data", "/dev/shm", "/devices", "/system", "/var/lib/proc"):
+        assert not image_volume_on_kernel_fs(path), path

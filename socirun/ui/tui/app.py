@@ -21,7 +21,8 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Log, Static
 
 from socirun import events as ev
-from socirun.errors import EXIT_INTERRUPTED, SocirunError
+from socirun.errors import EXIT_DAEMON, EXIT_INTERRUPTED, SocirunError
+from socirun.text import terminal_safe
 from socirun.ui.model import PullModel
 from socirun.ui.tui import format as fmt
 from socirun.ui.tui.driver import PromptStopDriver
@@ -173,7 +174,7 @@ class PullApp(App[int]):
                 return
             if self.model.error is None:
                 message = err.message if isinstance(err, SocirunError) else f"{type(err).__name__}: {err}"
-                code = err.exit_code if isinstance(err, SocirunError) else 1
+                code = err.exit_code if isinstance(err, SocirunError) else EXIT_DAEMON  # as the CLI's shell says
                 self.model.apply(ev.Error(message=message, exit_code=code))
             self._show_error()
             return
@@ -245,7 +246,7 @@ class PullApp(App[int]):
             note = NOTHING_LAZY
             if lazy:
                 missing = m.sources.missing if m.sources is not None else ()
-                note = "\n".join((NO_READS_YET, *missing))
+                note = "\n".join((NO_READS_YET, *(terminal_safe(sentence) for sentence in missing)))
             if not has_fetches and note != self._note:
                 self._note = note
                 self.note_w.update(Text(note))  # a Text: sentences hold brackets ([fuse]) that are not markup
@@ -258,7 +259,7 @@ class PullApp(App[int]):
             return
         text = Text()
         text.append("error: ", style="bold red")
-        text.append(error.message)
+        text.append(terminal_safe(error.message))  # registries' and images' words: no escapes reach the terminal
         text.append(f" (exit code {error.exit_code})", style="dim")
         if self.interactive and not self.closed:
             text.append("\npress any key to exit", style="dim")

@@ -1,10 +1,15 @@
-"""Pure formatting for the TUI: model → rich Text cells. No Textual here, so it is cheap to test."""
+"""Pure formatting for the TUI: model → rich Text cells. No Textual here, so it is cheap to test.
+
+Every string that came from outside (references, digests, platforms, reasons, SOCI's sources and paths, states
+and modes named in events or recordings) passes through `safe` here: Rich and Textual keep an ESC or a bidi
+override and hand it to the terminal."""
 
 from __future__ import annotations
 
 from rich.text import Text
 
 from socirun import events as ev
+from socirun.text import terminal_safe as safe
 from socirun.ui.model import LayerRow, PullModel, human_bytes, human_duration
 
 FILL = "█"
@@ -64,7 +69,7 @@ def layer_glyph(row: LayerRow) -> Text:
 
 
 def layer_mode(row: LayerRow) -> str:
-    return {"snapshotter": "fetched by snapshotter"}.get(row.mode, row.mode)
+    return {"snapshotter": "fetched by snapshotter"}.get(row.mode) or safe(row.mode)
 
 
 def layer_fraction(row: LayerRow) -> float:
@@ -100,7 +105,7 @@ def layer_eta(row: LayerRow) -> str:
 
 
 def layer_state(row: LayerRow) -> Text:
-    word = "cached" if row.state == "exists" else row.state
+    word = "cached" if row.state == "exists" else safe(row.state)
     return Text(word, style=STATE_STYLE.get(row.state, ""))
 
 
@@ -144,7 +149,7 @@ def summary_text(m: PullModel, width: int) -> Text:
 def lazy_line(m: PullModel, width: int = 200) -> Text:
     """SOCI's figures for the lazy layers, each with its source; a missing source is said, not guessed around.
     Below `width` the words get shorter (and only SOCI's own bytes are shown) rather than the counts cut off."""
-    source = m.lazy_source()
+    source = safe(m.lazy_source())
     counts = m.span_counts()
     files, requests = m.read_totals()
     origin = f"SOCI {'metrics' if source == 'metrics' else source + 's'}" if source else "no figures from SOCI yet"
@@ -194,16 +199,16 @@ def header_text(m: PullModel, elapsed: float) -> Text:
         text.append(f" (exit code {m.exit_code})", style="bold")
     text.append(f" {human_duration(elapsed)}", style="dim")
     if m.snapshotter:
-        text.append(f"  {m.snapshotter}", style="dim")
+        text.append(f"  {safe(m.snapshotter)}", style="dim")
     text.append("  ")
-    text.append(m.reference or "…", style="bold")
+    text.append(safe(m.reference) or "…", style="bold")
     text.append("\n")
     if m.digest:
-        text.append(m.digest, style="dim")
+        text.append(safe(m.digest), style="dim")
         if m.platform:
-            text.append(f"  {m.platform}", style="dim")
+            text.append(f"  {safe(m.platform)}", style="dim")
     if m.container_id:
-        text.append(f"  container {m.container_id[:12]}", style="dim")
+        text.append(f"  container {safe(m.container_id[:12])}", style="dim")
     return text
 
 
@@ -212,15 +217,15 @@ def plan_text(m: PullModel) -> Text:
     if not m.mode:
         text.append("No plan yet: the image is still being resolved.")
         return text
-    text.append(f"Mode: {m.mode}  (snapshotter {m.snapshotter})\n\n", style="bold")
+    text.append(f"Mode: {safe(m.mode)}  (snapshotter {safe(m.snapshotter)})\n\n", style="bold")
     for reason in m.reasons or ("no reasons were given",):
-        text.append(f"• {reason}\n")
+        text.append(f"• {safe(reason)}\n")
     if m.sources is not None:
         text.append("\nWhat SOCI shows of its lazy layers\n", style="bold")
         for live in m.sources.live:
-            text.append(f"• {live}\n")
+            text.append(f"• {safe(live)}\n")
         for missing in m.sources.missing:
-            text.append(f"• {missing}\n", style="yellow")
+            text.append(f"• {safe(missing)}\n", style="yellow")
     return text
 
 
@@ -229,15 +234,15 @@ def fetch_line(started: float | None, event: ev.FetchLogEntry) -> str:
     ("read" and its path; SOCI does not say which layer served it), or, in older recordings, a byte range."""
     at = event.time - started if started is not None else 0.0
     if event.reason == "read":
-        return f"+{at:7.3f}s read {event.path}"
+        return safe(f"+{at:7.3f}s read {event.path}")
     short = event.layer_digest.split(":", 1)[-1][:12]
     where = f" {event.path}" if event.path else ""
-    return f"+{at:7.3f}s {short} {event.reason:<10} {human_bytes(event.length):>9} @{event.offset}{where}"
+    return safe(f"+{at:7.3f}s {short} {event.reason:<10} {human_bytes(event.length):>9} @{event.offset}{where}")
 
 
 def missing_line(sentence: str) -> str:
     """A missing source as one short log line: what is not shown (the plan view, p, has the whole sentence)."""
-    return f"! {sentence.split(': ', 1)[0]} (p says how to turn it on)"
+    return safe(f"! {sentence.split(': ', 1)[0]} (p says how to turn it on)")
 
 
 def summary_lines(m: PullModel) -> list[str]:
@@ -247,7 +252,7 @@ def summary_lines(m: PullModel) -> list[str]:
     lines = [summary_line(m, m.finished)] if m.finished is not None else []
     if m.container_started is not None:
         after = human_duration(m.container_started.since_command_start)
-        lines.append(f"container {m.container_started.container_id[:12]} started after {after}")
+        lines.append(safe(f"container {m.container_started.container_id[:12]} started after {after}"))
     return lines
 
 
@@ -259,5 +264,5 @@ def recap_lines(m: PullModel) -> list[str]:
         held = ""
         if row.lazy is not None:
             held = f"; SOCI holds {human_bytes(row.lazy.fetched)} [{row.lazy.source}]"
-        lines.append(f"{row.short}: {word} ({human_bytes(row.size)}, {layer_mode(row)}{held})")
+        lines.append(safe(f"{row.short}: {word} ({human_bytes(row.size)}, {layer_mode(row)}{held})"))
     return lines + summary_lines(m)

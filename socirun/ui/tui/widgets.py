@@ -17,6 +17,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from socirun.text import terminal_safe
 from socirun.ui.model import LayerRow, PullModel
 from socirun.ui.tui import format as fmt
 
@@ -54,7 +55,7 @@ def cell(row: LayerRow, column: Column) -> Text | str:
         case "glyph":
             return fmt.layer_glyph(row)
         case "layer":
-            return Text(row.short)
+            return Text(terminal_safe(row.short))  # the digest as an event or a recording named it
         case "state":
             return fmt.layer_state(row)
         case "type":
