@@ -34,14 +34,16 @@ def run_command(argv: Sequence[str], config: SocirunConfig, glob: GlobalOptions)
     ctx = run_context(opts, config, glob)
     mode = progress_mode_for("quiet" if opts.quiet else opts.progress or None, config)
     if mode != "tty":
-        return asyncio.run(_with_face(run_renderer(mode, sys.stderr), opts, ctx))
+        # Quiet shows nothing of what SOCI fetches after the start, so nothing follows it: SOCI's debug log
+        # runs to thousands of lines a second while a program starts, and parsing it costs the container CPU.
+        return asyncio.run(_with_face(run_renderer(mode, sys.stderr), opts, ctx, observe=mode != "quiet"))
     if opts.detach:
         # The TUI keeps following lazily loaded layers after the start until `q`, then prints the ID (as -d does).
         return run_work(lambda emit: _detached_with_tui(opts, ctx, emit), "tty", detach=True)
     # Attached: the TUI shows the pull, then closes and hands the terminal to the container (raw mode for -t).
     run_work(lambda emit: _image_only(opts, ctx, emit), "tty")
     attached = dataclasses.replace(opts, pull="never")  # the image is there now: no second pull
-    return asyncio.run(_with_face(Silent(), attached, ctx))
+    return asyncio.run(_with_face(Silent(), attached, ctx, observe=False))  # nothing left to show it
 
 
 def run_context(opts: RunOptions, config: SocirunConfig, glob: GlobalOptions) -> RunContext:
@@ -67,9 +69,9 @@ def run_context(opts: RunOptions, config: SocirunConfig, glob: GlobalOptions) ->
     )
 
 
-async def _with_face(renderer: Renderer, opts: RunOptions, ctx: RunContext) -> int:
+async def _with_face(renderer: Renderer, opts: RunOptions, ctx: RunContext, *, observe: bool) -> int:
     async with rendering(renderer) as emit:
-        return await run_container(opts, ctx, emit)
+        return await run_container(opts, ctx, emit, observe=observe)
 
 
 async def _image_only(opts: RunOptions, ctx: RunContext, emit: ev.Emit) -> int:

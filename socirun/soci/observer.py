@@ -598,6 +598,10 @@ class SociObserver:
                 "snapshot\")")))
 
     def on_log(self, line: str) -> None:
+        if self.parallel is None and c.FUSE_FILE_READ not in line:
+            # Only read requests matter here, and they are a quarter of the lines SOCI logs while a program
+            # starts (lookups, opens and getxattrs are the rest): skip the JSON parse of the others.
+            return
         event = parse_log_line(line)
         if event is not None and self.parallel is not None:
             self.parallel.on_log(event.msg, event.fields)
