@@ -37,10 +37,11 @@ _DOMAIN = rf"(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$", re.ASCII)
-_REMAINDER_RE = re.compile(rf"^({_REMOTE_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?$", re.ASCII)
-_TAG_RE = re.compile(rf"^{_TAG}$", re.ASCII)
-_IDENTIFIER_RE = re.compile(r"^[a-f0-9]{64}$")
+# Matched with fullmatch: `^…$` would also accept a trailing newline ("latest\n").
+_DOMAIN_RE = re.compile(_DOMAIN, re.ASCII)
+_REMAINDER_RE = re.compile(rf"({_REMOTE_NAME})(?::({_TAG}))?(?:@({_DIGEST}))?", re.ASCII)
+_TAG_RE = re.compile(_TAG, re.ASCII)
+_IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}")
 
 # go-digest's registered algorithms and the length of their hex encoding.
 _DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
@@ -129,7 +130,7 @@ class ImageReference:
         return replace(self, digest=validate_digest(digest))
 
     def with_tag(self, tag: str) -> ImageReference:
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise _invalid(f'"{tag}" is not a valid tag')
         return replace(self, tag=tag, digest=None)
 
@@ -169,15 +170,15 @@ def parse_reference(text: str) -> ImageReference:
     """
     if not text:
         raise _invalid("the image name is empty")
-    if _IDENTIFIER_RE.match(text):
+    if _IDENTIFIER_RE.fullmatch(text):
         raise _invalid(f"repository name ({text}) cannot be a 64-character hexadecimal string")
     domain, remainder = _split_domain(text)
     path = _name_part(remainder)
     if path.lower() != path:
         raise _invalid(f"repository name ({path}) must be lowercase")
-    if not _DOMAIN_RE.match(domain):
+    if not _DOMAIN_RE.fullmatch(domain):
         raise _invalid(f'"{text}" has an invalid registry "{domain}" ({_FORMAT_HINT})')
-    m = _REMAINDER_RE.match(remainder)
+    m = _REMAINDER_RE.fullmatch(remainder)
     if m is None:
         raise _invalid(f'"{text}" ({_FORMAT_HINT})')
     path, tag, digest = m.group(1), m.group(2), m.group(3)

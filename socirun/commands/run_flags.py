@@ -38,9 +38,10 @@ from socirun.runtime.options import (
 from socirun.runtime.spec import kernel_fs_mount_problem
 
 HELP_HINT = "See 'socirun run --help'."
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-CDI_DEVICE_RE = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9_.-]+=[a-zA-Z0-9_.:-]+$")
+# Matched with fullmatch: `^…$` would also accept a trailing newline ("web\n").
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+CDI_DEVICE_RE = re.compile(r"[a-zA-Z0-9.-]+/[a-zA-Z0-9_.-]+=[a-zA-Z0-9_.:-]+")
 
 ULIMITS = (
     "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
@@ -434,7 +435,13 @@ def parse_volume(text: str) -> VolumeSpec:
         raise _ValueError(f"duplicate mode in '{mode}'")
     readonly = "ro" in opts or "rro" in opts
     extra = tuple(o for o in opts if o in ("private", "rprivate", "shared", "rshared", "slave", "rslave", "bind"))
-    if src and not VOLUME_NAME_RE.match(src):
+    if src and not VOLUME_NAME_RE.fullmatch(src):
+        # docker's rule: a bind source is absolute or starts with "." (made absolute); anything else is a volume
+        # name, and one that does not fit the pattern ("vol\n", "dir/sub") is refused, not bound from the cwd.
+        if not src.startswith(("/", ".")):
+            raise _ValueError(f'"{src}" includes invalid characters for a local volume name, only '
+                              '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host directory, '
+                              "use absolute path")  # fmt: skip
         return VolumeSpec("bind", src, dst, readonly, extra)
     return VolumeSpec("volume", src, dst, readonly, ())
 
@@ -484,7 +491,7 @@ def parse_mount(text: str) -> VolumeSpec:
         raise _ValueError("source is required when specifying bind mount")
     if kind == "tmpfs" and source:
         raise _ValueError("source is not supported for tmpfs mounts")
-    if kind == "volume" and source and not VOLUME_NAME_RE.match(source):
+    if kind == "volume" and source and not VOLUME_NAME_RE.fullmatch(source):
         raise _ValueError(f"invalid volume name {source!r}")
     return VolumeSpec(kind, source, target, readonly, tuple(options))  # type: ignore[arg-type]
 
@@ -497,7 +504,7 @@ def parse_tmpfs(text: str) -> VolumeSpec:
 
 
 def parse_device(text: str) -> DeviceSpec:
-    if CDI_DEVICE_RE.match(text):
+    if CDI_DEVICE_RE.fullmatch(text):
         return DeviceSpec("", "", "rwm", cdi_name=text)
     parts = text.split(":")
     if len(parts) > 3 or not parts[0].startswith("/"):
@@ -695,7 +702,11 @@ def parse_run_args(
             setattr(opts, flag.dest, value)
             continue
         assert raw is not None
-        for item in _values(flag, raw):
+        try:
+            items = _values(flag, raw)  # a slice flag's CSV can be malformed too: docker's same sentence
+        except _ValueError as err:
+            raise _bad(raw, flag, str(err)) from None
+        for item in items:
             try:
                 _apply(opts, flag, item, env_files, env_flags, networks, gpus)
             except _ValueError as err:
@@ -776,7 +787,7 @@ def _apply(
 ) -> None:
     match flag.name:
         case "name":
-            if not NAME_RE.match(v):
+            if not NAME_RE.fullmatch(v):
                 raise _ValueError(f"Invalid container name ({v}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
             opts.name = v
         case "env":

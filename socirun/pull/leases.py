@@ -3,8 +3,11 @@
 Success: the image record now references everything, so the lease goes. Failure or Ctrl-C: snapshots were
 already removed by the engine, but partially downloaded blobs are worth keeping so the next run resumes them;
 they move to a small "resume" lease that expires like containerd's own lease-less ingests (24 h), and the pull
-lease goes. A later successful pull of the same image drops the resume leases and the leases of socirun
-processes that died (SIGKILL leaves no chance to clean up), so nothing lingers.
+lease goes. A later successful pull of the same image drops the resume leases, and every pull and run drops the
+leases of socirun processes that died (SIGKILL leaves no chance to clean up), so nothing lingers.
+
+Every lease socirun takes names its owner: the PID and that process's start time (so a PID the kernel has since
+given to another process does not keep a dead owner's lease alive).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+from collections.abc import Callable
 from types import TracebackType
 
 import psutil
@@ -22,12 +26,59 @@ from socirun.containerd.client import ContainerdClient
 EXPIRE_AFTER = dt.timedelta(hours=24)
 LABEL_IMAGE = "io.socirun/image"
 LABEL_PID = "io.socirun/pid"
+LABEL_STARTED = "io.socirun/started"  # the owner's start time (seconds since the epoch, as psutil reports it)
 LABEL_PURPOSE = "io.socirun/purpose"
+# The purposes whose lease lives only as long as the process that took it (a resume lease outlives it on purpose).
+OWNED_PURPOSES = ("pull", "run")
 GC_EXPIRE = "containerd.io/gc.expire"
 
 
 def _expiry() -> str:
     return (dt.datetime.now(dt.UTC) + EXPIRE_AFTER).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_labels(purpose: str) -> dict[str, str]:
+    """The labels that tie a lease to this process, for `lease_owner_dead` to judge later."""
+    return {LABEL_PID: str(os.getpid()), LABEL_STARTED: f"{psutil.Process().create_time():.2f}",
+            LABEL_PURPOSE: purpose}  # fmt: skip
+
+
+def lease_owner_dead(labels: dict[str, str], started_of: Callable[[int], float | None]) -> bool:
+    """Whether the process that took a lease with `labels` has ended: a pull or run lease whose PID runs no
+    more, or runs a process started at another time (the PID was reused). `started_of(pid)` is the start time of
+    the running process `pid`, None when none runs. Leases that name no owner are never judged dead."""
+    pid = labels.get(LABEL_PID, "")
+    if labels.get(LABEL_PURPOSE) not in OWNED_PURPOSES or not pid.isdigit():
+        return False
+    started = started_of(int(pid))
+    if started is None:
+        return True
+    try:
+        recorded = float(labels[LABEL_STARTED])
+    except (KeyError, ValueError):
+        return False  # an older socirun's lease without a start time: the PID runs, so it may be its owner
+    return abs(started - recorded) >= 1.0
+
+
+def process_started(pid: int) -> float | None:
+    """The start time of the running process `pid` (None when there is none, or only a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else float(proc.create_time())
+    except psutil.Error:
+        return None
+
+
+async def drop_dead_leases(ctd: ContainerdClient) -> int:
+    """Delete the pull and run leases of socirun processes that died (a SIGKILL ends a process with its lease
+    still there, holding its ingests and snapshots for 24 h); returns how many. containerd's GC then collects
+    what only they held."""
+    dropped = 0
+    for lease in await ctd.list_leases_info():
+        if lease_owner_dead(lease.labels, process_started):
+            await ctd.delete_lease(lease.id)
+            dropped += 1
+    return dropped
 
 
 class PullLease:
@@ -46,9 +97,8 @@ class PullLease:
         self._ok = True
 
     async def __aenter__(self) -> PullLease:
-        self.lease_id = await self.ctd.create_lease(
-            {GC_EXPIRE: _expiry(), LABEL_IMAGE: self.image, LABEL_PID: str(os.getpid()), LABEL_PURPOSE: "pull"}
-        )
+        self.lease_id = await self.ctd.create_lease({GC_EXPIRE: _expiry(), LABEL_IMAGE: self.image,
+                                                     **owner_labels("pull")})  # fmt: skip
         self._token = self.ctd.using_lease(self.lease_id)
         self._token.__enter__()
         return self
@@ -80,18 +130,10 @@ class PullLease:
             await self.ctd.add_lease_resource(resume, ref, "ingests")
 
     async def _drop_stale_leases(self) -> None:
+        """This image's resume leases (the image is whole now), and any dead process's pull or run lease."""
         for lease in await self.ctd.list_leases_info():
-            if lease.labels.get(LABEL_IMAGE) != self.image or lease.id == self.lease_id:
+            if lease.id == self.lease_id:
                 continue
-            purpose = lease.labels.get(LABEL_PURPOSE)
-            pid = lease.labels.get(LABEL_PID, "")
-            dead = purpose == "pull" and pid.isdigit() and not _alive(int(pid))
-            if purpose == "resume" or dead:
+            resume = lease.labels.get(LABEL_IMAGE) == self.image and lease.labels.get(LABEL_PURPOSE) == "resume"
+            if resume or lease_owner_dead(lease.labels, process_started):
                 await self.ctd.delete_lease(lease.id)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

@@ -136,6 +136,29 @@ class Cni:
         self.plugin_dir = plugin_dir
         self.net = net
         self.conf = conflist(net, ipam_dir)
+        # libcni's result cache (/var/lib/cni/results), beside the IPAM directory: DEL must get ADD's result as
+        # prevResult, or the firewall plugin finds no IP and leaves its CNI-FORWARD rules behind for good.
+        self.cache_dir = os.path.join(os.path.dirname(ipam_dir.rstrip("/")), "results")
+
+    def _cache_path(self, container_id: str) -> str:
+        return os.path.join(self.cache_dir, f"{self.net.name}-{container_id}-eth0")
+
+    def _cache_result(self, container_id: str, result: Any) -> None:
+        """Keep the chain's result so far (written after every plugin: a run killed half-way through ADD still
+        leaves DEL the IPs it allocated)."""
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        path = self._cache_path(container_id)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+
+    def cached_result(self, container_id: str) -> Any:
+        """The ADD result cached for `container_id`, or None (none cached, or unreadable)."""
+        try:
+            with open(self._cache_path(container_id), encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
 
     def _exec(self, command: str, plugin: Mapping[str, Any], container_id: str, netns: str, ifname: str,
               name: str, prev: Any, ports: Sequence[PortMapping]) -> Any:  # fmt: skip
@@ -178,6 +201,8 @@ class Cni:
         try:
             for plugin in self.conf["plugins"]:
                 result = self._exec("ADD", plugin, container_id, netns, "eth0", self.net.name, result, ports)
+                if result is not None:
+                    self._cache_result(container_id, result)
         except NetworkError:
             self.delete(container_id, netns, ports)
             raise
@@ -190,9 +215,13 @@ class Cni:
     def delete(self, container_id: str, netns: str, ports: Sequence[PortMapping]) -> list[str]:
         """DEL in reverse order; every plugin is called even if one fails. Returns the failures."""
         errors: list[str] = []
+        prev = self.cached_result(container_id)
         for plugin in reversed(self.conf["plugins"]):
             try:
-                self._exec("DEL", plugin, container_id, netns, "eth0", self.net.name, None, ports)
+                self._exec("DEL", plugin, container_id, netns, "eth0", self.net.name, prev, ports)
             except NetworkError as err:
                 errors.append(err.message)
+        if not errors:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._cache_path(container_id))
         return errors

@@ -4,6 +4,8 @@ command (socirun.commands.run) built once, reporting through the `emit` it was h
 resolve the image per --pull (pulling with the engine and its progress face when needed) → rw snapshot under a
 lease → volumes, GPUs, network namespace + CNI → spec (pure) → Containers.Create → task with FIFOs → wait →
 the container's exit code; teardown (task, CNI DEL, netns; with --rm container, snapshot, anonymous volumes).
+A container still running when socirun is ended (--sig-proxy=false and a signal) is handed to the -d reaper
+instead: nothing is removed under a live task.
 """
 
 from __future__ import annotations
@@ -28,13 +30,21 @@ from socirun.containerd.runtime import Runtime
 from socirun.containerd.types import Mount
 from socirun.errors import EXIT_DAEMON, ContainerdError, ImageNotFoundError, SocirunError, UsageError
 from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids
+from socirun.pull.leases import owner_labels
 from socirun.pull.request import PullChoices, PullSetup
 from socirun.reference import ImageReference
 from socirun.registry.client import select_platform
 from socirun.runtime import cni, reaper
 from socirun.runtime.gpus import GpuInjection, plan_gpus
 from socirun.runtime.image_users import read_rootfs_file
-from socirun.runtime.lifecycle import ContainerState, cni_ipam_dir, prepare_data_root, reserve_name, teardown
+from socirun.runtime.lifecycle import (
+    ContainerState,
+    cni_ipam_dir,
+    prepare_data_root,
+    reserve_name,
+    sweep_abandoned,
+    teardown,
+)
 from socirun.runtime.options import CAPABILITIES, RunOptions
 from socirun.runtime.seccomp import apparmor_enabled
 from socirun.runtime.seccomp import load_profile as load_seccomp_profile
@@ -53,6 +63,7 @@ from socirun.runtime.spec import (
 from socirun.runtime.stdio import TaskIO
 from socirun.runtime.tty import raw_mode, terminal_size
 from socirun.runtime.volumes import resolve_volumes
+from socirun.text import terminal_safe
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 OUTPUT_DRAIN_S = 10.0
@@ -145,7 +156,7 @@ async def ensure_image(ctd: ContainerdClient, opts: RunOptions, ctx: RunContext,
     if opts.pull == "never":
         raise ImageNotFoundError(f"No such image: {ctx.reference.familiar()} (--pull=never)")
     if found is None and opts.pull == "missing" and not opts.quiet:
-        print(f"Unable to find image '{ctx.reference.familiar()}' locally", file=sys.stderr)
+        print(f"Unable to find image '{terminal_safe(ctx.reference.familiar())}' locally", file=sys.stderr)
     from socirun.pull.engine import pull_image
     from socirun.pull.request import build_pull_request
     from socirun.registry.client import RegistryClient
@@ -323,6 +334,15 @@ async def _reserve_name(rt: Runtime, ctx: RunContext, name: str, container_id: s
     await reserve_name(ctx.data_root, ctx.namespace, name, container_id, labelled=labelled, container_exists=exists)
 
 
+async def _sweep_killed_runs(rt: Runtime, ctx: RunContext) -> None:
+    """Clean what earlier runs that were killed left (socirun.runtime.lifecycle.sweep_abandoned). Best effort: a
+    failure here must not stop this run, so it is reported and the run goes on."""
+    try:
+        await sweep_abandoned(rt, ctx.data_root, ctx.namespace)
+    except (SocirunError, OSError) as err:
+        print(f"socirun: cleanup of earlier runs: {terminal_safe(str(err))}", file=sys.stderr)
+
+
 async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
     found = await rt.find_container(target)
     if found is None:
@@ -339,7 +359,7 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
 
     Events go to `emit` (the face is the caller's choice); `print_id=False` leaves printing a detached
     container's ID to the caller (the TUI prints it when the user leaves); `observe=False` when the caller
-    already follows lazily loaded layers."""
+    already follows lazily loaded layers, or when its face shows nothing of them."""
     cidfile = CidFile(opts.cidfile) if opts.cidfile else None  # first, as docker: nothing exists yet
     try:
         return await _run_container(opts, ctx, emit, cidfile, print_id=print_id, observe=observe)
@@ -355,6 +375,7 @@ async def _run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, cidfi
     async with await ContainerdClient.connect(ctx.address, ctx.namespace) as ctd, \
             _observing_lazy_layers(emit, ctx, observe) as emit:
         rt = Runtime(ctd)
+        await _sweep_killed_runs(rt, ctx)
         image = await ensure_image(ctd, opts, ctx, emit, observe=False)
         for path in (v for v in image.config.volumes if image_volume_on_kernel_fs(v)):
             emit(ev.WarningMessage(message=f"ignoring the image's VOLUME {path}: a volume there would hide the "
@@ -372,7 +393,7 @@ async def _run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, cidfi
             os.makedirs(state_dir, mode=0o700)
             # One lease from Prepare to Containers.Create: once the record references the snapshot the lease
             # can go; ending it earlier lets containerd's GC remove the unreferenced snapshot.
-            async with ctd.lease():
+            async with ctd.lease(labels=owner_labels("run")):  # a killed run's lease ends at the next run
                 spec, labels, rootfs = await _prepare(rt, opts, image, ctx, state, gpu)
                 await rt.create_container(container_id, image=str(ctx.reference), runtime=opts.runtime,
                                           runtime_binary=opts.runtime_binary, spec=spec,
@@ -524,6 +545,7 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
         io.start_output("stderr", sys.stderr.fileno())
     exit_code = EXIT_DAEMON
     tty_fd = sys.stdin.fileno()
+    started = False
     try:
         try:
             pid = await rt.create_task(state.id, rootfs, io.paths, opts.tty)
@@ -531,35 +553,89 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
             io.unblock()
             raise
         wait = asyncio.ensure_future(rt.wait_task(state.id))
-        if opts.interactive:
-
-            def stdin_eof() -> None:
-                loop.call_soon_threadsafe(lambda: _background(rt.close_stdin(state.id)))
-
-            io.start_input(sys.stdin.fileno(), stdin_eof)
         with raw_mode(tty_fd) if (opts.tty and opts.interactive) else contextlib.nullcontext():
             try:
                 await rt.start_task(state.id)
             except BaseException:
                 wait.cancel()
                 raise
+            started = True
+            if opts.interactive:
+                # Only now: before Start, runc's init waits on the console, and what stdin brings would reach it
+                # first. Its end (or CloseIO) makes the shim close the console's master, and the kernel's hang-up
+                # kills the init ("cannot start a container that has stopped"); a Ctrl-C byte signals it. Input
+                # typed meanwhile waits in our terminal's buffer (the shim opens the FIFO without blocking).
+
+                def stdin_eof() -> None:
+                    loop.call_soon_threadsafe(lambda: _background(rt.close_stdin(state.id)))
+
+                io.start_input(sys.stdin.fileno(), stdin_eof)
             emit(ev.ContainerStarted(container_id=state.id, pid=pid, since_command_start=_since_command_start()))
-            installed = _install_signal_handlers(loop, rt, opts, state.id)
+            detached: asyncio.Future[int] = loop.create_future()
+            installed = _install_signal_handlers(loop, rt, opts, state.id, detached)
             try:
-                exit_code = await wait
+                await asyncio.wait((wait, detached), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for sig in installed:
                     loop.remove_signal_handler(sig)
-        await asyncio.to_thread(io.wait_output, OUTPUT_DRAIN_S)
-        emit(ev.ContainerExited(container_id=state.id, exit_code=exit_code))
+                if not wait.done():
+                    wait.cancel()
+        if wait.done() and not wait.cancelled():
+            exit_code = wait.result()
+            await asyncio.to_thread(io.wait_output, OUTPUT_DRAIN_S)
+            emit(ev.ContainerExited(container_id=state.id, exit_code=exit_code))
+        else:
+            # Left by a signal (--sig-proxy=false): the container keeps running, as docker's does when its
+            # client goes, and `finally` hands it to a reaper. 128+signal: docker's status for a signalled client.
+            exit_code = 128 + detached.result()
     finally:
-        io.close()
         with contextlib.suppress(ValueError, OSError):
             sys.stdout.flush()
-        errors = await teardown(rt, state, remove=opts.rm)
-        for err in errors:
-            print(f"socirun: cleanup: {err}", file=sys.stderr)
+        if started and not await task_gone_or_stopped(rt, state.id):
+            await _hand_over(state, io, opts)
+            io.close()
+        else:
+            io.close()
+            report_cleanup_errors(await teardown(rt, state, remove=opts.rm))
     return exit_code
+
+
+def report_cleanup_errors(errors: list[str]) -> None:
+    """One line each on stderr; their text comes from containerd and the CNI plugins."""
+    for err in errors:
+        print(f"socirun: cleanup: {terminal_safe(err)}", file=sys.stderr)
+
+
+REAPER_OPEN_TIMEOUT_S = 10.0
+
+
+async def task_gone_or_stopped(rt: Runtime, container_id: str) -> bool:
+    """Whether the task exited (or is gone): only then may a foreground run tear the container down itself."""
+    try:
+        task = await rt.get_task(container_id)
+    except ContainerdError:
+        return False  # cannot tell: treat it as running, so nothing is removed under it
+    return task is None or task.status == "STOPPED"
+
+
+async def _hand_over(state: ContainerState, io: TaskIO, opts: RunOptions) -> None:
+    """Leave a container that still runs to a reaper (the one `-d` uses): it drains the output into
+    <state>/container.log, waits for the exit and then tears down (with --rm: removes everything). Our readers
+    close only once the reaper holds the FIFOs, so the shim never writes into a FIFO nobody reads."""
+    log_path = os.path.join(state.state_dir, "container.log")
+    fifos = [io.path("stdout"), *([] if opts.tty else [io.path("stderr")])]
+    try:
+        child = reaper.start(state.state_dir, log_path, fifos)
+    except OSError as err:
+        print(f"socirun: container {state.id[:12]} keeps running, and its reaper could not start "
+              f"({terminal_safe(err.strerror or str(err))}); remove it with nerdctl rm -f", file=sys.stderr)
+        return
+    deadline = time.monotonic() + REAPER_OPEN_TIMEOUT_S
+    while time.monotonic() < deadline and child.poll() is None and not reaper.holds(child.pid, fifos):
+        await asyncio.sleep(0.02)
+    removal = "removed when it exits" if opts.rm else "torn down when it exits"
+    print(f"socirun: container {state.id[:12]} keeps running in the background; it is {removal}",
+          file=sys.stderr)
 
 
 _pending: set[asyncio.Future[None]] = set()
@@ -572,8 +648,13 @@ def _background(coro: Coroutine[Any, Any, None]) -> None:
     fut.add_done_callback(_pending.discard)
 
 
+# The signals that end a client that does not proxy them: the container is left running (docker's client exits
+# and its daemon keeps the container), and socirun hands it to a reaper instead of exiting mid-teardown.
+DETACHING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, rt: Runtime, opts: RunOptions,
-                             container_id: str) -> list[int]:  # fmt: skip
+                             container_id: str, detached: asyncio.Future[int]) -> list[int]:  # fmt: skip
     installed: list[int] = []
 
     def resize() -> None:
@@ -592,5 +673,14 @@ def _install_signal_handlers(loop: asyncio.AbstractEventLoop, rt: Runtime, opts:
                 _background(rt.kill_task(container_id, s))
 
             loop.add_signal_handler(sig, forward)
+            installed.append(sig)
+    else:
+        for sig in DETACHING_SIGNALS:
+
+            def detach(s: int = int(sig)) -> None:
+                if not detached.done():
+                    detached.set_result(s)
+
+            loop.add_signal_handler(sig, detach)
             installed.append(sig)
     return installed

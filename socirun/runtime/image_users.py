@@ -258,7 +258,9 @@ def resolve_user(spec: str, passwd: str | None, group: str | None, extra_groups:
         gid = (_number(match[3]) or 0) if match else 0
         name = match[0] if match else ""
     else:
-        if user_part.isdigit():  # digits, but not a uid_t: "²", or too large
+        # ASCII digits that do not fit a uid_t. Other digits ("²": str.isdigit() is true, Go's Atoi and int() refuse
+        # them) are a name, looked up in passwd as containerd's WithUser does.
+        if user_part.isascii() and user_part.isdigit():
             raise SocirunError(f"invalid user {user_part!r}: a uid is a number from 0 to {_UID_LIMIT - 1}")
         match = next((u for u in users if u[0] == user_part), None)
         if match is None:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -222,8 +222,20 @@ def cni_ipam_dir(data_root: str) -> str:
     return os.path.join(data_root, "cni", "networks")
 
 
+async def task_gone(rt: Runtime, container_id: str) -> bool:
+    """Whether the container has no task any more (False also when containerd cannot say)."""
+    try:
+        return await rt.get_task(container_id) is None
+    except ContainerdError:
+        return False
+
+
 async def teardown(rt: Runtime, state: ContainerState, *, remove: bool) -> list[str]:
-    """Delete the task, the network; with `remove` the container, its snapshot, anonymous volumes and state."""
+    """Delete the task, the network; with `remove` the container, its snapshot, anonymous volumes and state.
+
+    Nothing is removed while the task exists: Tasks.Delete refuses a task that still runs, and the network, the
+    snapshot (its rootfs is still mounted) and the state under a live process would be pulled from under it. Such
+    a container is left whole (its own reaper, or `nerdctl rm -f`, removes it) and the refusal is reported."""
     from socirun.runtime.volumes import remove_volumes
 
     errors: list[str] = []
@@ -231,6 +243,10 @@ async def teardown(rt: Runtime, state: ContainerState, *, remove: bool) -> list[
         await rt.delete_task(state.id)
     except ContainerdError as err:
         errors.append(err.message)
+    if not await task_gone(rt, state.id):
+        errors.append(f"container {state.id[:12]} still has a task, so its network, snapshot and state were "
+                      "left in place")  # fmt: skip
+        return errors
     errors += teardown_network(state)
     if remove:
         try:
@@ -245,3 +261,164 @@ async def teardown(rt: Runtime, state: ContainerState, *, remove: bool) -> list[
         except OSError as err:
             errors.append(f"cannot release the name {state.name}: {err.strerror or err}")
     return errors
+
+
+# ---------------------------------------------------------------------------------------------- killed runs
+
+# A SIGKILLed run (or one whose machine lost power) tears nothing down: its task, network namespace, CNI IP and
+# iptables rules, snapshot, record, state directory and name stay. socirun has no daemon, so the next run sweeps
+# what such runs left, as nerdctl's client-side --rm cannot. Only what no live process owns is touched: the
+# reserving socirun (names/<ns>/<name>) and a reaper (its argv names the state directory) are owners, and a task
+# that still runs keeps its container whole, whoever started it.
+RUNNING_STATUSES = ("RUNNING", "PAUSED", "PAUSING")
+SWEEP_LOCK = ".sweep.lock"
+CREATED_KILL_WAIT_S = 5.0
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+_RESERVING = re.compile(r"\.[0-9]+\.tmp$")  # reserve_name's temporary file, before its rename
+
+
+def sweep_action(*, owner_alive: bool, task_status: str | None, has_state: bool, rm: bool,
+                 network_left: bool) -> str:  # fmt: skip
+    """What to do with a container state directory: "leave" it, "teardown" (task and network, the container
+    stays, as a finished run without --rm leaves it) or "remove" (everything, as --rm does). `task_status` is
+    None when the container has no task."""
+    if owner_alive or task_status in RUNNING_STATUSES:
+        return "leave"
+    if not has_state or rm:
+        # No state file: killed before the container existed; nothing of it is worth keeping.
+        return "remove"
+    return "teardown" if task_status is not None or network_left else "leave"
+
+
+def _name_holders(data_root: str, namespace: str) -> dict[str, tuple[str, NameHolder]]:
+    """container ID → (name, holder) from the names directory."""
+    names = os.path.join(data_root, NAMES_DIR, namespace)
+    found: dict[str, tuple[str, NameHolder]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(names):
+            if NAME_PATTERN.fullmatch(entry) and not _RESERVING.search(entry):
+                holder = _read_holder(os.path.join(names, entry))
+                if holder is not None:
+                    found[holder.id] = (entry, holder)
+    return found
+
+
+def _dirs_held_by_processes(base: str) -> set[str]:
+    """The state directories (under `base`) that a running process names in its argv: the reapers."""
+    import psutil
+
+    prefix = base.rstrip("/") + "/"
+    held: set[str] = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        for arg in proc.info.get("cmdline") or ():
+            if arg.startswith(prefix):
+                held.add(os.path.join(base, arg[len(prefix):].split("/", 1)[0]))
+    return held
+
+
+@contextlib.contextmanager
+def _sweep_lock(base: str) -> Iterator[bool]:
+    """A non-blocking exclusive lock: when another run is sweeping, this one does not (it would only repeat it)."""
+    fd = os.open(os.path.join(base, SWEEP_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+async def _stop_created_task(rt: Runtime, container_id: str) -> None:
+    """A task created but never started by a run that died: its start can never come, so kill it and wait."""
+    import signal
+
+    await rt.kill_task(container_id, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CREATED_KILL_WAIT_S
+    while loop.time() < deadline:
+        task = await rt.get_task(container_id)
+        if task is None or task.status == "STOPPED":
+            return
+        await asyncio.sleep(0.05)
+
+
+def _orphan_state(state_dir: str, container_id: str, data_root: str, namespace: str, name: str) -> ContainerState:
+    """The state of a run killed before it saved any: its network namespace (created first) is all it can own
+    besides the directory, and its snapshot is held only by its lease, which `drop_dead_leases` ends."""
+    from socirun.runtime import cni
+
+    netns = cni.netns_name(container_id)
+    return ContainerState(id=container_id, name=name, namespace=namespace, address="", snapshotter="",
+                          data_root=data_root, state_dir=state_dir, rm=True, network="none",
+                          netns=netns if os.path.exists(os.path.join(cni.NETNS_DIR, netns)) else "")  # fmt: skip
+
+
+async def sweep_abandoned(rt: Runtime, data_root: str, namespace: str) -> list[str]:
+    """Tear down what runs killed earlier left in `namespace` (see above), and end the leases of dead socirun
+    processes. Returns the IDs of the containers it tore down or removed."""
+    from socirun.pull.leases import drop_dead_leases
+    from socirun.runtime.cni import NETNS_DIR
+
+    with contextlib.suppress(ContainerdError):
+        await drop_dead_leases(rt.ctd)
+    base = os.path.join(data_root, "containers", namespace)
+    if not os.path.isdir(base):
+        return []
+    swept: list[str] = []
+    with _sweep_lock(base) as mine:
+        if not mine:
+            return []
+        holders = _name_holders(data_root, namespace)
+        held = _dirs_held_by_processes(base)
+        for entry in sorted(os.listdir(base)):
+            state_dir = os.path.join(base, entry)
+            if not _CONTAINER_ID.fullmatch(entry) or not os.path.isdir(state_dir):
+                continue
+            name, holder = holders.get(entry, ("", None))
+            owner_alive = state_dir in held or (holder is not None and holder.reserver_alive())
+            if owner_alive:
+                continue
+            try:
+                task = await rt.get_task(entry)
+            except ContainerdError:
+                continue  # cannot tell whether it runs: leave it
+            try:
+                state = ContainerState.load(state_dir)
+                has_state = True
+            except (OSError, ValueError, TypeError):
+                state = _orphan_state(state_dir, entry, data_root, namespace, name)
+                has_state = False
+            network_left = bool(state.netns) and os.path.exists(os.path.join(NETNS_DIR, state.netns))
+            action = sweep_action(owner_alive=False, task_status=task.status if task else None,
+                                  has_state=has_state, rm=state.rm, network_left=network_left)  # fmt: skip
+            if action == "leave":
+                continue
+            if task is not None and task.status == "CREATED":
+                await _stop_created_task(rt, entry)
+            if has_state:
+                await teardown(rt, state, remove=action == "remove")
+            else:
+                teardown_network(state)
+                shutil.rmtree(state_dir, ignore_errors=True)
+                if name:
+                    await release_name(data_root, namespace, name, entry)
+            swept.append(entry)
+        await _sweep_names(rt, data_root, namespace, holders)
+    return swept
+
+
+async def _sweep_names(rt: Runtime, data_root: str, namespace: str,
+                       holders: dict[str, tuple[str, NameHolder]]) -> None:  # fmt: skip
+    """Release the names held by dead runs that left neither a state directory nor a container."""
+    for container_id, (name, holder) in holders.items():
+        if holder.reserver_alive() or os.path.isdir(os.path.join(data_root, "containers", namespace, container_id)):
+            continue
+        try:
+            if await rt.get_container(container_id) is not None:
+                continue
+        except ContainerdError:
+            continue
+        await release_name(data_root, namespace, name, container_id)

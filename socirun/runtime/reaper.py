@@ -1,4 +1,5 @@
-"""The background half of `socirun run -d`: drains the container's output FIFOs into its log file, waits for
+"""The background half of `socirun run -d` (and of a foreground run whose client leaves while the container runs,
+`--sig-proxy=false` then Ctrl-C): drains the container's output FIFOs into its log file, waits for
 the task to exit, then tears down what a foreground run would have (task, CNI DEL + netns; with --rm the
 container, snapshot, anonymous volumes and state).
 
@@ -97,6 +98,21 @@ def start(state_dir: str, log_path: str, fifos: Sequence[str], *,
             raise ValueError(f"reaper paths must be absolute (it runs in /): {path}")
     return subprocess.Popen(command(state_dir, log_path, fifos), cwd="/", stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, close_fds=True)
+
+
+def holds(pid: int, paths: Sequence[str]) -> bool:
+    """Whether process `pid` has every one of `paths` open (a foreground run handing its container over waits for
+    this before closing its own FIFO readers)."""
+    wanted = {os.path.realpath(p) for p in paths}
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):
+            wanted.discard(os.readlink(os.path.join(fd_dir, name)))
+    return not wanted
 
 
 def main(argv: list[str]) -> int:

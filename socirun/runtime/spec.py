@@ -402,7 +402,7 @@ def _rlimit(value: int) -> int:
 
 def stop_signal_number(name: str) -> int:
     key = name.upper().removeprefix("SIG")
-    if key.isdigit():
+    if key.isascii() and key.isdigit():  # not "²": str.isdigit() takes it, int() does not
         return int(key)
     if key not in SIGNALS:
         raise UsageError(f"invalid stop signal {name}")

@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -245,6 +246,33 @@ class Sandbox:
             state["soci_pid"] = soci_daemon.start_daemon(self.soci)
             self._write_raw_state(state)
             soci_daemon.wait_reachable_through(str(self.socket_path))
+        info = self._running()
+        if info is None:
+            raise SandboxError(f"the sandbox in {self.dir} stopped running.")
+        return info
+
+    def restart_containerd(self, *, sig: int = signal.SIGTERM) -> SandboxInfo:
+        """Stop the sandbox's containerd (the recorded PID only, with `sig`, SIGKILL after the stop timeout) and
+        start it again as `up` did: same binary, config and PATH. Shims, and so running containers, stay; the
+        registry and SOCI are not touched. For fault tests: a client in the middle of a call sees containerd go."""
+        with self._lock():
+            state = self._read_state()
+            binary = str(state.get("containerd_binary") or "")
+            if not binary or not self.containerd_config_path.exists():
+                raise SandboxError(f"the sandbox in {self.dir} is not running; start it with: socirun sandbox up")
+            marker = str(self.containerd_config_path)
+            stop_process(int(state.get("containerd_pid") or 0), marker, STOP_TIMEOUT_S, sig=sig)
+            env: dict[str, str] | None = None
+            if state.get("soci_address"):
+                # As in `up`: the 2.x shim beside the 2.x containerd, not Debian's.
+                bin_dir = str(Path(binary).parent)
+                env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+            pid = spawn([binary, "--config", marker], self.containerd_log_path, cwd=self.dir, env=env)
+            wait_until(lambda: unix_socket_answers(self.socket_path), pid=pid, marker=marker,
+                       timeout=CONTAINERD_STARTUP_TIMEOUT_S, what="containerd",
+                       log_path=self.containerd_log_path)  # fmt: skip
+            state["containerd_pid"] = pid
+            self._write_raw_state(state)
         info = self._running()
         if info is None:
             raise SandboxError(f"the sandbox in {self.dir} stopped running.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from socirun.containerd.client import ContainerdClient, proxy_snapshotter_problem
@@ -26,8 +26,8 @@ from socirun.decide.facts import (
     UserChoice,
 )
 from socirun.decide.transfer import TransferPlan
-from socirun.errors import ContainerdError, RegistryError
-from socirun.oci import OCI_MANIFEST, Descriptor, chain_ids
+from socirun.errors import ContainerdError, MalformedImageError, RegistryError
+from socirun.oci import OCI_MANIFEST, Descriptor, chain_ids, check_digest, load_json_object, parse_index
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 from socirun.soci import constants as c
 
@@ -75,37 +75,44 @@ def _first_line(text: str) -> str:
     return line[:200]
 
 
-def ztoc_layers(index_manifest: dict[str, Any]) -> frozenset[str]:
-    """Image layer digests that have a zTOC in a SOCI index manifest (zTOC descriptors in its `layers`)."""
-    out: set[str] = set()
-    for blob in index_manifest.get("layers") or []:
-        if not isinstance(blob, dict):
-            continue
-        annotations = blob.get("annotations") or {}
-        if blob.get("mediaType") == c.ZTOC_MEDIA_TYPE and c.ANN_LAYER_DIGEST in annotations:
-            out.add(str(annotations[c.ANN_LAYER_DIGEST]))
-    return frozenset(out)
+def index_layers(index_manifest: Mapping[str, Any], what: str = "the SOCI index") -> list[Descriptor]:
+    """The blobs a SOCI index lists (zTOCs and prefetch artifacts) in its `layers`, each type-checked; a wrong shape
+    is a MalformedImageError."""
+    layers = index_manifest.get("layers")
+    if layers is None:
+        return []
+    if not isinstance(layers, list):
+        raise MalformedImageError(f"{what} has layers that are not a JSON array")
+    return [Descriptor.from_json(blob, f"blob {i} of {what}") for i, blob in enumerate(layers)]
+
+
+def ztoc_layers(blobs: Iterable[Descriptor]) -> frozenset[str]:
+    """Image layer digests that have a zTOC among a SOCI index's blobs (zTOC descriptors name their layer)."""
+    return frozenset(blob.annotations[c.ANN_LAYER_DIGEST] for blob in blobs
+                     if blob.media_type == c.ZTOC_MEDIA_TYPE and c.ANN_LAYER_DIGEST in blob.annotations)  # fmt: skip
 
 
 def v2_index_digest(manifest_bytes: bytes) -> str | None:
+    """The SOCI v2 index the image manifest names in its annotation; None when it names none (or is no JSON object:
+    the pull's own parser reports that). An annotation that is not a digest is a MalformedImageError."""
     try:
         doc = json.loads(manifest_bytes)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     annotations = doc.get("annotations") if isinstance(doc, dict) else None
     value = annotations.get(c.ANN_INDEX_DIGEST) if isinstance(annotations, dict) else None
-    return str(value) if value else None
+    if value is None or value == "":
+        return None
+    return check_digest(value, f"the manifest's annotation {c.ANN_INDEX_DIGEST}")
 
 
 def v1_referrer(index_bytes: bytes) -> str | None:
-    """The first SOCI v1 index among referrers (SOCI's SelectFirstPolicy), filtering on artifactType."""
-    try:
-        doc = json.loads(index_bytes)
-    except ValueError:
-        return None
-    for entry in (doc.get("manifests") or []) if isinstance(doc, dict) else []:
-        if isinstance(entry, dict) and entry.get("artifactType") == c.INDEX_V1 and entry.get("digest"):
-            return str(entry["digest"])
+    """The first SOCI v1 index among referrers (SOCI's SelectFirstPolicy), filtering on artifactType; None when
+    there is none. A referrers answer of the wrong shape (not an index, entries without a digest, nesting too
+    deep) is a MalformedImageError."""
+    for entry in parse_index(index_bytes, "the referrers index"):
+        if entry.artifact_type == c.INDEX_V1:
+            return entry.digest
     return None
 
 
@@ -128,29 +135,19 @@ async def _load_index(registry: RegistryClient, img: ResolvedImage, digest: str,
     except RegistryError as err:
         return unfetchable(f"the registry does not serve it ({err.message})")
     try:
-        doc = json.loads(body)
-    except ValueError:
-        return unfetchable("it is not JSON")
-    if not isinstance(doc, dict):
-        return unfetchable("it is not a JSON object")
-    missing = await _missing_blobs(registry, img, doc)
+        blobs = index_layers(load_json_object(body, "the SOCI index"))
+    except MalformedImageError as err:
+        return unfetchable(f"it is malformed ({err.message})")
+    missing = await _missing_blobs(registry, img, blobs)
     if missing:
         return unfetchable(f"its blob {missing[0]} is missing from the registry"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return SociIndex(kind, digest, ztoc_layers(doc), found_via)
+    return SociIndex(kind, digest, ztoc_layers(blobs), found_via)
 
 
-def index_blobs(index_manifest: dict[str, Any]) -> list[Descriptor]:
-    """Every blob a SOCI index lists (zTOCs and prefetch artifacts), as SOCI fetches them all."""
-    out: list[Descriptor] = []
-    for blob in index_manifest.get("layers") or []:
-        if isinstance(blob, dict) and isinstance(blob.get("digest"), str) and isinstance(blob.get("size"), int):
-            out.append(Descriptor(str(blob.get("mediaType") or ""), blob["digest"], blob["size"]))
-    return out
-
-
-async def _missing_blobs(registry: RegistryClient, img: ResolvedImage, index_manifest: dict[str, Any]) -> list[str]:
-    """Digests of the index's blobs the registry does not serve (a 1-byte range read each, a few at a time)."""
+async def _missing_blobs(registry: RegistryClient, img: ResolvedImage, blobs: Sequence[Descriptor]) -> list[str]:
+    """Digests of the index's blobs the registry does not serve (a 1-byte range read each, a few at a time), as
+    SOCI fetches them all."""
     limit = asyncio.Semaphore(ZTOC_CHECKS)
 
     async def missing(blob: Descriptor) -> str | None:
@@ -165,7 +162,7 @@ async def _missing_blobs(registry: RegistryClient, img: ResolvedImage, index_man
                 return blob.digest
         return None
 
-    found = await asyncio.gather(*(missing(blob) for blob in index_blobs(index_manifest)))
+    found = await asyncio.gather(*(missing(blob) for blob in blobs))
     return [digest for digest in found if digest is not None]
 
 
@@ -180,7 +177,11 @@ async def discover_indexes(
     if explicit_digest:
         explicit = await _load_index(registry, img, explicit_digest, "explicit", "--soci-index-digest")
     v2 = None
-    digest = v2_index_digest(img.manifest_bytes)
+    try:
+        digest = v2_index_digest(img.manifest_bytes)
+    except MalformedImageError as err:
+        digest = None
+        notes.append(f"the manifest names no usable SOCI index: {err.message}")
     if digest:
         v2 = await _load_index(registry, img, digest, "v2", f"the manifest annotation {c.ANN_INDEX_DIGEST}")
     v1 = None
@@ -198,7 +199,11 @@ async def discover_indexes(
             except RegistryError:
                 referrers = None
                 notes.append("the registry has no referrers API and no referrers tag")
-        found = v1_referrer(referrers) if referrers is not None else None
+        try:
+            found = v1_referrer(referrers) if referrers is not None else None
+        except MalformedImageError as err:
+            found = None
+            notes.append(f"{via} gave no usable answer: {err.message}")
         if found:
             v1 = await _load_index(registry, img, found, "v1", via)
     return v2, v1, explicit, tuple(notes)
@@ -266,7 +271,7 @@ def failed_lookup_in_log(lines: Iterable[str], manifest_digest: str) -> FailedIn
 def _json_line(line: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 

@@ -6,6 +6,7 @@ import json
 from typing import TextIO
 
 from socirun import events as ev
+from socirun.text import terminal_safe
 from socirun.ui.model import PullModel
 from socirun.ui.plain import alias_line, summary_line
 
@@ -33,10 +34,15 @@ class QuietRenderer:
         self.model.apply(event)
         if isinstance(event, ev.Resolving) and event.expanded_from:
             # Which image an alias stood for is always said, even in quiet mode.
-            self.out.write(alias_line(event) + "\n")
+            self._line(alias_line(event))
         if isinstance(event, ev.PullFinished):
-            self.out.write(summary_line(self.model, event) + "\n")
-            self.out.flush()
+            self._line(summary_line(self.model, event))
+
+    def _line(self, text: str) -> None:
+        # The reference, alias and snapshotter in these lines come from the user, the config or the registry: made
+        # safe here, where the text meets the terminal, whatever the helper that built it did.
+        self.out.write(terminal_safe(text) + "\n")
+        self.out.flush()
 
     def tick(self, now: float) -> None:
         pass

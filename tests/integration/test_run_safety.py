@@ -1,7 +1,7 @@
 """Host-side safety of `socirun run` against the sandbox's real containerd and runc (issue 12): the `-d` reaper
 never imports code from the caller's directory, the data root and volumes are private and volumes mounted
-nosuid/nodev, --cidfile is opened exclusively before anything exists, and of two runs with one --name exactly one
-wins.
+nosuid/nodev, --cidfile is opened exclusively before anything exists, of two runs with one --name exactly one
+wins, and an interrupted --rm run removes nothing under a running task.
 
 Every run uses `--network none` and a private data root, so no bridge or CNI allocation is shared with other tests.
 """
@@ -9,6 +9,7 @@ Every run uses `--network none` and a private data root, so no bridge or CNI all
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -161,3 +162,43 @@ def test_two_concurrent_runs_with_one_name_exactly_one_wins(env: Env, image: str
     # The winner's --rm gave the name back: it can be used again at once.
     again = env.run("--rm", "--network", "none", "--name", "safety-race", image, "true")
     assert again.returncode == 0, again.stderr
+
+
+def _running_tasks(ctr: CtrRunner) -> set[str]:
+    lines = ctr("tasks", "ls").stdout.splitlines()[1:]
+    return {line.split()[0] for line in lines if line.split() and line.split()[-1] == "RUNNING"}
+
+
+def test_an_interrupted_rm_run_leaves_the_running_container_whole_and_its_reaper_removes_it(
+    env: Env, image: str, ctr: CtrRunner
+) -> None:
+    # docker's client leaves on Ctrl-C with --sig-proxy=false and the daemon keeps the container until it exits;
+    # socirun hands it to its reaper. Before: the teardown removed network, snapshot and state under the task.
+    from socirun.runtime.cni import NETNS_DIR, netns_name
+
+    before = _running_tasks(ctr)
+    proc = env.start("--rm", "--sig-proxy=false", "--network", "none", image, "sleep", "30")
+    try:
+        assert _wait_until(lambda: bool(_running_tasks(ctr) - before), 60), "the container never started"
+        (cid,) = _running_tasks(ctr) - before
+        state_dir = env.data_root / "containers" / "default" / cid
+        netns = Path(NETNS_DIR) / netns_name(cid)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert code == 130, stderr
+        assert "keeps running in the background; it is removed when it exits" in stderr, stderr
+        # Everything is still there while the task runs.
+        assert cid in _running_tasks(ctr)
+        assert cid in _containers(ctr)
+        assert cid in ctr("snapshots", "ls").stdout
+        assert netns.exists() and state_dir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ctr("tasks", "kill", "--signal", "SIGKILL", cid)
+    # The reaper does the --rm teardown once the task has exited.
+    assert _wait_until(lambda: cid not in _containers(ctr), 30), "the reaper did not remove the container"
+    assert _wait_until(lambda: not netns.exists() and not state_dir.exists(), 10)
+    assert cid not in ctr("snapshots", "ls").stdout

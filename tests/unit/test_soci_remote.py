@@ -111,11 +111,12 @@ def test_plan_events_and_rows() -> None:
 
 
 def test_discovery_parsers() -> None:
-    assert v2_index_digest(json.dumps({"annotations": {c.ANN_INDEX_DIGEST: "sha256:1"}}).encode()) == "sha256:1"
+    d0, d1 = "sha256:" + "0" * 64, "sha256:" + "1" * 64
+    assert v2_index_digest(json.dumps({"annotations": {c.ANN_INDEX_DIGEST: d1}}).encode()) == d1
     assert v2_index_digest(b"{}") is None and v2_index_digest(b"nope") is None
-    referrers = {"manifests": [{"digest": "sha256:0", "artifactType": "other"},
-                               {"digest": "sha256:1", "artifactType": c.INDEX_V1}]}
-    assert v1_referrer(json.dumps(referrers).encode()) == "sha256:1"
+    referrers = {"manifests": [{"digest": d0, "size": 1, "artifactType": "other"},
+                               {"digest": d1, "size": 1, "artifactType": c.INDEX_V1}]}
+    assert v1_referrer(json.dumps(referrers).encode()) == d1
     assert referrers_tag("sha256:abc") == "sha256-abc"
 
 

@@ -1,0 +1,165 @@
+"""Issue 12's fault campaign, SIGKILL and restart part: socirun SIGKILLed at seeded random points of `pull` and of
+`run --rm -p HOSTPORT:80 -v vol:/v`, containerd restarted in the middle of a pull and of a run, and SOCI
+restarted in the middle of a lazy run. After each: the same command again must succeed, and nothing of the
+interrupted run may be left (tests/support/leaks.py counts leases, ingests, snapshots, containers, tasks, netns,
+CNI IPs, iptables rules, mounts and state directories against an undisturbed run's baseline).
+
+Prints a markdown table. Needs root and the sandbox's binaries (scripts/install-deps.sh); the SOCI row needs the
+built SOCI sandbox (scripts/build-go-components.sh), else it is skipped with a note.
+
+    sudo .venv/bin/python bench/kill_restart.py [--kills 20] [--restarts 3] [--seed 12] [--no-soci]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support, when run as bench/kill_restart.py
+
+from socirun.sandbox.components import containerd2_dir
+from socirun.sandbox.processes import free_port
+from socirun.sandbox.sample import push_sample
+from socirun.sandbox.sandbox import Sandbox
+from tests.support.kill_campaign import (
+    Outcome,
+    Target,
+    duration,
+    interrupt_then_rerun,
+    kill_points,
+    kill_then_rerun,
+    make_target,
+    remove_bridge,
+    table,
+)
+from tests.support.sandbox import SAMPLE_5_LAYERS_MB, missing_requirement, short_tmp_dir
+from tests.support.soci import missing_soci_requirement
+
+RUN_CMD = ("sh", "-c", "echo ok > /v/ok")
+LONG_RUN_CMD = ("sh", "-c", "sleep 2; echo ok > /v/ok")
+
+
+def run_args(image: str, port: int, cmd: tuple[str, ...] = RUN_CMD) -> list[str]:
+    return ["run", "--rm", "-p", f"127.0.0.1:{port}:80", "-v", "killvol:/v", image, *cmd]
+
+
+def overlay_campaign(kills: int, restarts: int, seed: int) -> list[Outcome]:
+    work = short_tmp_dir("srk-")
+    box = Sandbox(work / "sb")
+    outcomes: list[Outcome] = []
+    target: Target | None = None
+    try:
+        info = box.up()
+        image = push_sample(info.registry_host, "kill/sample", "v1", SAMPLE_5_LAYERS_MB)
+        target = make_target(info.containerd_address, work)
+        pull = ["pull", "--progress", "plain", image]
+
+        def forget() -> None:
+            target.ctr_run("images", "rm", "--sync", image, check=False)
+
+        # -- SIGKILL of pull: each from an empty store (the image removed), the baseline an undisturbed pull's.
+        took = duration(target, pull)
+        baseline = target.count()
+        for delay in kill_points(seed, kills, took):
+            outcomes.append(kill_then_rerun(target, "SIGKILL during `pull`", pull, delay, baseline, forget))
+            print(f"pull kill at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+
+        # -- SIGKILL of run --rm -p -v (the image present, as for most runs).
+        port = free_port()
+        args = run_args(image, port)
+        took = duration(target, args)
+        baseline = target.count()
+        for delay in kill_points(seed + 1, kills, took):
+            outcomes.append(kill_then_rerun(target, "SIGKILL during `run --rm -p -v`", args, delay, baseline))
+            print(f"run kill at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+
+        # -- containerd restarted in the middle of a pull and of a run.
+        restart = box.restart_containerd
+        took = duration(target, pull)
+        baseline = target.count()
+        for delay in kill_points(seed + 2, restarts, took):
+            outcomes.append(interrupt_then_rerun(target, "containerd restarted during `pull`", pull, delay,
+                                                 baseline, restart, forget))  # fmt: skip
+            print(f"pull restart at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+        long_args = run_args(image, port, LONG_RUN_CMD)
+        took = duration(target, long_args, repeat=1)
+        baseline = target.count()
+        for delay in kill_points(seed + 3, restarts, took):
+            outcomes.append(interrupt_then_rerun(target, "containerd restarted during `run --rm -p -v`", long_args,
+                                                 delay, baseline, restart))  # fmt: skip
+            print(f"run restart at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+    finally:
+        if target is not None:
+            remove_bridge(target)
+        box.down()
+        shutil.rmtree(work, ignore_errors=True)
+    return outcomes
+
+
+def soci_campaign(restarts: int, seed: int) -> list[Outcome]:
+    """SOCI restarted while a container reads a lazily loaded layer through it (a throttled registry keeps it
+    reading): the run completes or exits with one sentence; the next run succeeds."""
+    from socirun.sandbox.soci_daemon import SociSettings
+    from tests.support.soci import soci_sandbox, throttled
+
+    work = short_tmp_dir("srk-")
+    outcomes: list[Outcome] = []
+    try:
+        with soci_sandbox(work / "sb", SociSettings(background_fetch=False)) as box:
+            ref = box.push("kill/lazy", (1.0, 24.0), "v2", seed=64, min_layer_size=4 << 20)
+            target = make_target(box.address, work, ctr=str(containerd2_dir() / "ctr"),
+                                 snapshotters=("overlayfs", "soci"), extra_env={
+                                     k: v for k, v in box.env().items() if k.startswith("SOCI")})  # fmt: skip
+            with throttled(box.info.registry_host, "4MB", total="4MB") as capped:
+                lazy_ref = ref.replace(box.info.registry_host, capped, 1)
+                args = ["run", "--rm", "--net", "none", lazy_ref, "sh", "-c", "cat /data/*/* > /dev/null; echo ok"]
+
+                def forget() -> None:
+                    target.ctr_run("images", "rm", "--sync", lazy_ref, check=False)
+
+                took = duration(target, args, repeat=1)
+                baseline = target.count()
+                for delay in kill_points(seed + 4, restarts, took):
+                    outcomes.append(interrupt_then_rerun(target, "SOCI restarted during a lazy `run --rm`", args,
+                                                         delay, baseline, lambda: box.box.restart_soci(),
+                                                         forget))  # fmt: skip
+                    print(f"soci restart at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcomes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILL points per command (default 20)")
+    parser.add_argument("--restarts", type=int, default=3, help="restarts per scenario (default 3)")
+    parser.add_argument("--seed", type=int, default=12, help="seed of the random kill points (default 12)")
+    parser.add_argument("--no-soci", action="store_true", help="skip the SOCI restart scenario")
+    opts = parser.parse_args()
+    reason = missing_requirement()
+    if reason is not None:
+        print(f"kill_restart: {reason}", file=sys.stderr)
+        return 1
+    outcomes = overlay_campaign(opts.kills, opts.restarts, opts.seed)
+    note = ""
+    if opts.no_soci:
+        note = "SOCI restart: skipped (--no-soci)."
+    elif (soci_reason := missing_soci_requirement()) is not None:
+        note = f"SOCI restart: skipped ({soci_reason})."
+    else:
+        outcomes += soci_campaign(opts.restarts, opts.seed)
+    print(table(outcomes))
+    if note:
+        print(f"\n{note}")
+    print(f"\nseed {opts.seed}; kill points uniform in [0, the command's undisturbed duration).")
+    bad = [o for o in outcomes if not o.next_ok or o.leaks.total() or not o.first_clean]
+    for outcome in bad:
+        print(f"- {outcome.scenario} at {outcome.point:.2f}s: next ok {outcome.next_ok}, clean {outcome.first_clean}, "
+              f"leaks {outcome.leaks.nonzero()}: {outcome.next_err[-300:]}")  # fmt: skip
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The SIGKILL and restart part of issue 12's fault campaign, shared by tests/integration/test_kill_restart.py (a few
+seeded points) and bench/kill_restart.py (the whole campaign and its table).
+
+A scenario runs one socirun command and interrupts it: SIGKILL of socirun after a seeded random delay between 0 and
+the command's normal duration (measured first), or a restart of containerd / SOCI in the middle. Then the same
+command runs again and must succeed, and tests/support/leaks.py counts what is left compared with a baseline taken
+after an undisturbed run (nothing of the interrupted run may remain once the next run is done).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from tests.support.leaks import Leaks, count_leaks
+
+# containerd's GC runs a moment after a lease is deleted (its scheduler, not the Delete call): counts settle.
+SETTLE_S = 10.0
+RUN_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where socirun runs: its environment (containerd address, data root, config with a private bridge), and what
+    counting leaks needs."""
+
+    env: dict[str, str]
+    address: str
+    data_root: Path
+    ctr: str
+    bridge: str | None = None
+    snapshotters: tuple[str, ...] = ("overlayfs",)
+    namespace: str = "default"
+
+    def count(self, baseline: Leaks | None = None) -> Leaks:
+        return count_leaks(ctr=self.ctr, address=self.address, namespace=self.namespace, data_root=self.data_root,
+                           snapshotters=self.snapshotters, bridge=self.bridge, baseline=baseline)  # fmt: skip
+
+    def settled(self, baseline: Leaks, timeout: float = SETTLE_S) -> Leaks:
+        """The leaks against `baseline` once containerd's GC had its chance (the first zero count, or the last)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.count(baseline)
+            if left.total() == 0 or time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
+
+    def ctr_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [self.ctr, "-a", self.address, "-n", self.namespace, *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"`{' '.join(argv)}` exited {done.returncode}: {done.stderr.strip()}")
+        return done
+
+
+def make_target(address: str, work: Path, *, ctr: str = "ctr", slot: int | None = None,
+                snapshotters: tuple[str, ...] = ("overlayfs",), extra_env: dict[str, str] | None = None) -> Target:
+    """A private data root and bridge (slot from the PID unless given, so parallel sessions do not share them)."""
+    slot = os.getpid() % 200 if slot is None else slot
+    bridge, subnet = f"srkill{slot}", f"10.214.{slot + 20}.0/24"
+    home = work / "config"
+    (home / "socirun").mkdir(parents=True, exist_ok=True)
+    (home / "socirun" / "config.toml").write_text(
+        f'progress = "plain"\n[network]\nname = "socirun-kill"\nbridge = "{bridge}"\nsubnet = "{subnet}"\n')
+    data_root = work / "data"
+    data_root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOCIRUN_", "CONTAINERD_"))}
+    env |= {"CONTAINERD_ADDRESS": address, "CONTAINERD_NAMESPACE": "default", "SOCIRUN_DATA_ROOT": str(data_root),
+            "XDG_CONFIG_HOME": str(home)} | (extra_env or {})  # fmt: skip
+    return Target(env, address, data_root, ctr, bridge, snapshotters)
+
+
+def remove_bridge(target: Target) -> None:
+    if target.bridge:
+        subprocess.run(["ip", "link", "delete", target.bridge], capture_output=True, check=False)
+
+
+def socirun_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "socirun", *args]
+
+
+def run(target: Target, args: Sequence[str], timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(socirun_argv(*args), capture_output=True, text=True, env=target.env, timeout=timeout,
+                          check=False)  # fmt: skip
+
+
+def duration(target: Target, args: Sequence[str], repeat: int = 2) -> float:
+    """The command's normal duration: the shortest of `repeat` undisturbed runs (each must succeed)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.monotonic()
+        done = run(target, args)
+        if done.returncode != 0:
+            raise AssertionError(f"socirun {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        best = min(best, time.monotonic() - start)
+    return best
+
+
+def kill_points(seed: int, count: int, longest: float) -> list[float]:
+    """`count` delays in [0, longest), reproducible from `seed`."""
+    rng = random.Random(seed)
+    return [round(rng.uniform(0.0, longest), 3) for _ in range(count)]
+
+
+def kill_after(target: Target, args: Sequence[str], delay: float) -> bool:
+    """Start socirun, SIGKILL it after `delay` seconds; True when it was still running then (killed), False when it
+    had already finished."""
+    proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def clean_exit(done: subprocess.CompletedProcess[str]) -> bool:
+    """Completed (0), or socirun's own failure as docker reports it: 125 and one `socirun: ` sentence, no
+    traceback."""
+    if done.returncode == 0:
+        return True
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return (done.returncode == 125 and "Traceback" not in done.stderr and len(lines) >= 1
+            and lines[-1].startswith("socirun: "))  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    point: float  # the kill delay or restart moment, seconds after the start
+    interrupted: bool  # the command was still running when killed / restarted under
+    first_code: int | None  # a restart scenario's interrupted command: its exit code (None for a kill)
+    first_clean: bool  # ... completed or exited 125 with one sentence (True for a kill)
+    next_ok: bool
+    next_err: str
+    leaks: Leaks = field(default_factory=Leaks)
+
+
+def kill_then_rerun(target: Target, scenario: str, args: Sequence[str], delay: float, baseline: Leaks,
+                    prepare: Callable[[], None] = lambda: None) -> Outcome:  # fmt: skip
+    """`prepare()`, SIGKILL `args` after `delay`, run `args` again, count the leaks against `baseline`."""
+    prepare()
+    killed = kill_after(target, args, delay)
+    again = run(target, args)
+    left = target.settled(baseline)
+    return Outcome(scenario, delay, killed, None, True, again.returncode == 0, again.stderr.strip()[-500:], left)
+
+
+def interrupt_then_rerun(target: Target, scenario: str, args: Sequence[str], delay: float, baseline: Leaks,
+                         interrupt: Callable[[], object],
+                         prepare: Callable[[], None] = lambda: None) -> Outcome:  # fmt: skip
+    """`prepare()`, start `args`, call `interrupt()` (a daemon restart) after `delay`, let the command end, run it
+    again, count the leaks against `baseline`."""
+    prepare()
+    proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        proc.wait(timeout=delay)
+        running = False
+    except subprocess.TimeoutExpired:
+        running = True
+    if running:
+        interrupt()
+    out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    first = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    again = run(target, args)
+    left = target.settled(baseline)
+    return Outcome(scenario, delay, running, first.returncode, clean_exit(first), again.returncode == 0,
+                   (err.strip()[-300:] + " || " + again.stderr.strip()[-300:]), left)  # fmt: skip
+
+
+def leak_text(leaks: Leaks) -> str:
+    found = leaks.nonzero()
+    return "0" if not found else ", ".join(f"{kind} {n}" for kind, n in found.items())
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """The campaign's markdown table, one row per scenario."""
+    rows = ["| scenario | runs | interrupted | interrupted command | next run ok | leaks left after next run |",
+            "|---|---|---|---|---|---|"]
+    by_scenario: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_scenario.setdefault(outcome.scenario, []).append(outcome)
+    for scenario, group in by_scenario.items():
+        total = Leaks(**{f.name: sum(getattr(o.leaks, f.name) for o in group) for f in fields(Leaks)})
+        codes = Counter(o.first_code for o in group if o.first_code is not None)
+        first = ("SIGKILL" if not codes else
+                 ", ".join(f"exit {code} ×{n}" for code, n in sorted(codes.items(), key=lambda kv: kv[0] or 0))
+                 + ("; all clean" if all(o.first_clean for o in group) else "; NOT all clean"))  # fmt: skip
+        rows.append(f"| {scenario} | {len(group)} | {sum(o.interrupted for o in group)} | {first} | "
+                    f"{sum(o.next_ok for o in group)}/{len(group)} | {leak_text(total)} |")  # fmt: skip
+    return "\n".join(rows)
