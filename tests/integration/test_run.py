@@ -26,6 +26,7 @@ import pytest
 
 from socirun.runtime.cni import netns_name
 from socirun.sandbox.sandbox import SandboxInfo
+from tests.support.waiting import wait_until
 
 _SLOT = os.getpid() % 200
 BRIDGE = f"srtest{_SLOT}"
@@ -85,15 +86,6 @@ def netns_names() -> set[str]:
 def ipam_allocations(env: Env) -> list[str]:
     d = env.data_root / "cni" / "networks" / NETWORK
     return [p.name for p in d.iterdir() if p.name[0].isdigit()] if d.is_dir() else []
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 # ---------------------------------------------------------------------------------------------- exit codes, stdio

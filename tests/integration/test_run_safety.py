@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from socirun.sandbox.sandbox import SandboxInfo
+from tests.support.waiting import wait_until
 
 CtrRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 # The installed entry point, as users start it: its sys.path starts with its own directory, not the cwd.
@@ -72,15 +72,6 @@ def _containers(ctr: CtrRunner) -> set[str]:
     return set(ctr("containers", "ls", "-q").stdout.split())
 
 
-def _wait_until(check: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 def test_the_data_root_is_private_and_volumes_are_nosuid_nodev(env: Env, image: str) -> None:
     old = os.umask(0o022)
     try:
@@ -115,7 +106,7 @@ def test_the_detached_reaper_does_not_import_code_from_the_callers_directory(env
     assert done.returncode == 0, done.stderr
     cid = done.stdout.strip()
     # socirun's own reaper does the --rm teardown: the container goes away; a planted one would leave it.
-    assert _wait_until(lambda: cid not in _containers(ctr)), "the reaper did not tear the container down"
+    assert wait_until(lambda: cid not in _containers(ctr), 30), "the reaper did not tear the container down"
     assert not marker.exists(), marker.read_text()
 
 
@@ -179,7 +170,7 @@ def test_an_interrupted_rm_run_leaves_the_running_container_whole_and_its_reaper
     before = _running_tasks(ctr)
     proc = env.start("--rm", "--sig-proxy=false", "--network", "none", image, "sleep", "30")
     try:
-        assert _wait_until(lambda: bool(_running_tasks(ctr) - before), 60), "the container never started"
+        assert wait_until(lambda: bool(_running_tasks(ctr) - before), 60), "the container never started"
         (cid,) = _running_tasks(ctr) - before
         state_dir = env.data_root / "containers" / "default" / cid
         netns = Path(NETNS_DIR) / netns_name(cid)
@@ -199,6 +190,6 @@ def test_an_interrupted_rm_run_leaves_the_running_container_whole_and_its_reaper
             proc.wait()
     ctr("tasks", "kill", "--signal", "SIGKILL", cid)
     # The reaper does the --rm teardown once the task has exited.
-    assert _wait_until(lambda: cid not in _containers(ctr), 30), "the reaper did not remove the container"
-    assert _wait_until(lambda: not netns.exists() and not state_dir.exists(), 10)
+    assert wait_until(lambda: cid not in _containers(ctr), 30), "the reaper did not remove the container"
+    assert wait_until(lambda: not netns.exists() and not state_dir.exists(), 10)
     assert cid not in ctr("snapshots", "ls").stdout
