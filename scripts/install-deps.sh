@@ -36,5 +36,18 @@ extra=""
 if [ "${1:-}" = "--test" ]; then
     extra="[test]"
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+# Quiet unless it fails: setuptools' build of the editable install talks a lot (warnings included) even with -q,
+# so pip's output is kept in a file and shown only when pip exits non-zero.
+quiet_pip() {
+    local log
+    log="$(mktemp)"
+    if ! .venv/bin/python -m pip "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "install-deps: pip $* failed (its output is above)" >&2
+        return 1
+    fi
+    rm -f "$log"
+}
+quiet_pip install -q --disable-pip-version-check --upgrade pip
+quiet_pip install -q --disable-pip-version-check -e ".${extra}"

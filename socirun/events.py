@@ -208,6 +208,53 @@ class ContainerExited(Event):
 
 
 @dataclass(frozen=True)
+class ContainerStats(Event):
+    """A running container's CPU and memory, from containerd's task metrics (its cgroup), as `docker stats` shows
+    them: `cpu_percent` over the interval since the previous sample (100 = one CPU busy; None for the first
+    sample), `memory` in use less the inactive page cache, `memory_limit` (0: none known), `pids` in the cgroup."""
+
+    type_name: ClassVar[str] = "container_stats"
+    container_id: str
+    cpu_percent: float | None
+    memory: int
+    memory_limit: int = 0
+    pids: int = 0
+
+
+@dataclass(frozen=True)
+class ContainerLogLine(Event):
+    """One line the container wrote (`stream` stdout or stderr), read from its log file, without the newline."""
+
+    type_name: ClassVar[str] = "container_log_line"
+    container_id: str
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True)
+class ContainerReady(Event):
+    """The readiness probe (`--ready-url` / `--ready-port`) answered: `after` seconds since the container started;
+    `fetched`: compressed bytes the lazy snapshotter held of the image's lazily loaded layers by then (SOCI's own
+    figures), None when no layer is loaded lazily."""
+
+    type_name: ClassVar[str] = "container_ready"
+    container_id: str
+    probe: str  # what answered, e.g. "GET http://10.4.0.5:8080/health" or "tcp 10.4.0.5:8080"
+    after: float
+    fetched: int | None = None
+
+
+@dataclass(frozen=True)
+class ReadyWaiting(Event):
+    """The readiness probe started: `probe` is what is tried, `timeout` the --ready-timeout (None: no limit)."""
+
+    type_name: ClassVar[str] = "ready_waiting"
+    container_id: str
+    probe: str
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
 class WarningMessage(Event):
     type_name: ClassVar[str] = "warning"
     message: str
@@ -218,6 +265,16 @@ class Error(Event):
     type_name: ClassVar[str] = "error"
     message: str
     exit_code: int
+
+
+@dataclass(frozen=True)
+class Interrupted(Event):
+    """The user stopped the work (Ctrl-C, or q in the TUI) and what was in flight was rolled back: the last event
+    of such a stream, as `error` is of a failed one, so a recording says how it ended (replay exits 130)."""
+
+    type_name: ClassVar[str] = "interrupted"
+    message: str
+    exit_code: int = 130
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -237,8 +294,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ContainerCreated,
         ContainerStarted,
         ContainerExited,
+        ContainerStats,
+        ContainerLogLine,
+        ContainerReady,
+        ReadyWaiting,
         WarningMessage,
         Error,
+        Interrupted,
     )
 }
 

@@ -89,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="say which snapshotter and pull mode an image would get, and why")
     _add_connection_flags(plan, top_level=False)
     _add_registry_flags(plan)
-    plan.add_argument("--platform", default=None)
-    plan.add_argument("--snapshotter", default=None)
-    plan.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|standard")
-    plan.add_argument("--soci-index-digest", default=None, metavar="DIGEST")
+    plan.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host's)")
+    plan.add_argument("--snapshotter", default=None,
+                      help="plan for this snapshotter (default: the one `pull` would choose)")
+    plan.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|standard",
+                      help="plan as `pull --pull-mode` would (default auto, or [pull] mode)")
+    plan.add_argument("--soci-index-digest", default=None, metavar="DIGEST",
+                      help="plan with this SOCI index (skips SOCI's discovery), as nerdctl's flag")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
-    plan.add_argument("image")
+    plan.add_argument("image", help="the image reference (or a short-name alias), as `pull` takes it")
 
     doctor = sub.add_parser("doctor", help="check containerd, snapshotters, SOCI, CNI, GPUs, credentials")
     _add_connection_flags(doctor, top_level=False)
@@ -141,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--speed", type=float, default=None, metavar="X",
                         help="X times real time; 0 = no waiting (default: 1 for the TUI, 0 otherwise)")
     replay.add_argument("file", metavar="FILE")
+
+    # docker's container and image commands: registered here, so `socirun ps` is never taken for an image name.
+    from socirun.commands.containers import add_parsers
+
+    add_parsers(sub, _Parser, lambda p: _add_connection_flags(p, top_level=False))
+
+    from socirun.commands.watch import add_watch_parser
+
+    _add_connection_flags(add_watch_parser(sub), top_level=False)
 
     demo = sub.add_parser("demo", help="bring the sandbox up, push a sample and pull it")
     demo.add_argument("--dir", default=None)
@@ -224,6 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from socirun.commands.sandbox import sandbox_command
 
                 return sandbox_command(args)
+            case "ps" | "logs" | "stop" | "kill" | "rm" | "exec" | "wait" | "port" | "inspect" | "images" | "rmi":
+                from socirun.commands.containers import container_command
+
+                return container_command(args, config, glob)
+            case "watch":
+                from socirun.commands.watch import watch_command
+
+                return watch_command(args, config, glob)
             case "demo":
                 from socirun.commands.sandbox import demo_command
 
@@ -232,10 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.print_help(sys.stderr)
                 return 0 if not argv else 125
     except KeyboardInterrupt:
-        print("socirun: interrupted; nothing half-written was kept, and a rerun resumes the download",
-              file=sys.stderr)
+        from socirun.ui.progress import INTERRUPTED
+
+        print(f"socirun: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # the one shell: whatever escaped becomes a sentence, never a traceback
+        from socirun.ui.progress import Reported
+
+        if isinstance(err, Reported):  # --progress json: the stream's last event said it; stderr stays JSON
+            if debug and err.__cause__ is not None:
+                traceback.print_exception(err.__cause__)
+            return err.exit_code
         if debug:
             traceback.print_exc()
         message, code = error_sentence(err, debug=debug)

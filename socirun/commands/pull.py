@@ -13,7 +13,13 @@ from socirun.ui.progress import progress_mode_for, run_work
 
 def pull_command(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOptions) -> int:
     mode = progress_mode_for("quiet" if args.quiet else args.progress, config)
-    return run_work(_pull_work(args, config, glob), mode, record=args.record_events)
+
+    async def work(emit: ev.Emit) -> int:
+        # The setup (a bad reference, platform or chunk size) runs inside the work too, so its error is an
+        # `error` event like any other: the JSON face then says it as JSON, and a recording ends with it.
+        return await _pull_work(args, config, glob)(emit)
+
+    return run_work(work, mode, record=args.record_events)
 
 
 def _pull_work(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOptions) -> ev.Work:

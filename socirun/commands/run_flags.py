@@ -15,9 +15,11 @@ import dataclasses
 import ipaddress
 import math
 import os
+import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 from socirun.config import PROGRESS_MODES
@@ -26,6 +28,7 @@ from socirun.errors import UsageError
 from socirun.runtime.options import (
     CAPABILITIES,
     DEFAULT_RUNTIME,
+    DEFAULT_SHM_SIZE,
     PULL_POLICIES,
     SIGNALS,
     DeviceSpec,
@@ -95,6 +98,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("platform", "string", help="Set platform if server is multi-platform capable"),
     Flag("label", "array", "l", help="Set meta data on a container"),
     Flag("hostname", "string", "h", help="Container host name"),
+    Flag("domainname", "string", help="Container NIS domain name"),
     Flag("device", "slice", help="Add a host device to the container"),
     Flag("init", "bool", help="Run an init inside the container that forwards signals and reaps processes"),
     Flag("read-only", "bool", help="Mount the container's root filesystem as read only"),
@@ -108,6 +112,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("memory", "string", "m", help="Memory limit"),
     Flag("stop-signal", "string", help="Signal to stop the container"),
     Flag("stop-timeout", "string", help="Timeout (in seconds) to stop a container"),
+    Flag("log-driver", "string", help="Logging driver for the container (only json-file)"),
+    Flag("log-opt", "array", help="Log driver options: max-size=SIZE, max-file=N (default 20m, 5)"),
     Flag("sig-proxy", "bool", help="Proxy received signals to the process (default true)"),
     Flag("cidfile", "string", help="Write the container ID to the file"),
     Flag("restart", "string", help='Restart policy to apply when a container exits (only "no")'),
@@ -127,6 +133,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("namespace", "string", help="containerd namespace (env CONTAINERD_NAMESPACE)"),
     Flag("data-root", "string", help="socirun's state: volumes, containers, CNI (env SOCIRUN_DATA_ROOT)"),
     Flag("debug", "bool", help="Print tracebacks on errors"),
+    Flag("ready-url", "string", help="Readiness: an HTTP GET that must answer 2xx (localhost = the container)"),
+    Flag("ready-port", "string", help="Readiness: a TCP port of the container that accepts a connection"),
+    Flag("ready-timeout", "string", help="With -d: wait this long (e.g. 90s) for readiness, else exit 1"),
+    Flag("watch", "bool", help="With -d: then watch the container (logs, lazy fetches, CPU/memory, readiness)"),
 )
 
 # docker / nerdctl run flags socirun refuses, with the reason given to the user.
@@ -154,7 +164,6 @@ REFUSED: dict[str, str] = {
     "cpuset-mems": "memory-node pinning is not supported",
     "device-cgroup-rule": "use --device for each device",
     "disable-content-trust": "content trust is not part of socirun",
-    "domainname": "only --hostname is supported",
     "health-cmd": "health checks need a daemon, which socirun does not have",
     "health-interval": "health checks need a daemon, which socirun does not have",
     "health-retries": "health checks need a daemon, which socirun does not have",
@@ -168,8 +177,6 @@ REFUSED: dict[str, str] = {
     "kernel-memory": "deprecated by docker and not supported",
     "link": "legacy links are not supported; use --add-host",
     "link-local-ip": "link-local addresses are not supported",
-    "log-driver": "foreground output goes to your terminal; -d output goes to the state directory's log file",
-    "log-opt": "logging drivers are not supported",
     "mac-address": "MAC addresses are assigned by the bridge plugin",
     "memory-reservation": "use -m/--memory",
     "memory-swap": "use -m/--memory",
@@ -221,22 +228,201 @@ class _ValueError(Exception):
 
 # ------------------------------------------------------------------------------------------------ value parsers
 
-# ASCII digits only: Python's \d also takes other scripts' digits (int() reads them, Go's ParseFloat does not).
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?", re.ASCII)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 INT64_MAX = (1 << 63) - 1  # docker keeps sizes, counts and nano-CPUs in int64s
 ID_MAX = (1 << 32) - 1  # uid_t / gid_t
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+# Go's ParseFloat grammar (strconv/atof.go readFloat): a decimal mantissa with an optional e exponent, or a 0x
+# mantissa with a required p exponent; underscores between digits (checked by _underscore_ok); inf/infinity/nan.
+_GO_FLOAT_DEC = re.compile(r"[+-]?([0-9_]*(?:\.[0-9_]*)?)(?:[eE][+-]?[0-9][0-9_]*)?", re.ASCII)
+_GO_FLOAT_HEX = re.compile(r"[+-]?0[xX]([0-9a-fA-F_]*(?:\.[0-9a-fA-F_]*)?)[pP][+-]?[0-9][0-9_]*", re.ASCII)
+_GO_FLOAT_SPECIAL = re.compile(r"[+-]?(?:inf|infinity)|nan", re.IGNORECASE | re.ASCII)
+_GO_ESCAPES = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t", "\v": r"\v",
+               "\\": r"\\", '"': r"\""}  # fmt: skip
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote, as Go's parse errors print the text they refuse: `parsing " 5": invalid syntax`."""
+    out = []
+    for ch in text:
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _underscore_ok(text: str) -> bool:
+    """Go's strconv.underscoreOK: an underscore only between digits, or between a base prefix and a digit."""
+    s = text[1:] if text.startswith(("+", "-")) else text
+    saw, hexa = "^", False
+    if len(s) >= 2 and s[0] == "0" and s[1].lower() in "box":
+        saw, hexa, s = "0", s[1].lower() == "x", s[2:]
+    for ch in s:
+        if "0" <= ch <= "9" or (hexa and "a" <= ch.lower() <= "f"):
+            saw = "0"
+        elif ch == "_":
+            if saw != "0":
+                return False
+            saw = "_"
+        elif saw == "_":
+            return False
+        else:
+            saw = "!"
+    return saw != "_"
+
+
+def go_parse_float(text: str) -> float:
+    """Go's strconv.ParseFloat(text, 64): `1e3`, `1_000`, `+5`, `5.`, `.5`, `0x1p4`, `inf`; not ` 5`, `0x10`, `1__0`."""
+    if _GO_FLOAT_SPECIAL.fullmatch(text):
+        return float(text)
+    hexa = _GO_FLOAT_HEX.fullmatch(text)
+    m = hexa or _GO_FLOAT_DEC.fullmatch(text)
+    digits = "0123456789abcdefABCDEF" if hexa else "0123456789"
+    if m is None or not any(c in digits for c in m.group(1)) or not _underscore_ok(text):
+        raise _ValueError(f"strconv.ParseFloat: parsing {go_quote(text)}: invalid syntax")
+    clean = text.replace("_", "")
+    try:
+        value = float.fromhex(clean) if hexa else float(clean)
+    except OverflowError:
+        value = math.inf
+    if math.isinf(value):
+        raise _ValueError(f"strconv.ParseFloat: parsing {go_quote(text)}: value out of range")
+    return value
+
+
+def apply_log_opt(opts: Any, text: str) -> None:
+    """One --log-opt KEY=VALUE of docker's json-file driver: max-size (units.RAMInBytes, as its driver) and
+    max-file; anything else is refused as docker refuses it."""
+    key, _, value = text.partition("=")
+    if key == "max-size":
+        opts.log_max_size = parse_ram_size(value) if value != "-1" else 0
+    elif key == "max-file":
+        count = _parse_int(value)
+        if count < 1:
+            raise _ValueError("max-file cannot be less than 1")
+        opts.log_max_file = count
+    else:
+        raise _ValueError(f"unknown log opt '{key}' for json-file log driver")
 
 
 def parse_ram_size(text: str) -> int:
-    """docker's units.RAMInBytes: `64m`, `1g`, `512`, `1.5GiB` (binary units); error `invalid size: 'x'`."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
+    r"""docker's units.RAMInBytes (go-units v0.5.0, the version docker/cli vendors: a hand-written parser, not the
+    older `^(\d+(\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$` regexp): the number is everything up to the last digit, dot
+    or space (one space may separate it from the suffix), read by Go's ParseFloat, so `1e3`, `1_000`, `+5m` and
+    `0x1p4` are sizes and ` 5m` or `64mB ` are not; the suffix is b, or k/m/g/t/p with an optional b or ib, any case.
+    Binary units: `64m` is 64 MiB."""
+    sep = max(text.rfind(c) for c in "0123456789. ")
+    if sep == -1:
         raise _ValueError(f"invalid size: '{text}'")
-    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-    if not size < INT64_MAX:  # also inf: 400 digits parse to a float infinity
+    num, sfx = (text[:sep], text[sep + 1 :]) if text[sep] == " " else (text[: sep + 1], text[sep + 1 :])
+    size = go_parse_float(num)
+    if size < 0:
+        raise _ValueError(f"invalid size: '{text}'")
+    if sfx:
+        if len(sfx.encode()) > 3:  # Go counts bytes, and names the suffix before lowering it
+            raise _ValueError(f"invalid suffix: '{sfx}'")
+        low = sfx.lower()
+        if (low[0] == "b" and len(low) > 1) or (low[0] != "b" and low[0] not in _SIZE_UNITS):
+            raise _ValueError(f"invalid suffix: '{low}'")
+        if low[0] != "b":
+            if (len(low) == 2 and low[1] != "b") or (len(low) == 3 and low[1:] != "ib"):
+                raise _ValueError(f"invalid suffix: '{low}'")
+            size *= _SIZE_UNITS[low[0]]
+    if not size < INT64_MAX:  # also inf and nan: Go's int64() of those is undefined (MinInt64 on amd64)
         raise _ValueError(f"invalid size: '{text}': value out of range")
     return int(size)
+
+
+_RAT_BASES = {"b": 2, "o": 8, "x": 16}
+# Python's int() reads at most 4300 decimal digits; a --cpus value that long is refused as unparseable (Go would
+# read it, then find it out of the int64 range or too precise).
+_MAX_DIGITS = 4000
+_RAT_DIGITS = {2: "01", 8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
+
+
+def _go_int(text: str, *, signed: bool) -> int | None:
+    """big.Int's SetString(text, 0): an optional sign, a 0b/0o/0x or (octal) 0 prefix, underscores between digits."""
+    body = text[1:] if signed and text.startswith(("+", "-")) else text
+    base, digits = 10, body
+    if len(body) >= 2 and body[0] == "0" and body[1].lower() in _RAT_BASES:
+        base, digits = _RAT_BASES[body[1].lower()], body[2:]
+    elif len(body) >= 2 and body[0] == "0":
+        base, digits = 8, body[1:]
+    clean = digits.replace("_", "")
+    if not clean or any(c not in _RAT_DIGITS[base] for c in clean) or not _underscore_ok(body):
+        return None
+    if len(clean.lstrip("0")) > _MAX_DIGITS:
+        return None
+    return -int(clean, base) if text.startswith("-") and signed else int(clean, base)
+
+
+_RAT_FLOAT = re.compile(
+    r"([+-]?)(?:(0[xX])([0-9a-fA-F_]*)(?:\.([0-9a-fA-F_]*))?(?:([pP])([+-]?)([0-9_]+))?"
+    r"|(0[bBoO])?([0-9_]*)(?:\.([0-9_]*))?(?:([eEpP])([+-]?)([0-9_]+))?)",
+    re.ASCII,
+)
+
+
+def go_parse_rat(text: str) -> Fraction | None:
+    """big.Rat's SetString: `a/b` (integers, b unsigned and not 0) or a number with an optional radix point and
+    a decimal (e) or binary (p) exponent, in decimal or with a 0b/0o/0x prefix. None where Go says !ok."""
+    if "/" in text:
+        num, _, den = text.partition("/")
+        a, b = _go_int(num, signed=True), _go_int(den, signed=False)
+        return None if a is None or not b else Fraction(a, b)
+    m = _RAT_FLOAT.fullmatch(text)
+    if m is None:
+        return None
+    sign, groups = m.group(1), m.groups()[1:]
+    prefix, whole, frac, echar, esign, exp_digits = groups[:6] if groups[0] else groups[6:]
+    whole = whole or ""
+    base = _RAT_BASES[prefix[1].lower()] if prefix else 10
+    digits = whole + (frac or "")
+    clean = digits.replace("_", "")
+    mantissa_text = (prefix or "") + whole + ("." + frac if frac is not None else "")
+    if (not clean or any(c not in _RAT_DIGITS[base] for c in clean) or not _underscore_ok(mantissa_text)
+            or (echar and not _underscore_ok(exp_digits))):  # fmt: skip
+        return None
+    if len(clean.lstrip("0")) > _MAX_DIGITS:
+        return None
+    value = Fraction(int(clean, base), base ** len((frac or "").replace("_", "")))
+    if sign == "-":
+        value = -value
+    if echar and value:
+        exp = int(exp_digits.replace("_", "")) * (-1 if esign == "-" else 1)
+        if abs(exp) > 1_000_000:  # Go's limit ("avoid excessively large exponents")
+            return None
+        # Past 10^4 any value is out of the int64 nano-CPU range or too precise: no need to build a huge number.
+        exp = max(-10_000, min(10_000, exp))
+        value *= Fraction(10 if echar in "eE" else 2) ** exp
+    return value
+
+
+def parse_cpus(text: str) -> int:
+    """docker's opts.ParseCPUs: a big.Rat (`1.5`, `1/2`, `15e-1`) times 10^9, which must be a whole number of
+    nano-CPUs (`value is too precise` otherwise)."""
+    cpus = go_parse_rat(text)
+    if cpus is None:
+        raise _ValueError(f"failed to parse {text} as a rational number")
+    nano = cpus * 1_000_000_000
+    if nano.denominator != 1:
+        raise _ValueError("value is too precise")
+    return int(nano)
+
+
+def cpus_range_problem(nano_cpus: int, cpu_count: int) -> str | None:
+    """The daemon's NanoCPUs check (moby daemon_unix.go verifyPlatformContainerResources): from 0 to the CPUs
+    available. docker lets 0.001-0.009 through to the kernel (a CFS quota under 1 ms), which refuses it with runc's
+    raw `cpu.cfs_quota_us: invalid argument`; socirun gives the same range sentence for those too."""
+    if nano_cpus != 0 and not 10_000_000 <= nano_cpus <= cpu_count * 1_000_000_000:
+        return f"range of CPUs is from 0.01 to {cpu_count}.00, as there are only {cpu_count} CPUs available"
+    return None
 
 
 def _parse_bool(text: str) -> bool:
@@ -253,9 +439,9 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 def _parse_int(text: str) -> int:
     """Go's strconv.ParseInt(text, 10, 64): ASCII digits, an optional sign, within int64."""
     if not _INT_RE.fullmatch(text):
-        raise _ValueError(f'strconv.ParseInt: parsing "{text}": invalid syntax')
+        raise _ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax")
     if len(text) > 20 or not -INT64_MAX - 1 <= int(text) <= INT64_MAX:  # (20: int() refuses 4300+ digits)
-        raise _ValueError(f'strconv.ParseInt: parsing "{text}": value out of range')
+        raise _ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: value out of range")
     return int(text)
 
 
@@ -320,10 +506,15 @@ def parse_ulimit(text: str) -> Ulimit:
     parts = values.split(":")
     if len(parts) > 2:
         raise _ValueError(f"too many limit value arguments - {values}, can only have up to two, `soft[:hard]`")
+    hard = _parse_int(parts[1]) if len(parts) == 2 else None  # go-units reads the hard limit first
     soft = _parse_int(parts[0])
-    hard = _parse_int(parts[1]) if len(parts) == 2 else soft
-    if soft > hard and hard != -1:
-        raise _ValueError(f"ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}")
+    hard = soft if hard is None else hard
+    if hard != -1:
+        if soft == -1:
+            raise _ValueError("ulimit soft limit must be less than or equal to hard limit: soft: -1 (unlimited), "
+                              f"hard: {hard}")  # fmt: skip
+        if soft > hard:
+            raise _ValueError(f"ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}")
     return Ulimit(name, soft, hard)
 
 
@@ -408,92 +599,192 @@ def parse_gpus(text: str) -> GpuRequest:
     return GpuRequest(count=count or 0, device_ids=devices, capabilities=caps, driver=driver, options=tuple(options))
 
 
-_VOLUME_MODES = {"ro", "rw", "rro", "z", "Z", "bind", "rbind", "private", "rprivate", "shared", "rshared",
-                 "slave", "rslave", "nocopy"}  # fmt: skip
+PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+# -v modes by class (moby's linuxValidMountMode): at most one of each. bind/rbind and rro are nerdctl's additions.
+_MODE_CLASSES = {
+    **{m: "rw" for m in ("rw", "ro", "rro")}, "z": "label", "Z": "label", **{m: "propagation" for m in PROPAGATIONS},
+    "nocopy": "copy", **{m: "consistency" for m in ("consistent", "cached", "delegated")}, "bind": "bind",
+    "rbind": "bind",
+}  # fmt: skip
+_VOLUME_NAME_HINT = ('includes invalid characters for a local volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are '
+                     "allowed. If you intended to pass a host directory, use absolute path")  # fmt: skip
+
+
+def _valid_mode(mode: str) -> bool:
+    if not mode:
+        return True
+    classes = [_MODE_CLASSES.get(o) for o in mode.split(",")]
+    return None not in classes and len(set(classes)) == len(classes)
+
+
+def _target_problem(target: str) -> str | None:
+    """The daemon's checks of a mount's target (moby daemon/volume/mounts/linux_parser.go)."""
+    if not target:
+        return "field Target must not be empty"
+    if posixpath.normpath(target.replace("\\", "/")) == "/":
+        return "invalid specification: destination can't be '/'"
+    if not target.replace("\\", "/").startswith("/"):
+        return f"invalid mount path: '{target}' mount path must be absolute"
+    return None
 
 
 def parse_volume(text: str) -> VolumeSpec:
-    """-v `src:dst[:mode]` or `dst` (anonymous); a src matching the volume-name rule is a named volume."""
-    parts = text.lstrip(":").split(":")
-    if any(p == "" for p in parts) or len(parts) > 3:
+    """-v `[src:]dst[:mode]` as moby's ParseMountRaw: an absolute src (or one starting with ".", which docker's CLI
+    makes absolute) is a bind mount, any other a named volume (""  anonymous); propagation only on binds, nocopy
+    only on volumes; a missing bind source is created."""
+    arr = text.split(":", 3)
+    if arr[0] == "" or len(arr) == 4 or (len(arr) == 2 and _valid_mode(arr[1])):  # `/foo:ro` has no target
         raise _ValueError(f"invalid volume specification: '{text}'")
-    if len(parts) == 1:
-        src, dst, mode = "", parts[0], ""
-    elif len(parts) == 2:
-        src, dst, mode = parts[0], parts[1], ""
-    else:
-        src, dst, mode = parts
-    if not dst.startswith("/"):
-        raise _ValueError(f"invalid volume specification: '{text}': destination must be an absolute path")
-    if dst == "/":
-        raise _ValueError("invalid specification: destination can't be '/'")
-    opts = [m for m in mode.split(",") if m] if mode else []
-    for opt in opts:
-        if opt not in _VOLUME_MODES:
-            raise _ValueError(f"invalid mode: {opt}")
-    if len(set(opts)) != len(opts):
-        raise _ValueError(f"duplicate mode in '{mode}'")
-    readonly = "ro" in opts or "rro" in opts
-    extra = tuple(o for o in opts if o in ("private", "rprivate", "shared", "rshared", "slave", "rslave", "bind"))
-    if src and not VOLUME_NAME_RE.fullmatch(src):
-        # docker's rule: a bind source is absolute or starts with "." (made absolute); anything else is a volume
-        # name, and one that does not fit the pattern ("vol\n", "dir/sub") is refused, not bound from the cwd.
-        if not src.startswith(("/", ".")):
-            raise _ValueError(f'"{src}" includes invalid characters for a local volume name, only '
-                              '"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a host directory, '
-                              "use absolute path")  # fmt: skip
-        return VolumeSpec("bind", src, dst, readonly, extra)
-    return VolumeSpec("volume", src, dst, readonly, ())
+    src, dst, mode = ("", arr[0], "") if len(arr) == 1 else (arr[0], arr[1], arr[2] if len(arr) == 3 else "")
+    if not _valid_mode(mode):
+        raise _ValueError(f"invalid mode: {mode}")
+    modes = mode.split(",") if mode else []
+    kind: Literal["bind", "volume"] = "bind" if src.startswith(("/", ".")) else "volume"
+
+    def bad(why: str) -> _ValueError:
+        return _ValueError(f"invalid volume specification: '{text}': invalid mount config for type \"{kind}\": {why}")
+
+    propagation = [m for m in modes if m in PROPAGATIONS]
+    if kind == "volume" and propagation:
+        raise bad("field BindOptions must not be specified")
+    if kind == "bind" and "nocopy" in modes:
+        raise bad("field VolumeOptions must not be specified")
+    problem = _target_problem(dst)
+    if problem:
+        raise bad(problem)
+    if kind == "volume" and src and not VOLUME_NAME_RE.fullmatch(src):
+        # Not bound from the cwd: "dir/sub", "~/x", "vol\n" are refused as volume names, as docker does.
+        raise _ValueError(f'"{src}" {_VOLUME_NAME_HINT}')
+    readonly = "ro" in modes or "rro" in modes
+    extra = tuple(m for m in modes if m in (*PROPAGATIONS, "bind", "rro"))
+    return VolumeSpec(kind, src, dst, readonly, extra, create_missing=kind == "bind")
+
+
+def _mount_bool(key: str, value: str, has_value: bool) -> bool:
+    """docker's parseBoolValue for --mount: only 1, true, 0, false (ParseBool's t, T, TRUE... are refused)."""
+    if not has_value:
+        return True
+    if value in ("1", "true", "0", "false"):
+        return value in ("1", "true")
+    raise _ValueError(f"invalid value for '{key}': invalid boolean value ({go_quote(value)}): must be one of "
+                      '"true", "1", "false", or "0" (default "true")')  # fmt: skip
+
+
+_MOUNT_FLAGS = ("readonly", "ro", "volume-nocopy", "bind-nonrecursive", "bind-create-src")
+_BIND_RECURSIVE = ("enabled", "disabled", "writable", "readonly")
 
 
 def parse_mount(text: str) -> VolumeSpec:
-    """--mount type=bind|volume|tmpfs,source=,target=,readonly,bind-propagation=,tmpfs-size=,tmpfs-mode="""
+    """--mount `type=bind|volume|tmpfs,source=,target=,readonly,bind-propagation=,bind-recursive=,bind-create-src,
+    volume-nocopy,tmpfs-size=,tmpfs-mode=` as docker's MountOpt.Set and validateMountOptions, then the daemon's
+    checks (moby's validateMountConfigImpl). A bind source must exist (checked when the container is made)
+    unless bind-create-src."""
+    value = text.strip()
+    if not value:
+        raise _ValueError("value is empty")
     kind = "volume"
     source = target = ""
     readonly = False
-    options: list[str] = []
-    for fld in _csv_fields(text):
-        key, sep, value = fld.partition("=")
-        key = key.strip().lower()
-        if not sep and key not in ("readonly", "ro"):
+    bind: dict[str, Any] = {}
+    volume: dict[str, Any] = {}
+    image: dict[str, Any] = {}
+    tmpfs: list[str] = []
+    for fld in _csv_fields(value):
+        key, has_value, val = fld.partition("=")
+        if key.strip() != key:
+            raise _ValueError(f"invalid option '{key.strip()}' in '{fld}': option should not have whitespace")
+        if has_value and not val.strip():
+            raise _ValueError(f"invalid value for '{key}': value is empty")
+        if has_value and val.strip() != val:
+            raise _ValueError(f"invalid value for '{key}' in '{fld}': value should not have whitespace")
+        key = key.lower()
+        if not has_value and key not in _MOUNT_FLAGS:
             raise _ValueError(f"invalid field '{fld}' must be a key=value pair")
         match key:
             case "type":
-                if value not in ("bind", "volume", "tmpfs"):
-                    raise _ValueError(f"invalid mount type {value!r}: only bind, volume and tmpfs are supported")
-                kind = value
+                kind = val.lower()
             case "source" | "src":
-                source = value
+                source = val
             case "target" | "destination" | "dst":
-                target = value
+                target = val
             case "readonly" | "ro":
-                readonly = _parse_bool(value) if sep else True
+                readonly = _mount_bool(key, val, bool(has_value))
+            case "consistency":
+                pass  # macOS file sharing only
             case "bind-propagation":
-                if value not in ("private", "rprivate", "shared", "rshared", "slave", "rslave"):
-                    raise _ValueError(f"invalid bind-propagation: {value}")
-                options.append(value)
+                bind["propagation"] = val.lower()
+            case "bind-nonrecursive":
+                raise _ValueError("bind-nonrecursive is deprecated, use bind-recursive=disabled instead")
+            case "bind-recursive":
+                if val not in _BIND_RECURSIVE:
+                    raise _ValueError(f'invalid value for {key}: {val} (must be "enabled", "disabled", "writable", '
+                                      'or "readonly")')  # fmt: skip
+                bind["recursive"] = val
+            case "bind-create-src":
+                bind["create"] = _mount_bool(key, val, bool(has_value))
+            case "volume-nocopy":
+                volume["nocopy"] = _mount_bool(key, val, bool(has_value))
+            case "volume-subpath" | "volume-label" | "volume-driver" | "volume-opt":
+                volume[key] = val
+            case "image-subpath":
+                image[key] = val
             case "tmpfs-size":
-                options.append(f"size={parse_ram_size(value)}")
-            case "tmpfs-mode":
                 try:
-                    options.append(f"mode={int(value, 8):o}")
-                except ValueError:
-                    raise _ValueError(f"invalid tmpfs-mode: {value}") from None
-            case "volume-nocopy" | "consistency" | "bind-recursive" | "bind-nonrecursive":
-                pass  # no effect on Linux with a local driver
+                    tmpfs.append(f"size={parse_ram_size(val)}")
+                except _ValueError:
+                    raise _ValueError(f"invalid value for {key}: {val}") from None
+            case "tmpfs-mode":
+                if not val or any(c not in "01234567" for c in val) or int(val, 8) > 0xFFFFFFFF:  # ParseUint(v, 8, 32)
+                    raise _ValueError(f"invalid value for {key}: {val}")
+                tmpfs.append(f"mode={int(val, 8):o}")
             case _:
-                raise _ValueError(f"unexpected key '{key}' in '{fld}'")
-    if not target:
-        raise _ValueError("target is required")
-    if not target.startswith("/") or target == "/":
-        raise _ValueError(f"invalid mount target {target!r}: must be an absolute path other than /")
-    if kind == "bind" and not source:
-        raise _ValueError("source is required when specifying bind mount")
-    if kind == "tmpfs" and source:
-        raise _ValueError("source is not supported for tmpfs mounts")
-    if kind == "volume" and source and not VOLUME_NAME_RE.fullmatch(source):
-        raise _ValueError(f"invalid volume name {source!r}")
-    return VolumeSpec(kind, source, target, readonly, tuple(options))  # type: ignore[arg-type]
+                raise _ValueError(f"unknown option '{key}' in '{fld}'")
+    for prefix, given, owner in (("bind", bind, "bind"), ("volume", volume, "volume"), ("image", image, "image"),
+                                 ("tmpfs", tmpfs, "tmpfs")):  # fmt: skip
+        if given and kind != owner:
+            raise _ValueError(f"cannot mix '{prefix}-*' options with mount type '{kind}'")
+    recursive = bind.get("recursive", "enabled")
+    if recursive == "writable" and not readonly:
+        raise _ValueError("option 'bind-recursive=writable' requires 'readonly' to be specified in conjunction")
+    if recursive == "readonly":
+        if not readonly:
+            raise _ValueError("option 'bind-recursive=readonly' requires 'readonly' to be specified in conjunction")
+        if bind.get("propagation") != "rprivate":
+            raise _ValueError("option 'bind-recursive=readonly' requires 'bind-propagation=rprivate' to be "
+                              "specified in conjunction")  # fmt: skip
+    if kind in ("image", "npipe", "cluster"):
+        raise _ValueError(f"mount type {kind!r} is not supported by socirun: only bind, volume and tmpfs")
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise _ValueError(f'invalid mount config for type "{kind}": mount type unknown')
+    unsupported = sorted(k for k in volume if k != "nocopy")
+    if unsupported:
+        raise _ValueError(f"{unsupported[0]} is not supported by socirun: volumes are local, without subpaths")
+
+    def bad(why: str) -> _ValueError:
+        return _ValueError(f'invalid mount config for type "{kind}": {why}')
+
+    problem = _target_problem(target)
+    if problem:
+        raise bad(problem)
+    options: list[str] = []
+    if kind == "bind":
+        if not source:
+            raise bad("field Source must not be empty")
+        propagation = bind.get("propagation", "")
+        if propagation and propagation not in PROPAGATIONS:
+            raise bad(f"invalid propagation mode: {propagation}")
+        if not source.startswith(("/", ".")):  # docker's CLI makes a "."-path absolute; "~/x", "dir/x" are not
+            raise bad(f"invalid mount path: '{source}' mount path must be absolute")
+        options += [propagation] if propagation else []
+        options += ["bind"] if recursive == "disabled" else ["rro"] if recursive == "readonly" else []
+    elif kind == "tmpfs":
+        if source:
+            raise bad("field Source must not be specified")
+        options += tmpfs
+    elif source and not VOLUME_NAME_RE.fullmatch(source):
+        raise _ValueError(f'"{source}" {_VOLUME_NAME_HINT}')
+    return VolumeSpec(kind, source, target, readonly, tuple(options),  # type: ignore[arg-type]
+                      create_missing=bool(bind.get("create")))  # fmt: skip
 
 
 def parse_tmpfs(text: str) -> VolumeSpec:
@@ -524,20 +815,104 @@ def parse_device(text: str) -> DeviceSpec:
     return DeviceSpec(host, dst, perms)
 
 
+def validate_ip_address(text: str) -> str:
+    """docker's opts.ValidateIPAddress: Go's net.ParseIP of the value without surrounding whitespace, returned in
+    its normal form; no brackets, no IPv6 zone."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        ip = None
+    if ip is None or "%" in text:
+        raise _ValueError(f"IP address is not correctly formatted: {text}")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)  # Go prints a v4-in-v6 address as IPv4
+    return str(ip)
+
+
+# docker's opts domainRegexp, `(:?` (an optional colon, not a non-capturing group) included; Go's \s is ASCII.
+_DOMAIN_RE = re.compile(
+    r"(:?(:?[a-zA-Z0-9]|(:?[a-zA-Z0-9][a-zA-Z0-9\-]*[a-zA-Z0-9]))(:?\.(:?[a-zA-Z0-9]|(:?[a-zA-Z0-9][a-zA-Z0-9\-]*"
+    r"[a-zA-Z0-9])))*)\.?[\t\n\f\r ]*"
+)
+
+
+def validate_dns_search(text: str) -> str:
+    """docker's opts.ValidateDNSSearch: spaces trimmed; `.` (no search domain) or a domain with a letter in it,
+    returned without its trailing dot."""
+    val = text.strip(" ")
+    if val == ".":
+        return val
+    m = _DOMAIN_RE.fullmatch(val) if re.search("[a-zA-Z]", val) else None
+    if m is None or len(m.group(1)) >= 255:
+        raise _ValueError(f"{val} is not a valid domain")
+    return m.group(1)
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """docker's opts.ValidateLabel then ConvertKVStringsToMap: `key[=value]`, a key without blanks (leading ones
+    are allowed, and kept), `key` alone is the label "" ."""
+    key, _, value = text.partition("=")
+    trimmed = key.lstrip(" \t")
+    if not trimmed:
+        raise _ValueError(f"invalid label '{text}': empty name")
+    if " " in trimmed or "\t" in trimmed:
+        raise _ValueError(f"label '{trimmed}' contains whitespaces")
+    return key, value
+
+
+_NAMESPACED_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                       "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")  # fmt: skip
+
+
+def validate_sysctl(text: str) -> tuple[str, str]:
+    """docker's opts.ValidateSysctl: only the sysctls a container's own namespaces hold (the IPC ones, fs.mqueue.*,
+    net.*); the others would change the host."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not (key in _NAMESPACED_SYSCTLS or key.startswith(("net.", "fs.mqueue."))):
+        raise _ValueError(f"sysctl '{text}' is not allowed")
+    return key, value
+
+
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+
+
+def parse_restart(text: str) -> str:
+    """docker's opts.ParseRestartPolicy and the daemon's ValidateRestartPolicy: `name[:max-retries]`, a count only
+    with on-failure. Returns the policy's name ("" when empty, docker's unset)."""
+    name, sep, count = text.partition(":")
+    if sep and not name:
+        raise UsageError("invalid restart policy format: no policy provided before colon")
+    retries = 0
+    if count:
+        if not _INT_RE.fullmatch(count) or len(count) > 20 or abs(int(count)) > INT64_MAX:
+            raise UsageError("invalid restart policy format: maximum retry count must be an integer")
+        retries = int(count)
+    if name in ("always", "unless-stopped", "no") and retries:
+        why = " and cannot be negative" if retries < 0 else ""
+        raise UsageError(f"invalid restart policy: maximum retry count can only be used with 'on-failure'{why}")
+    if name == "on-failure" and retries < 0:
+        raise UsageError("invalid restart policy: maximum retry count cannot be negative")
+    if name and name not in RESTART_POLICIES:
+        raise UsageError(f"invalid restart policy: unknown policy '{name}'; use one of 'no', 'always', "
+                         "'on-failure', or 'unless-stopped'")  # fmt: skip
+    return name
+
+
 def parse_add_host(text: str) -> tuple[str, str]:
-    # docker 25+ accepts host=ip as well as host:ip (the IPv6 forms need the = or brackets).
-    if "=" in text:
-        host, _, ip = text.partition("=")
-    else:
-        host, _, ip = text.partition(":")
-    ip = ip.strip("[]")
-    if not host or not ip:
-        raise _ValueError(f'bad format for add-host: "{text}"')
+    """docker's opts.ValidateExtraHost: `host=ip` or `host:ip` (split at the first colon, so IPv6 works), the
+    address optionally in brackets (`host:[::1]`, `host=[::1]`), or host-gateway; no colon in the host."""
+    host, sep, ip = text.partition("=")
+    if not sep:
+        host, sep, ip = text.partition(":")
+    if not sep or not host or ":" in host:
+        raise _ValueError(f"bad format for add-host: {go_quote(text)}")
     if ip != "host-gateway":
+        if len(ip) > 2 and ip[0] == "[" and ip[-1] == "]":
+            ip = ip[1:-1]
         try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise _ValueError(f'invalid IP address in add-host: "{ip}"') from None
+            ip = validate_ip_address(ip)
+        except _ValueError:
+            raise _ValueError(f"invalid IP address in add-host: {go_quote(ip)}") from None
     return host, ip
 
 
@@ -552,9 +927,10 @@ def normalize_capability(name: str) -> str:
 
 
 def parse_signal(text: str) -> str:
-    """`SIGTERM`, `TERM` or `15` → the SIG name."""
-    if text.isdigit():  # also "²", which int() refuses: isdecimal and isascii together are 0-9
-        number = int(text) if text.isascii() and len(text) < 20 else None
+    """moby/sys/signal's ParseSignal: a number, or a name with or without SIG in any case, RTMIN+N and RTMAX-N
+    included; returned as the SIG name. (docker takes any non-zero number; socirun only Linux's 1-64.)"""
+    if _INT_RE.fullmatch(text):
+        number = int(text) if len(text) < 20 else 0
         for name, num in SIGNALS.items():
             if num == number:
                 return f"SIG{name}"
@@ -685,8 +1061,10 @@ def parse_run_args(
     *,
     environ: Mapping[str, str] = os.environ,
     read_file: Callable[[str], str] | None = None,
+    cpu_count: int | None = None,
 ) -> RunOptions:
-    """argv after `run` (or after the global flags of a bare `socirun IMAGE`) → validated RunOptions."""
+    """argv after `run` (or after the global flags of a bare `socirun IMAGE`) → validated RunOptions. `cpu_count`
+    (default: the CPUs this process may run on, Go's runtime.NumCPU) bounds --cpus as docker's daemon does."""
     pairs, rest = split_argv(argv)
     opts = _Draft()
     env_files: list[str] = []
@@ -730,6 +1108,10 @@ def parse_run_args(
     for item in env_flags:
         opts.env += _expand_env(item, environ)
     _set_network(opts, networks)
+    if opts.cpus:
+        problem = cpus_range_problem(round(opts.cpus * 1e9), cpu_count or len(os.sched_getaffinity(0)))
+        if problem:
+            raise UsageError(problem)
     if len(gpus) > 1:
         raise UsageError(f"--gpus can be given only once (got {', '.join(gpus)}). {HELP_HINT}")
     return _freeze(opts)
@@ -817,9 +1199,8 @@ def _apply(
             gpus.append(v)
             opts.gpus = parse_gpus(v)
         case "shm-size":
-            opts.shm_size = parse_ram_size(v)
-            if opts.shm_size <= 0:
-                raise _ValueError("invalid size: must be positive")
+            # 0 is docker's "unset": the daemon's default, 64 MiB.
+            opts.shm_size = parse_ram_size(v) or DEFAULT_SHM_SIZE
         case "entrypoint":
             opts.entrypoint = [v] if v else []
         case "workdir":
@@ -841,40 +1222,32 @@ def _apply(
         case "platform":
             opts.platform = v
         case "label":
-            key, _, value = v.partition("=")
-            if not key:
-                raise _ValueError("label key cannot be empty")
+            key, value = parse_label(v)
             if key.startswith("nerdctl/"):
                 raise UsageError(f'internal label "{key}" must not be specified manually')
             opts.labels[key] = value
         case "hostname":
             opts.hostname = v
+        case "domainname":
+            opts.domainname = v
         case "device":
             opts.devices.append(parse_device(v))
         case "add-host":
             opts.add_hosts.append(parse_add_host(v))
         case "dns":
-            try:
-                ipaddress.ip_address(v)
-            except ValueError:
-                raise _ValueError(f"{v} is not an ip address") from None
-            opts.dns.append(v)
+            opts.dns.append(validate_ip_address(v))
         case "dns-search":
-            opts.dns_search.append(v)
+            opts.dns_search.append(validate_dns_search(v))
         case "dns-option":
             opts.dns_options.append(v)
         case "group-add":
             check_id(v)
             opts.group_add.append(v)
         case "cpus":
-            try:
-                opts.cpus = float(v)
-            except ValueError:
-                raise _ValueError(f"failed to parse {v} as a rational number") from None
-            if not math.isfinite(opts.cpus):  # docker reads a big.Rat, which has no nan or inf
-                raise _ValueError(f"failed to parse {v} as a rational number")
-            if not 0 <= opts.cpus * 1e9 <= INT64_MAX:  # docker's NanoCPUs is an int64
+            nano = parse_cpus(v)
+            if not -INT64_MAX - 1 <= nano <= INT64_MAX:  # docker's NanoCPUs is an int64
                 raise _ValueError("range of CPUs is from 0.01 to the number of CPUs available")
+            opts.cpus = nano / 1e9
         case "memory":
             opts.memory = parse_ram_size(v)
             if 0 < opts.memory < 6 << 20:
@@ -883,13 +1256,17 @@ def _apply(
             opts.stop_signal = parse_signal(v)
         case "stop-timeout":
             opts.stop_timeout = _parse_int(v)
+        case "log-driver":
+            if v not in ("", "json-file"):
+                raise UsageError(f'--log-driver={v} is not supported: socirun writes docker\'s json-file log '
+                                 f"(read it with `socirun logs`). {HELP_HINT}")
+        case "log-opt":
+            apply_log_opt(opts, v)
         case "cidfile":
             opts.cidfile = v
         case "restart":
-            policy = v.split(":")[0]
-            if policy not in ("no", "always", "on-failure", "unless-stopped"):
-                raise _ValueError(f"invalid restart policy format: {v}")
-            if policy != "no":
+            policy = parse_restart(v)
+            if policy not in ("", "no"):
                 raise UsageError(
                     f"--restart={v} is not supported: socirun has no daemon to restart containers; use --restart=no"
                 )
@@ -909,9 +1286,7 @@ def _apply(
                 raise _ValueError("only --uts=host is supported")
             opts.uts_host = v == "host"
         case "sysctl":
-            key, sep, value = v.partition("=")
-            if not sep or not key:
-                raise _ValueError("sysctl must be key=value")
+            key, value = validate_sysctl(v)
             opts.sysctls[key] = value
         case "pids-limit":
             opts.pids_limit = _parse_int(v)
@@ -951,6 +1326,15 @@ def _apply(
             opts.namespace = v
         case "data-root":
             opts.data_root = v
+        case "ready-url" | "ready-port" | "ready-timeout":
+            from socirun.runtime import readiness
+
+            if flag.name == "ready-url":
+                opts.ready_url = readiness.parse_ready_url(v).url
+            elif flag.name == "ready-port":
+                opts.ready_port = readiness.parse_ready_port(v).port
+            else:
+                opts.ready_timeout = readiness.parse_ready_timeout(v)
         case _:  # pragma: no cover - every Flag in FLAGS is handled above
             raise AssertionError(flag.name)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from socirun.commands.context import GlobalOptions
@@ -154,10 +157,32 @@ def demo_command(args: argparse.Namespace, config: SocirunConfig) -> int:
         run_args += ["-d", reference, "sh", "-c", DEMO_COMMAND + "; sleep 60"]
     else:
         run_args += [reference, "sh", "-c", DEMO_COMMAND]
-    code = run_command(run_args, config, GlobalOptions(address=info.containerd_address, namespace="default"))
-    print(f"\nlook around with: eval \"$(socirun sandbox env)\"; socirun plan {reference}\n"
-          "stop the sandbox with: socirun sandbox down", file=sys.stderr)
+    # "started after N s" counts from here: the sandbox's start-up and the push are not the run's.
+    code = run_command(run_args, config, GlobalOptions(address=info.containerd_address, namespace="default"),
+                       started_at=time.time())
+    print("\n" + "\n".join(demo_hints(_socirun_executable(), reference, args.dir)), file=sys.stderr)
     return code
+
+
+def _socirun_executable() -> str:
+    """The absolute path of this socirun's console script (the venv's bin/socirun), else plain `socirun`."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "socirun")
+    return beside if os.access(beside, os.X_OK) else "socirun"
+
+
+def demo_hints(executable: str, reference: str, sandbox_dir: str | None) -> list[str]:
+    """The demo's closing lines: commands that work as they stand in a fresh shell, where neither socirun (a venv's
+    script) nor the sandbox's variables are set."""
+    exe = shlex.quote(executable)
+    directory = f" --dir {shlex.quote(sandbox_dir)}" if sandbox_dir else ""
+    lines = ["look around (these work in any shell):",
+             f"  eval \"$({exe} sandbox env{directory})\"    # points socirun and ctr at the sandbox",
+             f"  {exe} plan {shlex.quote(reference)}"]
+    if executable != "socirun":
+        lines.append(f"  source {shlex.quote(os.path.join(os.path.dirname(executable), 'activate'))}"
+                     "    # then plain `socirun` works in this shell")
+    lines.append(f"stop the sandbox with: {exe} sandbox down{directory}")
+    return lines
 
 
 def _forget_demo_image(address: str, reference: str) -> None:

@@ -17,6 +17,11 @@ before any asks (`expect`), and a layer keeps its place while it is between two 
 to a later key just because that layer asked first. Measured on a 1.1 GB pull: the 475 MB layer the unpacker
 waits for arrived at 3.8-4.4 s instead of 4.5-5.7 s.
 
+A stalled connection does not hold a chunk for the 120 s read timeout: the fetcher (RegistryClient.fetch_range,
+through socirun.registry.client.read_range) abandons a request whose body delivers nothing for RANGE_STALL_S and
+asks for only the bytes still missing on a fresh connection; after MAX_STALLS stalls of one range it raises
+StalledError, which is not retried here.
+
 This module does no I/O of its own: the fetch function and the writer are passed in, so the scheduling and
 reassembly logic is tested with a fake source.
 """
@@ -56,10 +61,14 @@ class ChunkFetchError(PullError):
 
 
 def _never_retry(err: BaseException) -> bool:
-    # RangeNotSupportedError is a RegistryError; it means "fall back", not "try again".
-    from socirun.registry.client import RangeNotSupportedError
+    # RangeNotSupportedError is a RegistryError; it means "fall back", not "try again". StalledError means the
+    # fetcher already re-requested the rest of the range MAX_STALLS times: another round would only wait
+    # through the same stalls again.
+    from socirun.registry.client import RangeNotSupportedError, StalledError
 
-    return isinstance(err, RangeNotSupportedError | DigestMismatchError | AuthError | ImageNotFoundError)
+    return isinstance(
+        err, RangeNotSupportedError | StalledError | DigestMismatchError | AuthError | ImageNotFoundError
+    )
 
 
 _RETRYABLE: tuple[type[BaseException], ...] = (ShortReadError, OSError, TimeoutError, RegistryError)

@@ -1,10 +1,13 @@
 """The lease a pull works under, and what happens to it when the pull ends.
 
 Success: the image record now references everything, so the lease goes. Failure or Ctrl-C: snapshots were
-already removed by the engine, but partially downloaded blobs are worth keeping so the next run resumes them;
-they move to a small "resume" lease that expires like containerd's own lease-less ingests (24 h), and the pull
-lease goes. A later successful pull of the same image drops the resume leases, and every pull and run drops the
-leases of socirun processes that died (SIGKILL leaves no chance to clean up), so nothing lingers.
+already removed by the engine, but the downloaded bytes are worth keeping so the next run fetches only what is
+missing: the layer blobs already committed (content resources) and the partial ingests (ingest resources, by
+their ref) move to a small "resume" lease that expires like containerd's own lease-less ingests (24 h), and the
+pull lease goes; containerd's GC keeps only what a lease or a label references, so without this move every
+finished layer would be collected with the pull lease. A later successful pull of the same image drops the
+resume leases, and every pull and run drops the leases of socirun processes that died (SIGKILL leaves no chance
+to clean up), so nothing lingers; a resume lease names no owner, so that sweep leaves it.
 
 Every lease socirun takes names its owner: the PID and that process's start time (so a PID the kernel has since
 given to another process does not keep a dead owner's lease alive).
@@ -22,6 +25,7 @@ from types import TracebackType
 import psutil
 
 from socirun.containerd.client import ContainerdClient
+from socirun.containerd.types import LeaseInfo
 
 EXPIRE_AFTER = dt.timedelta(hours=24)
 LABEL_IMAGE = "io.socirun/image"
@@ -35,6 +39,12 @@ GC_EXPIRE = "containerd.io/gc.expire"
 
 def _expiry() -> str:
     return (dt.datetime.now(dt.UTC) + EXPIRE_AFTER).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def resume_labels(image: str) -> dict[str, str]:
+    """A resume lease names no owner on purpose: it outlives the process (`drop_dead_leases` leaves it) and goes
+    with its expiry, or when a later pull of `image` succeeds."""
+    return {GC_EXPIRE: _expiry(), LABEL_IMAGE: image, LABEL_PURPOSE: "resume"}
 
 
 def owner_labels(purpose: str) -> dict[str, str]:
@@ -69,16 +79,36 @@ def process_started(pid: int) -> float | None:
         return None
 
 
+def downloads_to_keep(labels: dict[str, str], resources: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What of a dead owner's lease is worth a resume lease: a pull's blobs and ingests (its downloads), never
+    its snapshots (half-unpacked layers are not kept) and nothing of a run's lease."""
+    if labels.get(LABEL_PURPOSE) != "pull" or not labels.get(LABEL_IMAGE):
+        return []
+    return [(kind, rid) for kind, rid in resources if kind in ("content", "ingests")]
+
+
 async def drop_dead_leases(ctd: ContainerdClient) -> int:
     """Delete the pull and run leases of socirun processes that died (a SIGKILL ends a process with its lease
     still there, holding its ingests and snapshots for 24 h); returns how many. containerd's GC then collects
-    what only they held."""
+    what only they held. A killed pull's downloads first move to a resume lease, as an interrupted pull's do
+    (unless its image record was made: the image holds them then), so a rerun still fetches only what is missing.
+    Resume leases name no owner, so they are never dropped here."""
     dropped = 0
     for lease in await ctd.list_leases_info():
         if lease_owner_dead(lease.labels, process_started):
-            await ctd.delete_lease(lease.id)
+            await _retire_dead_lease(ctd, lease)
             dropped += 1
     return dropped
+
+
+async def _retire_dead_lease(ctd: ContainerdClient, lease: LeaseInfo) -> None:
+    image = lease.labels.get(LABEL_IMAGE, "")
+    keep = downloads_to_keep(lease.labels, await ctd.lease_resources(lease.id))
+    if keep and await ctd.image_get(image) is None:
+        resume = await ctd.create_lease(resume_labels(image))
+        for kind, rid in keep:
+            await ctd.add_lease_resource(resume, rid, kind)
+    await ctd.delete_lease(lease.id)
 
 
 class PullLease:
@@ -88,10 +118,15 @@ class PullLease:
         self.lease_id = ""
         self._ok = False
         self._ingests: set[str] = set()
+        self._blobs: set[str] = set()
         self._token: contextlib.AbstractContextManager[None] | None = None
 
     def track_ingest(self, ref: str) -> None:
         self._ingests.add(ref)
+
+    def track_blob(self, digest: str) -> None:
+        """A layer blob this pull holds whole in the content store (committed now, or found there)."""
+        self._blobs.add(digest)
 
     def succeeded(self) -> None:
         self._ok = True
@@ -113,19 +148,21 @@ class PullLease:
 
     async def _finish(self) -> None:
         if not self._ok:
-            await self._keep_partial_ingests()
+            await self._keep_downloads()
         # After a failure, collect what the pull wrote before returning, so no partial record outlives it.
         await self.ctd.delete_lease(self.lease_id, sync=not self._ok)
         if self._ok:
             await self._drop_stale_leases()
 
-    async def _keep_partial_ingests(self) -> None:
+    async def _keep_downloads(self) -> None:
+        """Put the whole blobs and the partial ingests of this pull under a resume lease (before the pull
+        lease goes, so GC never sees them unreferenced)."""
         partial = [s.ref for s in await self.ctd.list_ingests() if s.ref in self._ingests and s.offset > 0]
-        if not partial:
+        if not partial and not self._blobs:
             return
-        resume = await self.ctd.create_lease(
-            {GC_EXPIRE: _expiry(), LABEL_IMAGE: self.image, LABEL_PURPOSE: "resume"}
-        )
+        resume = await self.ctd.create_lease(resume_labels(self.image))
+        for digest in sorted(self._blobs):
+            await self.ctd.add_lease_resource(resume, digest, "content")
         for ref in partial:
             await self.ctd.add_lease_resource(resume, ref, "ingests")
 
@@ -135,5 +172,7 @@ class PullLease:
             if lease.id == self.lease_id:
                 continue
             resume = lease.labels.get(LABEL_IMAGE) == self.image and lease.labels.get(LABEL_PURPOSE) == "resume"
-            if resume or lease_owner_dead(lease.labels, process_started):
+            if resume:
                 await self.ctd.delete_lease(lease.id)
+            elif lease_owner_dead(lease.labels, process_started):
+                await _retire_dead_lease(self.ctd, lease)

@@ -225,3 +225,101 @@ class Cni:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._cache_path(container_id))
         return errors
+
+
+# ---------------------------------------------------------------------------------------------- host ports
+
+# The portmap plugin only writes DNAT rules: it takes a port whoever else uses it (a host server on it is silently
+# bypassed, and of two containers the first rule wins). So, as docker's port allocator does, socirun checks a host
+# port before the rules exist: against the ports other socirun containers publish (their state) and by binding it.
+
+
+def _ip_family(host_ip: str) -> tuple[int, str]:
+    import socket
+
+    address = host_ip or "0.0.0.0"
+    return (socket.AF_INET6 if ":" in address else socket.AF_INET), address
+
+
+def _wildcard(ip: str) -> bool:
+    return ip in ("", "0.0.0.0", "::")
+
+
+def ports_clash(a: PortMapping, b: PortMapping) -> bool:
+    """Whether two mappings want the same host port: same protocol and port, and addresses that overlap (the
+    wildcard address overlaps every address)."""
+    if a.protocol != b.protocol or a.host_port != b.host_port or a.host_port == 0:
+        return False
+    return _wildcard(a.host_ip) or _wildcard(b.host_ip) or a.host_ip == b.host_ip
+
+
+def shown_address(p: PortMapping) -> str:
+    """`0.0.0.0:8080`, `[::1]:8080`: how docker names a host address and port in its messages and `ps`."""
+    ip = p.host_ip or "0.0.0.0"
+    return f"[{ip}]:{p.host_port}" if ":" in ip else f"{ip}:{p.host_port}"
+
+
+def bind_problem(p: PortMapping) -> str | None:
+    """Bind the host port as a server would (SO_REUSEADDR, so a TIME_WAIT leftover does not count); the OS's
+    reason when it cannot be bound, else None."""
+    import socket
+
+    family, address = _ip_family(p.host_ip)
+    kind = socket.SOCK_DGRAM if p.protocol == "udp" else socket.SOCK_STREAM
+    try:
+        with socket.socket(family, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, p.host_port))
+            if kind == socket.SOCK_STREAM:
+                s.listen(1)
+    except OSError as err:
+        return (err.strerror or str(err)).lower()
+    return None
+
+
+def free_port(host_ip: str, protocol: str) -> int:
+    """A port the kernel says is free on `host_ip` now (bound to port 0, read, closed)."""
+    import socket
+
+    family, address = _ip_family(host_ip)
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+PICK_ATTEMPTS = 50
+
+
+def resolve_host_ports(requested: Sequence[PortMapping], held: Sequence[PortMapping], *, endpoint: str,
+                       probe: Any = bind_problem, pick: Any = free_port) -> list[PortMapping]:  # fmt: skip
+    """`requested` with every host port 0 replaced by a free one, after checking each host port is free: not
+    published by another container (`held`) nor by this same request, and bindable (`probe`). Raises docker's
+    sentences. `probe` and `pick` are the socket checks (injected by tests)."""
+    import dataclasses
+
+    taken = list(held)
+    out: list[PortMapping] = []
+    for p in requested:
+        if p.host_port == 0:
+            for _ in range(PICK_ATTEMPTS):
+                candidate = dataclasses.replace(p, host_port=pick(p.host_ip, p.protocol))
+                if not any(ports_clash(candidate, h) for h in taken) and probe(candidate) is None:
+                    break
+            else:
+                raise NetworkError(f"no free host port for {shown_address(p)}/{p.protocol} after "
+                                   f"{PICK_ATTEMPTS} tries")  # fmt: skip
+            p = candidate
+        else:
+            if any(ports_clash(p, h) for h in taken):
+                raise NetworkError(f"Bind for {shown_address(p)} failed: port is already allocated")
+            problem = probe(p)
+            if problem is not None:
+                family = "tcp6" if ":" in (p.host_ip or "") else "tcp4"
+                proto = family if p.protocol == "tcp" else p.protocol
+                raise NetworkError(f"driver failed programming external connectivity on endpoint {endpoint}: "
+                                   f"Error starting userland proxy: listen {proto} {shown_address(p)}: bind: "
+                                   f"{problem}")  # fmt: skip
+        taken.append(p)
+        out.append(p)
+    return out

@@ -26,7 +26,7 @@ from typing import Any
 
 from socirun import events as ev
 from socirun.containerd.client import ContainerdClient
-from socirun.containerd.runtime import Runtime
+from socirun.containerd.runtime import ContainerRunError, Runtime
 from socirun.containerd.types import Mount
 from socirun.errors import EXIT_DAEMON, ContainerdError, ImageNotFoundError, SocirunError, UsageError
 from socirun.oci import INDEX_TYPES, Descriptor, Platform, chain_ids
@@ -34,11 +34,12 @@ from socirun.pull.leases import owner_labels
 from socirun.pull.request import PullChoices, PullSetup
 from socirun.reference import ImageReference
 from socirun.registry.client import select_platform
-from socirun.runtime import cni, reaper
+from socirun.runtime import cni, logs, reaper
 from socirun.runtime.gpus import GpuInjection, plan_gpus
 from socirun.runtime.image_users import read_rootfs_file
 from socirun.runtime.lifecycle import (
     ContainerState,
+    claim_ports,
     cni_ipam_dir,
     prepare_data_root,
     reserve_name,
@@ -59,6 +60,8 @@ from socirun.runtime.spec import (
     hosts_file,
     image_volume_on_kernel_fs,
     resolv_conf,
+    rlimit_error_sentence,
+    rlimit_problem,
 )
 from socirun.runtime.stdio import TaskIO
 from socirun.runtime.tty import raw_mode, terminal_size
@@ -353,6 +356,14 @@ async def _joined_ns(rt: Runtime, target: str, kind: str) -> str:
     return f"/proc/{task.pid}/ns/{kind}"
 
 
+def _nr_open() -> int | None:
+    """The kernel's most open files per process (fs.nr_open), None where /proc does not say."""
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+
+
 async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, print_id: bool = True,
                         observe: bool = True) -> int:
     """Pull if needed, create and start the container; attached, wait for it and return its exit code.
@@ -363,6 +374,11 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
     cidfile = CidFile(opts.cidfile) if opts.cidfile else None  # first, as docker: nothing exists yet
     try:
         return await _run_container(opts, ctx, emit, cidfile, print_id=print_id, observe=observe)
+    except ContainerRunError as err:
+        sentence = rlimit_error_sentence(err.message)  # runc's raw "error setting rlimit type N"
+        if sentence is None:
+            raise
+        raise ContainerRunError(sentence) from None
     finally:
         if cidfile is not None:
             cidfile.close()
@@ -370,6 +386,9 @@ async def run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, *, pri
 
 async def _run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, cidfile: CidFile | None, *,
                          print_id: bool, observe: bool) -> int:  # fmt: skip
+    problem = rlimit_problem(opts.ulimits, _nr_open())
+    if problem:
+        raise UsageError(problem)
     prepare_data_root(ctx.data_root)
     gpu: GpuInjection | None = plan_gpus(opts.gpus) if opts.gpus is not None else None
     async with await ContainerdClient.connect(ctx.address, ctx.namespace) as ctd, \
@@ -387,6 +406,8 @@ async def _run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, cidfi
         state = ContainerState(
             id=container_id, name=name, namespace=ctx.namespace, address=ctx.address, snapshotter=image.snapshotter,
             data_root=ctx.data_root, state_dir=state_dir, rm=opts.rm, network=opts.network,
+            image=ctx.reference.familiar(), created=time.time(), tty=opts.tty, log_max_size=opts.log_max_size,
+            log_max_file=opts.log_max_file,
         )
         created = False
         try:
@@ -471,18 +492,19 @@ async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: Ru
         inputs.netns_path = netns_path
         if opts.network == "bridge":
             state.bridge = asdict(bridge)
-            state.ports = [asdict(p) for p in opts.publish]
-            state.save()
+            publish = claim_ports(state, list(opts.publish))  # host ports checked, 0 chosen, recorded
             plugins = cni.Cni(cni.find_plugin_dir(), bridge, cni_ipam_dir(state.data_root))
-            container_ip = plugins.add(state.id, netns_path, opts.publish) or None
+            container_ip = plugins.add(state.id, netns_path, publish) or None
             with open(os.path.join(state.state_dir, "network-config.json"), "w", encoding="utf-8") as f:
-                json.dump({"portMappings": cni.port_mappings(opts.publish)}, f)
+                json.dump({"portMappings": cni.port_mappings(publish)}, f)
         else:
             cni.Cni(cni.find_plugin_dir(), bridge, cni_ipam_dir(state.data_root)).loopback(state.id, netns_path)
     state.save()
     etc = _write_etc_files(opts, state.state_dir, hostname, container_ip)
     inputs.mounts = [*etc, *inputs.mounts]
     spec = build_spec(opts, image, inputs)
+    state.command = list(spec.get("process", {}).get("args") or [])
+    state.save()
     labels = container_labels(opts, image, name=state.name, namespace=state.namespace, hostname=hostname,
                               state_dir=state.state_dir, platform=ctx.platform, mounts=volumes.records,
                               anonymous=volumes.anonymous)  # fmt: skip
@@ -509,11 +531,11 @@ def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | 
 
 async def _run_detached(rt: Runtime, opts: RunOptions, state: ContainerState, rootfs: list[Mount],
                         emit: ev.Emit, *, print_id: bool = True) -> int:  # fmt: skip
-    # No daemon: a reaper process drains the output FIFOs into <state>/container.log, waits for the exit and does
+    # No daemon: a reaper process drains the output FIFOs into <state>/<id>-json.log, waits for the exit and does
     # the teardown (network; with --rm everything). It starts before Tasks.Create because it must already hold
     # the FIFOs' read ends (the shim's open blocks Create). A file:// URI would do for non-tty output, but the
     # shim may still be copying when the task is deleted, and it is refused with -t.
-    log_path = os.path.join(state.state_dir, "container.log")
+    log_path = logs.log_path(state.state_dir, state.id)
     fifos = [os.path.join(state.state_dir, name) for name in (("out.fifo",) if opts.tty else ("out.fifo", "err.fifo"))]
     for fifo in fifos:
         os.mkfifo(fifo, 0o600)
@@ -582,6 +604,7 @@ async def _run_foreground(rt: Runtime, opts: RunOptions, state: ContainerState, 
                     wait.cancel()
         if wait.done() and not wait.cancelled():
             exit_code = wait.result()
+            state.record_exit(exit_code, time.time())  # for `socirun ps` / `inspect` of a kept container
             await asyncio.to_thread(io.wait_output, OUTPUT_DRAIN_S)
             emit(ev.ContainerExited(container_id=state.id, exit_code=exit_code))
         else:
@@ -620,9 +643,10 @@ async def task_gone_or_stopped(rt: Runtime, container_id: str) -> bool:
 
 async def _hand_over(state: ContainerState, io: TaskIO, opts: RunOptions) -> None:
     """Leave a container that still runs to a reaper (the one `-d` uses): it drains the output into
-    <state>/container.log, waits for the exit and then tears down (with --rm: removes everything). Our readers
-    close only once the reaper holds the FIFOs, so the shim never writes into a FIFO nobody reads."""
-    log_path = os.path.join(state.state_dir, "container.log")
+    <state>/<id>-json.log (docker's json-file), waits for the exit and then tears down (with --rm: removes
+    everything). Our readers close only once the reaper holds the FIFOs, so the shim never writes into a FIFO
+    nobody reads."""
+    log_path = logs.log_path(state.state_dir, state.id)
     fifos = [io.path("stdout"), *([] if opts.tty else [io.path("stderr")])]
     try:
         child = reaper.start(state.state_dir, log_path, fifos)

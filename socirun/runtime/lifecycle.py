@@ -19,7 +19,7 @@ import re
 import shutil
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from socirun.containerd.runtime import Runtime
@@ -81,6 +81,15 @@ class ContainerState:
     bridge: dict[str, str] = field(default_factory=dict)  # BridgeNetwork fields
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields
     anonymous_volumes: list[str] = field(default_factory=list)
+    # For `socirun ps`, `logs`, `inspect` (socirun/commands/containers.py): what docker's daemon would remember.
+    image: str = ""  # the reference as the user named it
+    command: list[str] = field(default_factory=list)  # the process's argv (entrypoint + command)
+    created: float = 0.0  # epoch seconds
+    tty: bool = False
+    log_max_size: int = 0  # the json-file log's rotation (--log-opt), 0: unlimited
+    log_max_file: int = 1
+    exit_code: int | None = None  # recorded when the exit is seen (reaper, foreground run)
+    finished_at: float = 0.0
 
     def save(self) -> None:
         path = os.path.join(self.state_dir, STATE_FILE)
@@ -92,7 +101,18 @@ class ContainerState:
     @classmethod
     def load(cls, state_dir: str) -> ContainerState:
         with open(os.path.join(state_dir, STATE_FILE), encoding="utf-8") as f:
-            return cls(**json.load(f))
+            data = json.load(f)
+        # Fields a newer socirun added are ignored, so a container keeps working across versions.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def record_exit(self, exit_code: int, when: float) -> None:
+        """Remember the exit (docker's `Exited (N) … ago`), re-reading the file so nothing else written is lost."""
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            fresh = ContainerState.load(self.state_dir)
+            fresh.exit_code, fresh.finished_at = exit_code, when
+            fresh.save()
+        self.exit_code, self.finished_at = exit_code, when
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -230,8 +250,9 @@ async def task_gone(rt: Runtime, container_id: str) -> bool:
         return False
 
 
-async def teardown(rt: Runtime, state: ContainerState, *, remove: bool) -> list[str]:
-    """Delete the task, the network; with `remove` the container, its snapshot, anonymous volumes and state.
+async def teardown(rt: Runtime, state: ContainerState, *, remove: bool, volumes: bool = True) -> list[str]:
+    """Delete the task, the network; with `remove` the container, its snapshot, anonymous volumes (unless
+    `volumes` is False: docker's `rm` without -v keeps them) and state.
 
     Nothing is removed while the task exists: Tasks.Delete refuses a task that still runs, and the network, the
     snapshot (its rootfs is still mounted) and the state under a live process would be pulled from under it. Such
@@ -254,7 +275,8 @@ async def teardown(rt: Runtime, state: ContainerState, *, remove: bool) -> list[
             await rt.ctd.snapshot_remove(state.snapshotter, state.id)
         except ContainerdError as err:
             errors.append(err.message)
-        remove_volumes(state.data_root, state.namespace, state.anonymous_volumes)
+        if volumes:
+            remove_volumes(state.data_root, state.namespace, state.anonymous_volumes)
         shutil.rmtree(state.state_dir, ignore_errors=True)
         try:
             await release_name(state.data_root, state.namespace, state.name, state.id)
@@ -422,3 +444,186 @@ async def _sweep_names(rt: Runtime, data_root: str, namespace: str,
         except ContainerdError:
             continue
         await release_name(data_root, namespace, name, container_id)
+
+
+# ---------------------------------------------------------------------------------------------- published ports
+
+PORTS_LOCK = ".ports.lock"
+
+
+def published_ports(data_root: str, *, exclude: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(container ID, PortMapping fields) of every port a socirun container under `data_root` publishes now, in
+    every namespace: host ports are the host's. A container publishes its ports while its network namespace
+    exists (from its CNI ADD until its teardown)."""
+    from socirun.runtime.cni import NETNS_DIR
+
+    found: list[tuple[str, dict[str, Any]]] = []
+    base = os.path.join(data_root, "containers")
+    with contextlib.suppress(OSError):
+        for namespace in os.listdir(base):
+            ns_dir = os.path.join(base, namespace)
+            if not os.path.isdir(ns_dir):
+                continue
+            for entry in os.listdir(ns_dir):
+                if entry == exclude or not _CONTAINER_ID.fullmatch(entry):
+                    continue
+                try:
+                    state = ContainerState.load(os.path.join(ns_dir, entry))
+                except (OSError, ValueError, TypeError):
+                    continue
+                if state.ports and state.netns and os.path.exists(os.path.join(NETNS_DIR, state.netns)):
+                    found += [(state.id, p) for p in state.ports]
+    return found
+
+
+@contextlib.contextmanager
+def _blocking_lock(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held for a directory scan and a bind: milliseconds
+        yield
+    finally:
+        os.close(fd)
+
+
+def claim_ports(state: ContainerState, requested: list[Any]) -> list[Any]:
+    """Check and choose the host ports of `requested` (PortMappings) and record them in the state, under one lock,
+    so two runs never take the same port. Returns the mappings with the chosen host ports."""
+    from socirun.runtime import cni
+    from socirun.runtime.options import PortMapping
+
+    base = os.path.join(state.data_root, "containers")
+    os.makedirs(base, mode=PRIVATE_DIR_MODE, exist_ok=True)
+    with _blocking_lock(os.path.join(base, PORTS_LOCK)):
+        held = [PortMapping(**p) for _, p in published_ports(state.data_root, exclude=state.id)]
+        ports = cni.resolve_host_ports(requested, held, endpoint=state.name)
+        state.ports = [asdict(p) for p in ports]
+        state.save()
+    return ports
+
+
+# ---------------------------------------------------------------------------------------------- stop, remove
+
+KILL_WAIT_S = 10.0
+OWNER_WAIT_S = 20.0
+_POLL_S = 0.05
+
+
+def state_dir_of(data_root: str, namespace: str, container_id: str) -> str:
+    """Where socirun keeps a container's state: from the data root, never from a label anyone could set."""
+    return os.path.join(data_root, "containers", namespace, container_id)
+
+
+def load_state(data_root: str, namespace: str, container_id: str) -> ContainerState | None:
+    try:
+        return ContainerState.load(state_dir_of(data_root, namespace, container_id))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def owner_pids(state: ContainerState) -> list[int]:
+    """The live processes that will tear the container down when its task exits: its reaper (its argv names the
+    state directory) and, for a foreground run, the socirun that reserved its name."""
+    import psutil
+
+    pids: list[int] = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if state.state_dir in (proc.info.get("cmdline") or ()):
+            pids.append(proc.pid)
+    holder = _read_holder(os.path.join(state.data_root, NAMES_DIR, state.namespace, state.name))
+    if holder is not None and holder.id == state.id and holder.reserver_alive() and holder.pid != os.getpid():
+        pids.append(holder.pid)
+    return pids
+
+
+async def wait_pids_gone(pids: list[int], timeout: float) -> bool:
+    import psutil
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    while any(alive(p) for p in pids):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(_POLL_S)
+    return True
+
+
+async def wait_stopped(rt: Runtime, container_id: str, timeout: float) -> bool:
+    """Whether the task exited (or is gone) within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        task = await rt.get_task(container_id)
+        if task is None or task.status == "STOPPED":
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(_POLL_S)
+
+
+async def stop_task(rt: Runtime, container_id: str, sig: int, timeout: float) -> bool:
+    """docker stop: `sig`, then SIGKILL to every process once `timeout` seconds passed (a negative timeout waits
+    for ever). Returns whether it was running."""
+    import signal
+
+    task = await rt.get_task(container_id)
+    if task is None or task.status not in RUNNING_STATUSES:
+        return False
+    await rt.kill_task(container_id, sig)
+    if timeout < 0:
+        timeout = float("inf")
+    if not await wait_stopped(rt, container_id, timeout):
+        await rt.kill_task(container_id, signal.SIGKILL, all_processes=True)
+        await wait_stopped(rt, container_id, KILL_WAIT_S)
+    return True
+
+
+async def settle(rt: Runtime, state: ContainerState) -> None:
+    """After the task exited: let its owner (reaper or foreground run) finish the teardown it does on exit; when
+    it has none (killed, or a run that kept no reaper), do that teardown here."""
+    pids = owner_pids(state)
+    if pids and await wait_pids_gone(pids, OWNER_WAIT_S):
+        return
+    if pids or not os.path.isdir(state.state_dir):
+        return
+    await teardown(rt, state, remove=state.rm)
+
+
+async def remove_container(rt: Runtime, container_id: str, state: ContainerState | None, *, force: bool,
+                           volumes: bool, name: str) -> list[str]:  # fmt: skip
+    """docker rm: refuses a running container unless `force` (then SIGKILL); removes the task, network, container,
+    snapshot, state, name and, with `volumes`, the anonymous volumes. Returns cleanup failures."""
+    import signal
+
+    task = await rt.get_task(container_id)
+    if task is not None and task.status in (*RUNNING_STATUSES, "CREATED"):
+        if not force:
+            raise SocirunError(f'cannot remove container "/{name}": container is running: stop the container '
+                               "before removing or force remove", exit_code=1)  # fmt: skip
+        await rt.kill_task(container_id, signal.SIGKILL, all_processes=True)
+        await wait_stopped(rt, container_id, KILL_WAIT_S)
+    if state is not None:
+        pids = owner_pids(state)
+        if pids:
+            await wait_pids_gone(pids, OWNER_WAIT_S)
+        if os.path.isdir(state.state_dir):
+            return await teardown(rt, state, remove=True, volumes=volumes)
+    # Not socirun's (or its --rm reaper removed most of it just now): what containerd holds.
+    errors: list[str] = []
+    try:
+        await rt.delete_task(container_id)
+        record = await rt.get_container(container_id)
+        if record is not None:
+            await rt.delete_container(container_id)
+            if record.snapshotter and record.snapshot_key:
+                with contextlib.suppress(ContainerdError):
+                    await rt.ctd.snapshot_remove(record.snapshotter, record.snapshot_key)
+    except ContainerdError as err:
+        errors.append(err.message)
+    return errors

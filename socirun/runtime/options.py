@@ -8,6 +8,10 @@ from typing import Literal
 
 DEFAULT_SHM_SIZE = 64 << 20
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
+# The json-file log of a detached container (--log-opt max-size / max-file): capped by default, unlike docker's,
+# so a chatty container cannot fill the disk (socirun/runtime/logs.py).
+DEFAULT_LOG_MAX_SIZE = 20 << 20
+DEFAULT_LOG_MAX_FILE = 5
 # docker's --pull policy (socirun's --pull-mode is PULL_MODES in socirun.decide.facts)
 PULL_POLICIES = ("always", "missing", "never")
 
@@ -27,6 +31,10 @@ SIGNALS = {
     "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21, "TTOU": 22, "URG": 23, "XCPU": 24, "XFSZ": 25,
     "VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29, "POLL": 29, "PWR": 30, "SYS": 31,
 }  # fmt: skip
+# The real-time signals by moby/sys/signal's names (what docker's --stop-signal takes): glibc reserves 32 and 33,
+# so RTMIN is 34; RTMIN+1..+15 and RTMAX-14..-1 name the rest up to RTMAX, 64.
+SIGNALS.update({"RTMIN": 34, **{f"RTMIN+{n}": 34 + n for n in range(1, 16)},
+                **{f"RTMAX-{n}": 64 - n for n in range(14, 0, -1)}, "RTMAX": 64})
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class VolumeSpec:
     target: str
     readonly: bool = False
     options: tuple[str, ...] = ()  # propagation, tmpfs size/mode options
+    # A missing bind source is created (-v, --mount bind-create-src); --mount type=bind refuses it, as docker.
+    create_missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class RunOptions:
     platform: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     hostname: str = ""
+    domainname: str = ""  # --domainname: the UTS namespace's NIS domain name
     devices: list[DeviceSpec] = field(default_factory=list)
     init: bool = False
     read_only: bool = False
@@ -120,6 +131,8 @@ class RunOptions:
     memory: int = 0
     stop_signal: str = "SIGTERM"
     stop_timeout: int | None = None
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE  # --log-opt max-size (0: unlimited)
+    log_max_file: int = DEFAULT_LOG_MAX_FILE  # --log-opt max-file
     sig_proxy: bool = True
     cidfile: str = ""
     runtime: str = DEFAULT_RUNTIME
@@ -140,3 +153,8 @@ class RunOptions:
     namespace: str = ""
     data_root: str = ""
     debug: bool = False
+    # socirun's own readiness and watch flags (socirun.runtime.readiness, socirun.commands.watch)
+    ready_url: str = ""
+    ready_port: int = 0
+    ready_timeout: float | None = None  # seconds; with -d: wait for readiness this long, else fail
+    watch: bool = False  # -d: then the watch view of the container

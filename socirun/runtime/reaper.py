@@ -1,5 +1,6 @@
 """The background half of `socirun run -d` (and of a foreground run whose client leaves while the container runs,
-`--sig-proxy=false` then Ctrl-C): drains the container's output FIFOs into its log file, waits for
+`--sig-proxy=false` then Ctrl-C): drains the container's output FIFOs into its log file (docker's json-file format,
+rotated: socirun/runtime/logs.py; the first FIFO is stdout, the second stderr), records the exit code, waits for
 the task to exit, then tears down what a foreground run would have (task, CNI DEL + netns; with --rm the
 container, snapshot, anonymous volumes and state).
 
@@ -17,28 +18,34 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 import socirun
 from socirun.containerd.client import ContainerdClient
 from socirun.containerd.runtime import Runtime
 from socirun.errors import SocirunError
 from socirun.runtime.lifecycle import ContainerState, teardown
+from socirun.runtime.logs import JsonFileWriter, StreamLines
 
 TASK_APPEAR_TIMEOUT_S = 120
 DRAIN_TIMEOUT_S = 10
 
 
-def drain(fifo: str, log: BinaryIO, lock: threading.Lock) -> threading.Thread:
-    """Copy `fifo` into `log` until EOF (the shim closes its end once the process exited and was drained)."""
+STREAMS = ("stdout", "stderr")
+
+
+def drain(fifo: str, lines: StreamLines) -> threading.Thread:
+    """Copy `fifo` into the log as json-file entries until EOF (the shim closes its end once the process exited
+    and was drained)."""
 
     def copy() -> None:
         with contextlib.suppress(OSError), open(fifo, "rb", buffering=0) as src:
             while chunk := src.read(65536):
-                with lock:
-                    log.write(chunk)
-                    log.flush()
+                lines.feed(chunk)
+        with contextlib.suppress(OSError):
+            lines.flush()  # a last line without its newline
 
     thread = threading.Thread(target=copy, daemon=True)
     thread.start()
@@ -47,9 +54,9 @@ def drain(fifo: str, log: BinaryIO, lock: threading.Lock) -> threading.Thread:
 
 async def reap(state_dir: str, log_path: str, fifos: list[str]) -> int:
     state = ContainerState.load(state_dir)
-    lock = threading.Lock()
-    with open(log_path, "ab") as log:
-        copiers = [drain(fifo, log, lock) for fifo in fifos]
+    log = JsonFileWriter(log_path, max_size=state.log_max_size, max_file=state.log_max_file)
+    try:
+        copiers = [drain(fifo, StreamLines(log, stream)) for fifo, stream in zip(fifos, STREAMS, strict=False)]
         async with await ContainerdClient.connect(state.address, state.namespace) as ctd:
             rt = Runtime(ctd)
             # Started before Tasks.Create: wait for the task to exist. If the readers ended and there is still no
@@ -60,14 +67,20 @@ async def reap(state_dir: str, log_path: str, fifos: list[str]) -> int:
                 if not any(c.is_alive() for c in copiers) or loop.time() > deadline:
                     return 0
                 await asyncio.sleep(0.1)
+            exit_code: int | None = None
             with contextlib.suppress(SocirunError):
-                await rt.wait_task(state.id)
+                exit_code = await rt.wait_task(state.id)
             for copier in copiers:
                 await asyncio.to_thread(copier.join, DRAIN_TIMEOUT_S)
             for fifo in fifos:
                 with contextlib.suppress(OSError):
                     os.unlink(fifo)
+            if exit_code is not None:
+                # After the drain: `socirun logs -f` ends once it sees the exit, and must have every line by then.
+                state.record_exit(exit_code, time.time())
             await teardown(rt, state, remove=state.rm)
+    finally:
+        log.close()
     return 0
 
 

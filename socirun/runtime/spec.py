@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from socirun.errors import SocirunError, UsageError
 from socirun.oci import check_image_config
 from socirun.runtime.image_users import resolve_user
-from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions, VolumeSpec
+from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions, Ulimit, VolumeSpec
 from socirun.runtime.seccomp import kernel_version, native_arch, to_oci_seccomp
 
 OCI_VERSION = "1.0.2-dev"
@@ -206,13 +207,15 @@ def capabilities(opts: RunOptions, host_caps: Sequence[str] = CAPABILITIES) -> l
 
 
 def default_mounts(opts: RunOptions, host_ipc_dirs: Sequence[str] = ("/dev/shm", "/dev/mqueue")) -> list[SpecMount]:
-    shm_kib = opts.shm_size // 1024
+    # docker sets the bytes asked for (--shm-size 32 is 32 bytes, which tmpfs rounds up to a page); `size=0k`
+    # would mean no limit at all.
+    shm_size = f"{opts.shm_size // 1024}k" if opts.shm_size % 1024 == 0 else str(opts.shm_size)
     mounts = [
         SpecMount("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
         SpecMount("/dev", "tmpfs", "tmpfs", ("nosuid", "strictatime", "mode=755", "size=65536k")),
         SpecMount("/dev/pts", "devpts", "devpts",
                   ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5")),
-        SpecMount("/dev/shm", "tmpfs", "shm", ("nosuid", "noexec", "nodev", "mode=1777", f"size={shm_kib}k")),
+        SpecMount("/dev/shm", "tmpfs", "shm", ("nosuid", "noexec", "nodev", "mode=1777", f"size={shm_size}")),
         SpecMount("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
         SpecMount("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "rw" if opts.privileged else "ro")),
         SpecMount("/sys/fs/cgroup", "cgroup", "cgroup",
@@ -308,7 +311,8 @@ def _resources(opts: RunOptions, devices: Sequence[SpecDevice]) -> dict[str, Any
     if opts.memory:
         res["memory"] = {"limit": opts.memory}
     if opts.cpus:
-        res["cpu"] = {"quota": int(opts.cpus * CPU_PERIOD), "period": CPU_PERIOD}
+        # moby's NanoCPUs to CFS quota, in integers: 1/3 of a CPU's 10^9 nano-CPUs would not be exact as a float.
+        res["cpu"] = {"quota": round(opts.cpus * 1e9) * CPU_PERIOD // 10**9, "period": CPU_PERIOD}
     if opts.pids_limit:
         res["pids"] = {"limit": opts.pids_limit}
     return res
@@ -377,6 +381,12 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
     }
     if not opts.uts_host:
         spec["hostname"] = inputs.hostname
+        if opts.domainname:
+            spec["domainname"] = opts.domainname
+    if opts.labels:
+        # containerd's label store drops a label whose value is "" (`--label key`, `--label key=`); docker keeps
+        # it. The spec's annotations keep every --label as given.
+        spec["annotations"] = dict(opts.labels)
     if inputs.hooks:
         spec["hooks"] = {
             stage: [{"path": h.path, "args": list(h.args), **({"env": list(h.env)} if h.env else {})} for h in hooks]
@@ -393,6 +403,40 @@ def rlimits(opts: RunOptions) -> list[dict[str, Any]]:
         kind = f"RLIMIT_{u.name.upper()}"
         out[kind] = {"type": kind, "soft": _rlimit(u.soft), "hard": _rlimit(u.hard)}
     return list(out.values())
+
+
+# go-units' ulimitNameMapping: the RLIMIT_* numbers runc names in "error setting rlimit type N".
+RLIMIT_NUMBERS = {"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,
+                  "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13, "rtprio": 14,
+                  "rttime": 15}  # fmt: skip
+
+
+def rlimit_problem(ulimits: Sequence[Ulimit], nr_open: int | None) -> str | None:
+    """Why the kernel will refuse an --ulimit, before runc says it rawly: nofile can be at most fs.nr_open, and
+    -1 (unlimited) is above it."""
+    for u in ulimits:
+        if u.name != "nofile" or nr_open is None:
+            continue
+        for value in (u.soft, u.hard):
+            if value < 0 or value > nr_open:
+                asked = "-1 (unlimited)" if value < 0 else str(value)
+                return (f"--ulimit nofile={u.soft}:{u.hard} cannot be set: the kernel allows at most {nr_open} open "
+                        f"files per process (fs.nr_open), not {asked}")  # fmt: skip
+    return None
+
+
+_RUNC_RLIMIT_ERROR = re.compile(r"error setting rlimit type (\d+): ([^:]+)")
+
+
+def rlimit_error_sentence(details: str) -> str | None:
+    """runc's "error setting rlimits for ready process: error setting rlimit type 7: operation not permitted" as
+    one sentence naming the --ulimit, or None for any other error."""
+    m = _RUNC_RLIMIT_ERROR.search(details)
+    if m is None:
+        return None
+    number = int(m.group(1))
+    name = next((n for n, num in RLIMIT_NUMBERS.items() if num == number), f"type {number}")
+    return f"the kernel refused --ulimit {name} ({m.group(2).strip()}): the value is above what this host allows"
 
 
 def _rlimit(value: int) -> int:

@@ -1,8 +1,8 @@
 """Volumes under socirun's data root, nerdctl's layout: `<data-root>/volumes/<namespace>/<name>/_data`.
 
 -v/--mount/--tmpfs specs become spec mounts here: named volumes are created on first use, anonymous ones get a
-random 64-hex name (recorded so --rm removes them), bind sources are made absolute (and, for -v, created as a
-directory when missing, as docker does).
+random 64-hex name (recorded so --rm removes them), bind sources are made absolute; a missing one is created as a
+directory for -v (and --mount bind-create-src) and refused for --mount type=bind, as docker does.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ class ResolvedVolumes:
     records: list[dict[str, object]] = field(default_factory=list)  # nerdctl/mounts.N label values
 
 
+def bind_source_missing(source: str) -> str:
+    """docker's sentence for --mount type=bind of a path that does not exist (moby's errBindSourceDoesNotExist)."""
+    return f'invalid mount config for type "bind": bind source path does not exist: {source}'
+
+
 def volumes_dir(data_root: str, namespace: str) -> str:
     return os.path.join(data_root, "volumes", namespace)
 
@@ -46,7 +51,7 @@ def resolve_volumes(
     all_specs = [*specs, *(VolumeSpec("volume", "", v) for v in image_volumes if v not in targets)]
     for spec in all_specs:
         if spec.kind == "tmpfs":
-            opts = ("nosuid", "noexec", "nodev", *spec.options)
+            opts = ("nosuid", "noexec", "nodev", *spec.options, *(("ro",) if spec.readonly else ()))
             out.mounts.append(SpecMount(spec.target, "tmpfs", "tmpfs", opts))
             out.records.append({"Type": "tmpfs", "Destination": spec.target, "RW": True})
             continue
@@ -54,12 +59,13 @@ def resolve_volumes(
         bind = "bind" if "bind" in spec.options else "rbind"
         opts_list = [bind, *propagation]
         if spec.readonly:
-            opts_list.append("ro")
+            # rro: --mount bind-recursive=readonly (and nerdctl's -v mode), read-only all the way down
+            opts_list.append("rro" if "rro" in spec.options else "ro")
         if spec.kind == "bind":
             source = spec.source if os.path.isabs(spec.source) else os.path.join(cwd, spec.source)
-            if not os.path.exists(source):
-                # docker creates a missing -v source directory; --mount type=bind does not (options can't tell
-                # the two apart here, so both create it, as nerdctl's -v does).
+            if not os.path.exists(source):  # os.Stat, as docker: a dangling link is missing
+                if not spec.create_missing:
+                    raise SocirunError(bind_source_missing(source))
                 os.makedirs(source, mode=0o755, exist_ok=True)
             out.mounts.append(SpecMount(spec.target, "bind", source, tuple(opts_list)))
             out.records.append({"Type": "bind", "Source": source, "Destination": spec.target,

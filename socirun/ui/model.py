@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from socirun import events as ev
 
 RATE_WINDOW_S = 10.0
+# The layer modes whose unpacking socirun does (Diff.Apply): a lazy or snapshotter layer is the snapshotter's.
+UNPACKED_BY_SOCIRUN = ("standard", "parallel")
 
 
 @dataclass
@@ -26,6 +28,8 @@ class LayerRow:
     applied: int = 0
     started: float | None = None
     finished: float | None = None
+    unpack_started: float | None = None  # when its Diff.Apply began ("unpacking")
+    unpack_took: float | None = None  # seconds from "unpacking" to "done", once applied in this run
     fetched: int = 0  # bytes named by fetch-log entries of recordings made before LazyLayerStats existed
     lazy: ev.LazyLayerStats | None = None  # SOCI's latest figures for this lazily mounted layer
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
@@ -55,6 +59,11 @@ class LayerRow:
         rate = self.rate()
         return (self.size - self.downloaded) / rate if rate > 0 else None
 
+    @property
+    def unpack_pending(self) -> bool:
+        """socirun still has to apply this layer (its download may be finished or not)."""
+        return self.mode in UNPACKED_BY_SOCIRUN and self.state not in ("done", "exists", "failed")
+
 
 @dataclass
 class PullModel:
@@ -69,6 +78,7 @@ class PullModel:
     started: float | None = None
     finished: ev.PullFinished | None = None
     error: ev.Error | None = None
+    interrupted: ev.Interrupted | None = None
     warnings: list[str] = field(default_factory=list)
     layers: dict[str, LayerRow] = field(default_factory=dict)
     now: float = 0.0
@@ -113,6 +123,10 @@ class PullModel:
                     row.state = event.state
                     if event.state == "downloading" and row.started is None:
                         row.started = event.time
+                    if event.state == "unpacking":
+                        row.unpack_started = event.time
+                    elif event.state == "done" and row.unpack_started is not None:
+                        row.unpack_took = max(0.0, event.time - row.unpack_started)
                     if event.state in ("done", "exists", "failed"):
                         row.finished = event.time
                     if event.state == "exists":
@@ -154,6 +168,8 @@ class PullModel:
                 self.exit_code = event.exit_code
             case ev.Error():
                 self.error = event
+            case ev.Interrupted():
+                self.interrupted = event
             case ev.WarningMessage():
                 self.warnings.append(event.message)
             case _:
@@ -216,9 +232,11 @@ class PullModel:
         return _mode_class(self.mode).upper() if self.mode else ""
 
     def phase(self) -> str:
-        """resolving → pulling → starting → running → exited (or failed)."""
+        """resolving → pulling → starting → running → exited (or failed, or interrupted)."""
         if self.error is not None:
             return "failed"
+        if self.interrupted is not None:
+            return "interrupted"
         if self.exit_code is not None:
             return "exited"
         if self.container_started is not None:
@@ -235,12 +253,85 @@ class PullModel:
     def rate(self) -> float:
         return _rate(self._samples)
 
-    def eta(self) -> float | None:
+    def download_eta(self) -> float | None:
         rate = self.rate()
         remaining = self.total_size - self.bytes_done()
         if remaining <= 0:
             return 0.0
         return remaining / rate if rate > 0 else None
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds until the image is pulled: the downloads, then the unpacking they leave (see
+        `unpack_ahead`). Layers already downloaded unpack while the others download, so only the later ones'
+        unpacking adds to the download ETA. None when either part is unknown: no rate yet, or unpacking left
+        and no layer of this pull applied yet to measure it by (a guess would be the `eta 0.0s` of issue 13)."""
+        download = self.download_eta()
+        overlapping = self.unpack_ahead(now, downloaded=True)
+        after = self.unpack_ahead(now, downloaded=False)
+        if download is None or overlapping is None or after is None:
+            return None
+        return max(download, overlapping) + after
+
+    def unpack_rate(self) -> float | None:
+        """Compressed bytes per second that Diff.Apply took for the layers this pull applied; None before one."""
+        applied = [r for r in self.layers.values() if r.unpack_took is not None]
+        if not applied:
+            return None
+        took = sum(r.unpack_took or 0.0 for r in applied)
+        return sum(r.size for r in applied) / took if took > 0 else float("inf")
+
+    def unpack_ahead(self, now: float | None = None, *, downloaded: bool | None = None) -> float | None:
+        """Seconds of unpacking still ahead at this pull's own unpack rate (the layer being unpacked counts
+        what is left of its estimate, never below zero): 0.0 when nothing is left, None when something is and
+        no rate is known. `downloaded`: only the layers whose download is (True) or is not (False) finished."""
+        now = self.now if now is None else max(now, self.now)
+        pending = [r for r in self.layers.values() if r.unpack_pending
+                   and (downloaded is None or (r.downloaded >= r.size or r.state == "unpacking") == downloaded)]
+        if not pending:
+            return 0.0
+        rate = self.unpack_rate()
+        if rate is None:
+            return None
+        ahead = 0.0
+        for r in pending:
+            need = r.size / rate
+            if r.state == "unpacking" and r.unpack_started is not None:
+                need = max(0.0, need - (now - r.unpack_started))
+            ahead += need
+        return ahead
+
+    def unpacking(self) -> list[LayerRow]:
+        """The layers being unpacked now."""
+        return [r for r in self.layers.values() if r.state == "unpacking"]
+
+    def unpack_bytes(self) -> tuple[int, int]:
+        """(applied, to apply) compressed bytes of the layers socirun unpacks in this pull: the unpacking's
+        own progress, beside the download's."""
+        rows = [r for r in self.layers.values() if r.mode in UNPACKED_BY_SOCIRUN and r.state != "exists"]
+        return sum(r.size for r in rows if r.state == "done"), sum(r.size for r in rows)
+
+    def unpack_text(self, now: float | None = None) -> str:
+        """What the faces say about unpacking while a layer is being unpacked, "" otherwise: the applied bytes
+        and, per layer, how long it has been unpacking (Diff.Apply reports no progress of its own)."""
+        current = self.unpacking()
+        if not current:
+            return ""
+        now = self.now if now is None else max(now, self.now)
+        applied, to_apply = self.unpack_bytes()
+        layers = ", ".join(f"{r.short} for {human_duration(now - (r.unpack_started or now))}" for r in current)
+        return f"unpacked {human_bytes(applied)}/{human_bytes(to_apply)}, unpacking {layers}"
+
+    def eta_text(self, now: float | None = None) -> str:
+        """The ETA as the faces print it: "eta 4.2s"; "eta ?" before any rate; while unpacking of unknown length
+        is left (no layer applied yet), "eta >3.0s" during the downloads (they alone take that long) and
+        nothing once only the unpacking is left (the faces say "unpacking" instead)."""
+        eta = self.eta(now)
+        if eta is not None:
+            return f"eta {human_duration(eta)}"
+        download = self.download_eta()
+        if download is None:
+            return "eta ?"
+        return f"eta >{human_duration(download)}" if download > 0 else ""
 
     def elapsed(self) -> float:
         return self.now - self.started if self.started is not None else 0.0

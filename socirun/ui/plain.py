@@ -59,7 +59,7 @@ class PlainRenderer:
             case ev.FetchLogEntry():
                 self._line(
                     f"{short_digest(event.layer_digest)}: fetched {human_bytes(event.length)} "
-                    f"at {event.offset} ({event.reason}){' ' + event.path if event.path else ''}"
+                    f"at {human_bytes(event.offset)} ({event.reason}){' ' + event.path if event.path else ''}"
                 )
             case ev.LazyLayerStats():
                 if self._stats_worth_a_line(event):
@@ -153,11 +153,13 @@ def lazy_stats_line(s: ev.LazyLayerStats) -> str:
 def heartbeat_line(m: PullModel, now: float) -> str:
     done, total = m.counts()
     elapsed = now - m.started if m.started is not None else 0.0
+    eta = m.eta_text(now)  # includes the unpacking still ahead; "" when only unpacking of unknown length is left
+    unpack = m.unpack_text(now)
     return terminal_safe(
         f"pulling {m.reference} {m.fraction() * 100:.0f}% "
         f"{human_bytes(m.bytes_done())}/{human_bytes(m.total_size)} "
-        f"{human_bytes(m.rate())}/s eta {human_duration(m.eta())} "
-        f"elapsed {human_duration(elapsed)} [{done}/{total} layers]"
+        f"{human_bytes(m.rate())}/s {eta + ' ' if eta else ''}"
+        f"elapsed {human_duration(elapsed)} [{done}/{total} layers]{'; ' + unpack if unpack else ''}"
     )
 
 

@@ -13,11 +13,32 @@ from typing import Protocol, TextIO
 
 from socirun import events as ev
 from socirun.config import PROGRESS_MODES, SocirunConfig
-from socirun.errors import SocirunError, UsageError
+from socirun.errors import EXIT_DAEMON, EXIT_INTERRUPTED, SocirunError, UsageError
 from socirun.ui.jsonl import JsonRenderer, QuietRenderer
 from socirun.ui.plain import PlainRenderer
 
 TICK_S = 1.0
+# What Ctrl-C (or q during a pull) leaves, said by the TUI, the CLI's shell and the `interrupted` event alike: the
+# engine removes a half-unpacked snapshot and keeps the downloaded bytes under a "resume" lease (pull/leases.py).
+INTERRUPTED = "interrupted; half-unpacked layers were removed and the downloaded bytes kept, so a rerun resumes"
+
+
+class Reported(Exception):
+    """The work failed or was interrupted and its face has said so already: the JSON stream's last line is the
+    `error` or `interrupted` event. The CLI's shell then adds no line of its own (stderr holds nothing but JSON
+    lines) and exits with `exit_code`; the original exception is the cause (--debug prints it)."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"reported on the event stream (exit {exit_code})")
+        self.exit_code = exit_code
+
+
+def error_event(err: BaseException) -> ev.Error:
+    """The `error` event for what escaped the work: a SocirunError's sentence and code; anything else is
+    socirun's own failure, exit 125, as the CLI's shell says it."""
+    if isinstance(err, SocirunError):
+        return ev.Error(message=err.message, exit_code=err.exit_code)
+    return ev.Error(message=f"unexpected error ({type(err).__name__}: {err or 'no message'})", exit_code=EXIT_DAEMON)
 
 
 
@@ -136,14 +157,17 @@ def progress_mode_for(flag: str | None, config: SocirunConfig) -> str:
 
 
 def run_work(work: ev.Work, mode: str, *, record: str | None = None, out: TextIO | None = None,
-             detach: bool = False, foreground: bool = False) -> int:
+             detach: bool = False, foreground: bool = False, renderer: Renderer | None = None) -> int:
     """Run `work` with the face `mode` (already resolved: tty, plain, json or quiet) and return its code.
 
     tty hands the terminal and the event loop to the Textual app (`socirun.ui.tui.run_with_tui`, imported only
     here, so the plain path never loads textual); the other faces run the work under `asyncio.run` with
-    `rendering()`. `record` tees every event into a JSON-lines file, whatever the face. A SocirunError from the
-    work is also emitted as an `error` event (so JSON consumers and recordings see it) and re-raised for the
-    CLI's single handler. `detach` / `foreground` only matter to the TUI (see `run_with_tui`).
+    `rendering()` (`renderer`, or the one `mode` names). `record` tees every event into a JSON-lines file,
+    whatever the face. How the work ends is always the stream's last event: a SocirunError from the work is an
+    `error` event, and a cancellation (Ctrl-C, q) an `interrupted` one, so JSON consumers and recordings see it.
+    The error is then re-raised for the CLI's single handler, except in json mode, where the event was the report:
+    `Reported` carries only the exit code. `detach` / `foreground` only matter to the TUI (see `run_with_tui`);
+    a detached TUI run cancels its work when the user leaves, which interrupts nothing.
     """
     recording = open_recording(record) if record else None
 
@@ -153,6 +177,7 @@ def run_work(work: ev.Work, mode: str, *, record: str | None = None, out: TextIO
 
         def both(event: ev.Event) -> None:
             recording.write(json.dumps(ev.to_record(event), separators=(",", ":")) + "\n")
+            recording.flush()  # a recording ends with how the run ended, even when the process is killed next
             emit(event)
 
         return both
@@ -160,8 +185,12 @@ def run_work(work: ev.Work, mode: str, *, record: str | None = None, out: TextIO
     async def with_error_event(emit: ev.Emit) -> int:
         try:
             return await work(emit)
-        except SocirunError as err:
-            emit(ev.Error(message=err.message, exit_code=err.exit_code))
+        except asyncio.CancelledError:
+            if not detach:
+                emit(ev.Interrupted(message=INTERRUPTED, exit_code=EXIT_INTERRUPTED))
+            raise
+        except Exception as err:
+            emit(error_event(err))
             raise
 
     try:
@@ -169,13 +198,22 @@ def run_work(work: ev.Work, mode: str, *, record: str | None = None, out: TextIO
             from socirun.ui.tui import run_with_tui
 
             return run_with_tui(lambda emit: with_error_event(tee(emit)), detach=detach, foreground=foreground)
-        renderer = make_renderer(mode, out or sys.stderr)
+        face = renderer or make_renderer(mode, out or sys.stderr)
 
         async def main() -> int:
-            async with rendering(renderer) as emit:
+            async with rendering(face) as emit:
                 return await with_error_event(tee(emit))
 
-        return asyncio.run(main())
+        try:
+            return asyncio.run(main())
+        except KeyboardInterrupt as err:
+            if mode == "json":
+                raise Reported(EXIT_INTERRUPTED) from err
+            raise
+        except Exception as err:
+            if mode == "json":
+                raise Reported(error_event(err).exit_code) from err
+            raise
     finally:
         if recording is not None:
             recording.close()

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 from socirun import events as ev
-from socirun.errors import SocirunError, UsageError
-from socirun.ui.progress import make_renderer
+from socirun.errors import Interrupted, SocirunError, UsageError
+from socirun.ui.progress import Reported, make_renderer
 
 
 def load_events(path: str | Path) -> list[ev.Event]:
@@ -46,10 +46,13 @@ def dump_events(events: Iterable[ev.Event], path: str | Path) -> None:
 
 
 def _raise_recorded_error(events: Sequence[ev.Event]) -> None:
-    """A recorded failure ends the replay the way the live run ended: one sentence, the same exit code."""
+    """A recorded failure or interruption ends the replay the way the live run ended: one sentence, the same
+    exit code (130 after Ctrl-C)."""
     for event in events:
         if isinstance(event, ev.Error):
             raise SocirunError(event.message, exit_code=event.exit_code)
+        if isinstance(event, ev.Interrupted):
+            raise Interrupted(event.message, exit_code=event.exit_code)
 
 
 def replay_work(events: Sequence[ev.Event], *, speed: float = 1.0) -> ev.Work:
@@ -80,7 +83,12 @@ def replay_lines(events: Sequence[ev.Event], mode: str, out: TextIO, *, speed: f
         previous = event.time
         renderer.handle(event)
         renderer.tick(event.time)
-    _raise_recorded_error(events)
+    try:
+        _raise_recorded_error(events)
+    except SocirunError as err:
+        if mode == "json":  # the replayed `error` / `interrupted` line said it: stderr stays JSON
+            raise Reported(err.exit_code) from err
+        raise
     return 0
 
 

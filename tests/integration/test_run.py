@@ -8,6 +8,7 @@ bridge another socirun uses.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
 import shutil
@@ -352,13 +353,16 @@ def test_detached_output_goes_to_the_state_log_with_and_without_a_tty(env: Env, 
         result = env.run(*flags, "--network", "none", image, "sh", "-c", "tty; echo out; echo err >&2")
         assert result.code == 0, result.err
         cid = result.out.strip()
-        log = env.data_root / "containers" / "default" / cid / "container.log"
+        # docker's json-file log (socirun/runtime/logs.py): one {"log", "stream", "time"} object per line.
+        log = env.data_root / "containers" / "default" / cid / f"{cid}-json.log"
         assert wait_until(lambda cid=cid: cid not in ctr("tasks", "ls", "-q").stdout, 15)
         assert wait_until(lambda log=log: log.exists() and "err" in log.read_text(), 15)
-        text = log.read_bytes().decode()  # read_text() would turn the pty's \r\n into \n
+        entries = [json.loads(line) for line in log.read_bytes().decode().splitlines()]
+        text = "".join(e["log"] for e in entries)
         if flags == ["-d"]:
             # The shim copies stdout and stderr into the file separately: their order is not kept.
-            assert sorted(text.splitlines()) == ["err", "not a tty", "out"], text
+            assert sorted((e["stream"], e["log"]) for e in entries) == [
+                ("stderr", "err\n"), ("stdout", "not a tty\n"), ("stdout", "out\n")], entries
         else:
             assert text.startswith("/dev/pts/") and text.endswith("\r\nout\r\nerr\r\n"), text
         ctr("containers", "rm", cid)

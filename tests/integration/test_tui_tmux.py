@@ -3,10 +3,16 @@ while the (throttled) pull runs and after it has finished."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import re
+import select
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -134,11 +140,13 @@ def test_tui_pull_in_a_real_terminal(sandbox: SandboxInfo, slow_registry: str, t
 
 
 def test_ctrl_c_in_the_tui_cancels_cleanly(sandbox: SandboxInfo, slow_registry: str, tmux: Tmux,
-                                           ctr: CtrRunner) -> None:
+                                           ctr: CtrRunner, short_tmp_path: Path) -> None:
     pushed = push_sample(sandbox.registry_host, "tui/cancel", "v1", LAYERS_MB, seed=405)
     ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
     namespace = "tui-cancel"
-    tmux.start(socirun_argv("pull", "--namespace", namespace, "--progress", "tty", ref),
+    record = short_tmp_path / "cancel.jsonl"
+    tmux.start(socirun_argv("pull", "--namespace", namespace, "--progress", "tty", "--record-events", str(record),
+                            ref),
                {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
     tmux.wait_for_screen(lambda screen: bool(re.search(r"\d MB/\d", screen)), "the transfer rate",
                          timeout=60)
@@ -147,7 +155,14 @@ def test_ctrl_c_in_the_tui_cancels_cleanly(sandbox: SandboxInfo, slow_registry: 
     after = tmux.screen()
     assert code == 130, after
     assert "socirun: interrupted" in after and "Traceback" not in after
-    assert ctr("leases", "ls", "-q", namespace=namespace).stdout.split() == []
+    # The recording says how it ended, and a replay of it ends the same way.
+    assert json.loads(record.read_text().splitlines()[-1])["type"] == "interrupted"
+    replayed = subprocess.run(socirun_argv("replay", "--progress", "plain", str(record)), capture_output=True,
+                              text=True, timeout=60, check=False)
+    assert replayed.returncode == 130 and replayed.stderr.splitlines()[-1].startswith("socirun: interrupted")
+    # The pull's own lease is gone; only a "resume" lease may stay, holding the downloaded bytes for a rerun.
+    leases = ctr("leases", "ls", namespace=namespace).stdout.splitlines()[1:]
+    assert all("io.socirun/purpose=resume" in line for line in leases), leases
     assert ref not in ctr("images", "ls", "-q", namespace=namespace).stdout.split()
     snapshots = ctr("snapshots", "ls", namespace=namespace).stdout.splitlines()
     assert not any(line.startswith("extract-") for line in snapshots)
@@ -196,3 +211,97 @@ def test_keys_reach_the_tui_in_a_real_terminal(sandbox: SandboxInfo, slow_regist
     tmux.press("q")
     code, _ = tmux.wait(60)
     assert code == 130, tmux.screen()
+
+
+def test_it_run_starts_before_its_stdin_reaches_the_console(sandbox: SandboxInfo, sample_5: str,
+                                                            short_tmp_path: Path) -> None:
+    # Nothing read from socirun's stdin may reach the container's console before Tasks.Start: an end of input
+    # (here /dev/null; in a terminal a Ctrl-C byte or a late reply to the TUI's queries does as much) closed the
+    # console's master while runc's init waited for Start, and the kernel's hang-up killed it: "OCI runtime
+    # start failed: cannot start a container that has stopped". Deterministic: /dev/null ends at once.
+    env = {**os.environ, "CONTAINERD_ADDRESS": sandbox.containerd_address}
+    env.pop("SOCIRUN_PROGRESS", None)
+    argv = socirun_argv("run", "--progress", "plain", "--rm", "-i", "-t", "--net", "none", "--data-root",
+                        str(short_tmp_path / "data"), sample_5, "sh", "-c", "echo STARTED")
+    for _ in range(3):
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                              timeout=120, check=False)
+        assert "has stopped" not in done.stderr, done.stderr
+        # Started: its output, or the hang-up of its console once stdin ended (129), never socirun's 125.
+        assert done.returncode in (0, 129), (done.returncode, done.stdout, done.stderr)
+
+
+def _in_a_pty(argv: Sequence[str], env: dict[str, str], timeout: float = 120) -> tuple[int, bytes]:
+    """Run `argv` with stdin, stdout and stderr on a fresh 100x30 pseudo-terminal; (exit code, all it wrote)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_run_of_a_local_image_never_opens_the_tui(sandbox: SandboxInfo, sample_5: str,
+                                                  short_tmp_path: Path) -> None:
+    env = {**os.environ, "CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"}
+    env.pop("SOCIRUN_PROGRESS", None)
+    pulled = subprocess.run(socirun_argv("pull", "--progress", "plain", sample_5), capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert pulled.returncode == 0, pulled.stderr
+    code, out = _in_a_pty(socirun_argv("run", "--progress", "tty", "--rm", "-t", "--net", "none", "--data-root",
+                                       str(short_tmp_path / "data"), sample_5, "sh", "-c", "echo RAN$((1+1))"), env)
+    assert code == 0 and b"RAN2" in out, out
+    assert b"\x1b[?1049h" not in out, out  # the alternate screen was never switched on: nothing flashed
+
+
+def test_an_error_in_a_tty_run_stays_in_the_scrollback_without_a_key(sandbox: SandboxInfo, tmux: Tmux,
+                                                                     short_tmp_path: Path) -> None:
+    ref = f"{sandbox.registry_host}/tui/no-such-image:typo"
+    tmux.start(socirun_argv("run", "--progress", "tty", "--rm", "-t", "--net", "none", "--data-root",
+                            str(short_tmp_path / "data"), ref, "true"),
+               {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+    code, _ = tmux.wait(60)  # no key is ever pressed: it used to wait for one
+    after = tmux.screen()
+    assert code == 125, after
+    assert re.search(r"^socirun: .*no-such-image", after, re.MULTILINE), after
+    assert "press any key" not in after and "Traceback" not in after
+
+
+def test_tui_fills_the_terminal_it_draws_on_with_stdout_in_a_file(sandbox: SandboxInfo, slow_registry: str,
+                                                                   short_tmp_path: Path) -> None:
+    # `socirun pull IMAGE > file` in a 160x48 terminal: the layout is drawn for 160x48 (stderr's terminal), not
+    # for the 80x24 that a size read from stdout (a file) falls back to.
+    pushed = push_sample(sandbox.registry_host, "tui/wide", "v1", LAYERS_MB, seed=408)
+    ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
+    wide = Tmux(short_tmp_path, width=160, height=48)
+    try:
+        wide.start(["sh", "-c", 'exec "$@" > "$0"', str(short_tmp_path / "stdout"),
+                    *socirun_argv("pull", "--namespace", "tui-wide", "--progress", "tty", ref)],
+                   {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+        wide.wait_for_screen(lambda screen: "q Quit" in screen and bool(re.search(r"\d MB/\d", screen)),
+                             "the pull in progress", timeout=60)
+        lines = wide.screen().splitlines()
+        assert len(lines) >= 40 and "q Quit" in lines[-1], "\n".join(lines)  # the footer on the 48th row
+        assert max(len(line.rstrip()) for line in lines) > 120, "\n".join(lines)
+        assert wide.wait(120)[0] == 0
+    finally:
+        wide.kill()

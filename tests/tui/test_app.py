@@ -169,8 +169,7 @@ async def test_small_terminal_keeps_the_table() -> None:
 
 async def test_finished_pull_closes_and_leaves_the_rows_in_scrollback() -> None:
     err = io.StringIO()
-    code = await run_with_tui_async(replay_work(streams.standard_pull(), speed=0), headless=True, err=err,
-                                    interactive=True)
+    code = await run_with_tui_async(replay_work(streams.standard_pull(), speed=0), headless=True, err=err)
     assert code == 0
     lines = err.getvalue().splitlines()
     assert lines[0] == "aaaaaaaaaaaa: cached (10.0 MB, cached)"
@@ -179,21 +178,34 @@ async def test_finished_pull_closes_and_leaves_the_rows_in_scrollback() -> None:
 
 async def test_error_without_a_terminal_exits_at_once_with_its_code() -> None:
     with pytest.raises(SocirunError, match="does not match its digest") as caught:
-        await run_with_tui_async(replay_work(streams.failed_pull(), speed=0), headless=True, interactive=False,
+        await run_with_tui_async(replay_work(streams.failed_pull(), speed=0), headless=True,
                                  err=io.StringIO())
     assert caught.value.exit_code == 125
 
 
-async def test_error_waits_for_a_key_when_interactive() -> None:
-    async def pilot(p: Pilot[object]) -> None:
-        await p.pause(0.3)
-        assert p.app.is_running and "does not match" in str(p.app.query_one("#error").render())
-        await p.press("x")
+async def test_error_closes_at_once_without_waiting_for_a_key() -> None:
+    """A failed pull in a terminal: the app shows the error and closes by itself (nobody presses a key); the
+    error is re-raised only after the app is gone, for the shell to print into the scrollback (exit 125)."""
+    seen_running_after_error: list[bool] = []
 
-    with pytest.raises(SocirunError) as caught:
-        await run_with_tui_async(replay_work(streams.failed_pull(), speed=0), headless=True, interactive=True,
-                                 err=io.StringIO(), auto_pilot=pilot)
+    async def pilot(p: Pilot[object]) -> None:
+        await p.pause(0.5)  # no key pressed: the old app still waited here for one
+        seen_running_after_error.append(p.app.is_running)
+
+    with pytest.raises(SocirunError, match="does not match its digest") as caught:
+        await asyncio.wait_for(run_with_tui_async(replay_work(streams.failed_pull(), speed=0), headless=True,
+                                                  err=io.StringIO(), auto_pilot=pilot), timeout=10)
     assert caught.value.exit_code == 125
+    assert seen_running_after_error in ([], [False])
+
+
+async def test_error_box_says_the_error_without_a_key_hint() -> None:
+    app = app_with(streams.failed_pull())
+    async with app.run_test(size=(120, 30)) as pilot:
+        app.refresh_view()
+        await pilot.pause()
+        shown = str(app.query_one("#error").render())
+        assert "does not match its digest" in shown and "(exit code 125)" in shown and "press" not in shown
 
 
 @pytest.mark.parametrize("key", ["ctrl+c", "q"])
@@ -215,7 +227,7 @@ async def test_cancel_during_a_pull_rolls_back_and_exits_130(key: str) -> None:
         await p.press(key)
 
     with pytest.raises(SocirunError) as caught:
-        await run_with_tui_async(work, headless=True, interactive=True, err=io.StringIO(), auto_pilot=pilot)
+        await run_with_tui_async(work, headless=True, err=io.StringIO(), auto_pilot=pilot)
     assert caught.value.exit_code == 130 and cleaned.is_set()
 
 
@@ -232,7 +244,7 @@ async def test_foreground_run_hands_the_terminal_over_when_the_container_starts(
         closed_at_start.append("started after" in err.getvalue())
         return 7  # the container's exit code
 
-    code = await run_with_tui_async(work, foreground=True, headless=True, interactive=True, err=err)
+    code = await run_with_tui_async(work, foreground=True, headless=True, err=err)
     assert code == 7 and closed_at_start == [True]
     assert err.getvalue().splitlines()[-1] == "container c0ffeec0ffee started after 2.7s"
 
@@ -255,7 +267,7 @@ async def test_detached_run_keeps_showing_fetches_until_q_then_prints_the_id() -
         assert app.query_one("#fetchlog", Log).line_count == len(paths)
         await p.press("q")
 
-    code = await run_with_tui_async(work, detach=True, headless=True, interactive=True, err=err, out=out,
+    code = await run_with_tui_async(work, detach=True, headless=True, err=err, out=out,
                                     auto_pilot=pilot)
     assert code == 0 and out.getvalue() == "c0ffee" * 10 + "abcd\n"
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from textual.app import App
-from textual.pilot import Pilot
 
 from socirun import events as ev
 from socirun.errors import SocirunError
 from socirun.text import terminal_safe
 from socirun.ui.replay import replay_work
 from socirun.ui.tui import run_with_tui_async
+from socirun.ui.tui.app import PullApp
 from socirun.ui.tui.widgets import PlanScreen
 from tests.support.hostile import hostile_pull, unsafe_characters
 from tests.support.tui import app_with
@@ -49,8 +49,7 @@ async def test_screen_and_plan_view_paint_no_raw_escape() -> None:
 
 async def test_recap_after_the_tui_closes_is_safe() -> None:
     err = io.StringIO()
-    code = await run_with_tui_async(replay_work(hostile_pull(with_error=False), speed=0), headless=True, err=err,
-                                    interactive=True)
+    code = await run_with_tui_async(replay_work(hostile_pull(with_error=False), speed=0), headless=True, err=err)
     assert code == 0
     recap = err.getvalue()
     assert "pulled 127.0.0.1:5000/demo/evil:latest" in recap
@@ -58,18 +57,11 @@ async def test_recap_after_the_tui_closes_is_safe() -> None:
     assert terminal_safe("lazy\x1b[2J") in recap
 
 
-async def test_a_keypress_still_closes_a_hostile_error() -> None:
-    """The error box shows the escaped message; a key closes the app as before (the shell prints the line)."""
-
-    async def pilot(p: Pilot[object]) -> None:
-        await p.pause(0.3)
-        assert unsafe_characters(screen_text(p.app)) == []
-        await p.press("x")
-
+async def test_a_hostile_error_closes_the_app_and_is_raised_for_the_shell() -> None:
+    """The error box shows the escaped message; the app closes by itself (the shell prints the line)."""
     # The recorded error is re-raised for the CLI's shell, which makes its line safe (tests/unit/test_sanitise.py).
     with pytest.raises(SocirunError, match="denied"):
-        await run_with_tui_async(replay_work(hostile_pull(), speed=0), headless=True, interactive=True,
-                                 err=io.StringIO(), auto_pilot=pilot)
+        await run_with_tui_async(replay_work(hostile_pull(), speed=0), headless=True, err=io.StringIO())
 
 
 async def test_an_unexpected_failure_shows_exit_code_125_as_the_shell_returns() -> None:
@@ -77,11 +69,9 @@ async def test_an_unexpected_failure_shows_exit_code_125_as_the_shell_returns() 
     async def work(emit: ev.Emit) -> int:
         raise RuntimeError("bad \x1b[2J entry")
 
-    async def pilot(p: Pilot[object]) -> None:
-        await p.pause(0.3)
-        shown = screen_text(p.app)
-        assert "RuntimeError: bad \\x1b[2J entry (exit code 125)" in shown and unsafe_characters(shown) == []
-        await p.press("x")
-
-    with pytest.raises(RuntimeError):
-        await run_with_tui_async(work, headless=True, interactive=True, err=io.StringIO(), auto_pilot=pilot)
+    app = PullApp(work)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause(0.3)
+    assert app.return_code == 125 and isinstance(app.work_error, RuntimeError)
+    shown = str(app.error_w.render())  # painted by the last frame, before the app closed
+    assert "RuntimeError: bad \\x1b[2J entry (exit code 125)" in shown and unsafe_characters(shown) == []

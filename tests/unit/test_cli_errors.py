@@ -33,9 +33,9 @@ def assert_one_sentence(code: int, err: str, fragment: str) -> None:
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
-    (("run", "-m", DIGITS_400, "x"), "invalid size: '1111"),
+    (("run", "-m", DIGITS_400, "x"), "strconv.ParseFloat: parsing \"1111"),
     (("run", "--memory", DIGITS_400 + "g", "x"), "value out of range"),
-    (("run", "--shm-size", DIGITS_400, "x"), '"--shm-size" flag: invalid size'),
+    (("run", "--shm-size", DIGITS_400, "x"), '"--shm-size" flag: strconv.ParseFloat'),
     (("run", "--cpus", "nan", "x"), "failed to parse nan as a rational number"),
     (("run", "--cpus", "inf", "x"), "failed to parse inf as a rational number"),
     (("run", "--cpus", "-inf", "x"), "failed to parse -inf as a rational number"),

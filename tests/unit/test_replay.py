@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,9 +64,28 @@ def test_cli_replay_plain_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["replay", "--progress", "quiet", str(path)]) == 0
     assert capsys.readouterr().err.startswith("pulled 127.0.0.1:5000/demo/sample:latest")
     dump_events(streams.failed_pull(), path)
-    assert main(["replay", "--progress", "json", str(path)]) == 125
+    assert main(["replay", "--progress", "plain", str(path)]) == 125
     assert capsys.readouterr().err.splitlines()[-1].startswith("socirun: layer sha256:cccccccccccc")
+    # JSON: stderr holds JSON lines only; the `error` event is the report, no plain line follows it.
+    assert main(["replay", "--progress", "json", str(path)]) == 125
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert records[-1]["type"] == "error" and records[-1]["exit_code"] == 125
     assert main(["replay", "--speed", "-1", str(path)]) == 125
+
+
+def test_replay_of_an_interrupted_pull_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rec.jsonl"
+    stopped = [*streams.until(streams.standard_pull(), 5.3),
+               ev.Interrupted(message="interrupted; the downloaded bytes kept", time=streams.T0 + 5.4)]
+    dump_events(stopped, path)
+    assert load_events(path)[-1] == stopped[-1]  # the event survives its JSON form
+    for mode in ("plain", "quiet"):
+        assert main(["replay", "--progress", mode, str(path)]) == 130
+        assert capsys.readouterr().err.splitlines()[-1] == "socirun: interrupted; the downloaded bytes kept"
+    assert main(["replay", "--progress", "json", str(path)]) == 130
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert records[-1] == {"schema": 1, "type": "interrupted", "time": streams.T0 + 5.4,
+                           "message": "interrupted; the downloaded bytes kept", "exit_code": 130}
 
 
 @pytest.mark.parametrize("module", ["socirun.commands.main", "socirun.ui.progress", "socirun.ui.replay"])

@@ -70,7 +70,7 @@ def test_rootfs_files_are_read_from_upper_then_lower_dirs(tmp_path: Path) -> Non
 
 def test_volumes_resolve_to_binds_named_anonymous_and_tmpfs(tmp_path: Path) -> None:
     specs = [
-        VolumeSpec("bind", "rel/dir", "/a", True),
+        VolumeSpec("bind", "rel/dir", "/a", True, create_missing=True),  # -v: a missing source is created
         VolumeSpec("volume", "named", "/b"),
         VolumeSpec("volume", "", "/c"),
         VolumeSpec("tmpfs", "", "/t", False, ("size=1m",)),

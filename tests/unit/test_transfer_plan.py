@@ -48,7 +48,7 @@ def test_auto_picks_parallel_for_overlayfs_on_a_multi_cpu_host() -> None:
 def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
     assert choose_overlay_transfer(HostFacts(cpus=1), BIG).mode == "standard"
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=8), (Layer(1_000_000),), chunk_size=8 * MIB)
-    assert mode == "standard" and "1000000 bytes" in reasons[0]
+    assert mode == "standard" and "only 976.6 KiB," in reasons[0]
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=8), BIG, snapshotter="soci")
     assert mode == "standard" and "soci" in reasons[0]
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=8, nic_speed_mbps=100), BIG)

@@ -55,7 +55,7 @@ class PullApp(App[int]):
         work: ev.Work | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        interactive: bool = True,
+        interactive: bool = True,  # no longer read (an error never waits for a key); kept for existing callers
         detach: bool = False,
         foreground: bool = False,
         log_max: int = FETCH_LOG_MAX,
@@ -63,7 +63,6 @@ class PullApp(App[int]):
         super().__init__(driver_class=PromptStopDriver)  # headless runs (tests) still get Textual's own driver
         self.work = work
         self.clock = clock
-        self.interactive = interactive
         self.detach = detach
         self.foreground = foreground
         self.log_max = log_max
@@ -78,7 +77,6 @@ class PullApp(App[int]):
         self.ticks = 0
         self._t0 = clock()
         self._pending_log: list[str] = []
-        self._waiting_for_key = False
         self._mounted = False
         self._close_on_mount = False
         self._shown_fetches: bool | None = None
@@ -189,13 +187,11 @@ class PullApp(App[int]):
             self._close(code)
 
     def _show_error(self) -> None:
+        # Close at once, never "press any key": a script run in a terminal would hang on it. The runner raises
+        # the error once the alternate screen is gone, so the CLI's sentence lands in the scrollback.
         error = self.model.error
         assert error is not None
-        self.refresh_view()
-        if self.interactive:
-            self._waiting_for_key = True
-        else:
-            self._close(error.exit_code)
+        self._close(error.exit_code)
 
     def on_unmount(self) -> None:
         gc.unfreeze()  # what the app held can be collected again once it is gone (tests run many apps)
@@ -232,7 +228,8 @@ class PullApp(App[int]):
             lazy = m.is_lazy()
             if self.summary_w.has_class("-lazy") != lazy:
                 self.summary_w.set_class(lazy, "-lazy")
-            self.summary_w.set_text(fmt.summary_text(m, max(width - 2, 20)))
+            now = m.started + self.elapsed() if m.started is not None else None  # in the events' clock
+            self.summary_w.set_text(fmt.summary_text(m, max(width - 2, 20), now))
             self.table_w.sync(m)
             log = self.log_w
             if self._pending_log:
@@ -261,22 +258,13 @@ class PullApp(App[int]):
         text.append("error: ", style="bold red")
         text.append(terminal_safe(error.message))  # registries' and images' words: no escapes reach the terminal
         text.append(f" (exit code {error.exit_code})", style="dim")
-        if self.interactive and not self.closed:
-            text.append("\npress any key to exit", style="dim")
         box.update(text)
         box.add_class("-shown")
 
     # -- keys ----------------------------------------------------------------------------------------------
 
-    def on_key(self, event: tevents.Key) -> None:
-        if self._waiting_for_key and self.model.error is not None:
-            event.stop()
-            self._close(self.model.error.exit_code)
-
     def action_quit_or_detach(self) -> None:
-        if self._waiting_for_key and self.model.error is not None:
-            self._close(self.model.error.exit_code)
-        elif self.detach and self.model.container_id:
+        if self.detach and self.model.container_id:
             self.detached = True
             if self.work_task is not None and not self.work_task.done():
                 self.work_task.cancel()
@@ -289,7 +277,7 @@ class PullApp(App[int]):
     def action_cancel(self) -> None:
         if self.work_task is not None and not self.work_task.done():
             self.cancelled = True
-            self._status("cancelling: releasing the lease, nothing half-written is kept…")
+            self._status("cancelling: removing half-unpacked layers, keeping the downloaded bytes for a rerun…")
             self.work_task.cancel()
         elif self.model.error is not None:
             self._close(self.model.error.exit_code)

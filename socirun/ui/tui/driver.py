@@ -5,6 +5,10 @@ once more for late input; the app's shutdown waits for that thread. Closing the 
 (measured at the end of every `socirun pull --progress tty`), and `socirun run` handed the terminal to the
 container that much later. Here the thread also watches a pipe that `disable_input` writes to, so it returns
 at once.
+
+It also takes its size from the terminal it draws on. Textual's driver writes to stderr but asks
+`shutil.get_terminal_size()`, which reads stdout: `socirun pull IMAGE > file` in a 160x48 terminal drew an 80x24
+layout (shutil's fallback) with the old screen's garbage to its right.
 """
 
 from __future__ import annotations
@@ -13,12 +17,31 @@ import contextlib
 import os
 import selectors
 from codecs import getincrementaldecoder
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from textual._xterm_parser import XTermParser
 from textual.drivers.linux_driver import LinuxDriver
 
 POLL_S = 0.1  # how often the parser's tick runs (it times out a lone ESC), as in Textual's driver
+FALLBACK_SIZE = (80, 25)  # Textual's own, when no terminal says
+
+
+def drawing_size(fds: Iterable[int], env: Mapping[str, str]) -> tuple[int, int]:
+    """(columns, rows): of the first of `fds` that is a terminal (the one drawn on first), else COLUMNS / LINES,
+    else Textual's 80x25. A real terminal wins over the variables: a shell's exported COLUMNS goes stale."""
+    for fd in fds:
+        try:
+            size = os.get_terminal_size(fd)
+        except (OSError, ValueError):
+            continue
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    try:
+        columns, rows = int(env.get("COLUMNS", "")), int(env.get("LINES", ""))
+    except ValueError:
+        return FALLBACK_SIZE
+    return (columns, rows) if columns > 0 and rows > 0 else FALLBACK_SIZE
 
 
 class PromptStopDriver(LinuxDriver):
@@ -26,6 +49,11 @@ class PromptStopDriver(LinuxDriver):
         super().__init__(*args, **kwargs)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
+
+    def _get_terminal_size(self) -> tuple[int, int]:
+        # `_file` is what Textual draws on (stderr); stdin is the terminal it reads keys from.
+        drawn_on = [] if self._file is None else [self._file.fileno()]
+        return drawing_size((*drawn_on, self.fileno), os.environ)
 
     def disable_input(self) -> None:
         with contextlib.suppress(OSError):

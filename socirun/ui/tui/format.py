@@ -35,7 +35,8 @@ STATE_STYLE = {
     "failed": "bold red",
 }
 BADGE_STYLE = {"LAZY": "bold black on magenta", "PARALLEL": "bold black on cyan", "STANDARD": "bold black on white"}
-PHASE_STYLE = {"failed": "bold red", "exited": "bold", "running": "bold green", "pulled": "bold green"}
+PHASE_STYLE = {"failed": "bold red", "interrupted": "bold yellow", "exited": "bold", "running": "bold green",
+               "pulled": "bold green"}
 
 MEDIA_SHORT = (("zstd", "zstd"), ("gzip", "gzip"), ("soci", "soci"))
 
@@ -117,8 +118,9 @@ def bar_style(row: LayerRow) -> str:
     return "magenta" if row.mode == "lazy" else "cyan"
 
 
-def summary_text(m: PullModel, width: int) -> Text:
-    """The pinned summary: one bar by bytes (never by layer count), rate, ETA, counts; lazy: fetched / size."""
+def summary_text(m: PullModel, width: int, now: float | None = None) -> Text:
+    """The pinned summary: one bar by bytes (never by layer count), rate, ETA, counts; lazy: fetched / size.
+    `now` (in the events' clock) lets a layer's unpacking time advance between events."""
     done, total = m.counts()
     have, need = m.bytes_done(), m.total_size
     if m.is_lazy():
@@ -133,6 +135,9 @@ def summary_text(m: PullModel, width: int) -> Text:
         rate = m.rate()
         eta = 0.0 if have >= need else ((need - have) / rate if rate > 0 else None)
         extra = f"  {human_bytes(rate)}/s  eta {human_duration(eta)}"
+        if not m.is_lazy():  # the ETA includes the unpacking still ahead, which has its own progress (issue 13)
+            eta_text, unpack = m.eta_text(now), m.unpack_text(now)
+            extra = "".join(f"  {part}" for part in (f"{human_bytes(rate)}/s", eta_text, unpack) if part)
     counts = f"  [{done}/{total} layers]"
     bar_width = max(8, width - len(tail) - len(extra) - len(counts) - 2)
     text = bar(fraction, bar_width, "green" if m.finished is not None else "cyan")
@@ -237,7 +242,8 @@ def fetch_line(started: float | None, event: ev.FetchLogEntry) -> str:
         return safe(f"+{at:7.3f}s read {event.path}")
     short = event.layer_digest.split(":", 1)[-1][:12]
     where = f" {event.path}" if event.path else ""
-    return safe(f"+{at:7.3f}s {short} {event.reason:<10} {human_bytes(event.length):>9} @{event.offset}{where}")
+    length, offset = human_bytes(event.length), human_bytes(event.offset)
+    return safe(f"+{at:7.3f}s {short} {event.reason:<10} {length:>9} @{offset}{where}")
 
 
 def missing_line(sentence: str) -> str:

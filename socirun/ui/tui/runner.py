@@ -9,8 +9,9 @@ Lifecycle (what `socirun pull` and `socirun run` rely on):
   work's code (the container's exit code).
 - `detach=True` (run -d): after `ContainerStarted` the TUI keeps showing lazy fetches until `q`; then the work is
   cancelled if still running (the container keeps running), the container ID goes to stdout, returns 0.
-- errors: a SocirunError (or an `Error` event) is shown in the TUI; the app exits after a key press, or at once
-  when stdin is not interactive; the error is then re-raised for the CLI's single handler.
+- errors: a SocirunError (or an `Error` event) closes the app at once, never waiting for a key (a script in a
+  terminal would hang); the error is re-raised once the alternate screen is gone, so the CLI's single handler
+  prints it into the scrollback (exit 125, or the error's own code).
 - Ctrl-C (or `q` during a pull): the work task is cancelled (the engine rolls back under its lease) and
   `Interrupted` (exit 130) is raised once it has finished.
 """
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from socirun import events as ev
 from socirun.errors import Interrupted, SocirunError
+from socirun.ui.progress import INTERRUPTED
 
 if TYPE_CHECKING:
     from textual.pilot import Pilot
@@ -38,7 +40,6 @@ def run_with_tui(
     *,
     detach: bool = False,
     foreground: bool = False,
-    interactive: bool | None = None,
     headless: bool = False,
     size: tuple[int, int] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -47,7 +48,7 @@ def run_with_tui(
 ) -> int:
     """Synchronous entry point: owns the event loop (asyncio.run) for the whole work, TUI or not."""
     return asyncio.run(
-        run_with_tui_async(work, detach=detach, foreground=foreground, interactive=interactive, headless=headless,
+        run_with_tui_async(work, detach=detach, foreground=foreground, headless=headless,
                            size=size, clock=clock, err=err, out=out)
     )
 
@@ -57,7 +58,6 @@ async def run_with_tui_async(
     *,
     detach: bool = False,
     foreground: bool = False,
-    interactive: bool | None = None,
     headless: bool = False,
     size: tuple[int, int] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -68,8 +68,6 @@ async def run_with_tui_async(
     """As `run_with_tui`, inside a running loop; `auto_pilot` drives the app with keys (tests, benchmarks)."""
     err = err or sys.stderr
     out = out or sys.stdout
-    if interactive is None:
-        interactive = sys.stdin.isatty()
     # Start the work at once and load textual in a thread meanwhile (~0.2 s): the pull does not wait for the
     # UI. Events emitted before the app exists are kept and handed over in order.
     early: list[ev.Event] = []
@@ -88,7 +86,7 @@ async def run_with_tui_async(
         # Cancelling the app's task cancels `started` too (it is awaited unshielded) and waits for its cleanup.
         return await started
 
-    app = tui.PullApp(adopted, clock=clock, interactive=interactive, detach=detach, foreground=foreground)
+    app = tui.PullApp(adopted, clock=clock, detach=detach, foreground=foreground)
     for event in early:
         app.emit(event)
     sink[0] = app.emit
@@ -121,7 +119,7 @@ async def run_with_tui_async(
     if model.error is not None:
         raise SocirunError(model.error.message, exit_code=model.error.exit_code)
     if app.cancelled or (app.work_task is not None and app.work_task.cancelled() and not app.detached):
-        raise Interrupted("interrupted; nothing half-written was kept, and a rerun resumes the download")
+        raise Interrupted(INTERRUPTED)
     for line in fmt.recap_lines(model):
         print(line, file=err)
     err.flush()

@@ -241,7 +241,7 @@ class HelpScreen(ModalScreen[None]):
         ("p", "show the plan and why it was chosen"),
         ("f", "follow the fetch log's tail, or stop following"),
         ("?", "this help"),
-        ("ctrl+c", "cancel the pull cleanly (nothing half-written is kept) and exit 130"),
+        ("ctrl+c", "cancel the pull (downloaded bytes are kept for a rerun) and exit 130"),
     )
 
     def compose(self) -> ComposeResult:

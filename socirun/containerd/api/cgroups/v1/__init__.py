@@ -1,0 +1,1 @@
+"""containerd API stubs: cgroups/v1 (generated; see ../__init__.py)."""
