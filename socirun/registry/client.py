@@ -23,8 +23,8 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -66,9 +66,23 @@ MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST
 MAX_MANIFEST_SIZE = 4 * 1048 * 1048  # containerd's MaxManifestSize, "sic" included
 MAX_CONFIG_SIZE = 64 << 20
 MAX_RETRY_AFTER_S = 60.0  # a registry asking us to wait longer gets an error, not a silent hour-long pause
+# Every timeout of registry I/O, in one place.
+CONNECT_TIMEOUT_S = 30.0  # TCP (and TLS) connect
+# Any one socket read, response headers included: the last resort for a response that stops. Blob bodies have
+# the shorter stall limits below; this one still bounds a registry that never starts answering.
+READ_TIMEOUT_S = 120.0
 # A manifest, index, config or referrers list (and its token) must arrive whole within this, retries included:
 # sock_read alone lets a server that trickles a byte a minute hold a pull for ever.
 SMALL_REQUEST_TIMEOUT_S = 60.0
+# A ranged chunk (parallel mode) whose body delivers nothing for this long is abandoned and only its remaining
+# bytes asked for again on a fresh connection: a stalled connection then costs seconds, not READ_TIMEOUT_S. A
+# false alarm costs one extra request for bytes not yet received, so the limit can be short.
+RANGE_STALL_S = 5.0
+# The same for a whole-blob stream (standard mode), resumed with Range from the byte reached: longer, since one
+# stream has no other connection to compare with and its pauses may be the registry's own.
+STREAM_STALL_S = 15.0
+# Stalls of one range before the pull gives up on it (each re-request starts where the last one stopped).
+MAX_STALLS = 3
 SCHEMA1_TYPES = frozenset(
     {
         "application/vnd.docker.distribution.manifest.v1+json",
@@ -86,6 +100,17 @@ _TRANSFER_ERRORS: tuple[type[BaseException], ...] = (
 
 class RangeNotSupportedError(RegistryError):
     """The registry answered a bounded Range request with the whole blob (200)."""
+
+
+class StalledError(RegistryError):
+    """A range kept stalling (MAX_STALLS re-requests delivered nothing for the stall limit): given up on, and
+    not retried by the chunk scheduler, which would only wait through the same stalls again."""
+
+
+# read(n) -> at most n bytes of a response body, b"" at its end.
+BodyReader = Callable[[int], Awaitable[bytes]]
+# (first, end_inclusive) -> a context that opens one request for those bytes and yields its body's reader.
+RangeOpener = Callable[[int, int], AbstractAsyncContextManager[BodyReader]]
 
 
 @dataclass(frozen=True)
@@ -118,7 +143,89 @@ class _Dropped(Exception):
     """The body ended before the bytes we were promised."""
 
 
-_RESUMABLE: tuple[type[BaseException], ...] = (*_TRANSFER_ERRORS, _Dropped)
+class _Stalled(Exception):
+    """The body delivered nothing for the stall limit."""
+
+
+_RESUMABLE: tuple[type[BaseException], ...] = (*_TRANSFER_ERRORS, _Dropped, _Stalled)
+
+
+async def _within(seconds: float, aw: Awaitable[bytes]) -> bytes | None:
+    """`aw`'s bytes, or None when nothing came within `seconds` (a stall). aiohttp's own read timeout, an
+    asyncio.TimeoutError too, is passed on as it is."""
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            return await aw
+    except TimeoutError:
+        if timeout.expired():
+            return None
+        raise
+
+
+async def read_range(
+    open_range: RangeOpener,
+    start: int,
+    end_inclusive: int,
+    *,
+    what: str,
+    stall_s: float = RANGE_STALL_S,
+    max_stalls: int = MAX_STALLS,
+    retries: int = 5,
+    backoff: Callable[[int], float] = lambda attempt: 0.0,
+) -> bytes:
+    """Bytes [start, end_inclusive], keeping whatever each request delivered: after a stall (nothing for
+    `stall_s`) the request is abandoned, its connection closed, and only the remaining bytes are asked for at
+    once; after a drop or a short body likewise, after `backoff(n)`. Gives up after `max_stalls` stalls
+    (StalledError) or `retries` drops (RegistryError), each in one sentence. A body longer than asked is an
+    error, read no further, so a hostile server cannot make a bounded chunk unbounded."""
+    end = end_inclusive + 1
+    parts: list[bytes] = []
+    pos = start
+    stalls = drops = 0
+    while True:
+        stalled = False
+        reason = ""
+        try:
+            async with open_range(pos, end_inclusive) as read:
+                while pos < end:
+                    part = await _within(stall_s, read(end - pos))
+                    if part is None:
+                        stalled = True
+                        break
+                    if not part:
+                        break
+                    if len(part) > end - pos:
+                        raise RegistryError(f"registry sent more than the {end - start} bytes asked ({what})")
+                    parts.append(part)
+                    pos += len(part)
+                if pos == end:
+                    # One byte more is an error; silence or a broken ending after the last byte asked is not:
+                    # all of it is here.
+                    try:
+                        extra = await _within(stall_s, read(1))
+                    except _TRANSFER_ERRORS:
+                        extra = b""
+                    if extra:
+                        raise RegistryError(f"registry sent more than the {end - start} bytes asked ({what})")
+                    return b"".join(parts)
+        except _TRANSFER_ERRORS as err:
+            reason = _connect_reason(err)
+        if stalled:
+            stalls += 1
+            if stalls >= max_stalls:
+                raise StalledError(
+                    f"bytes {start}-{end_inclusive} of {what} stalled {stalls} times (nothing for {stall_s:g} s, "
+                    f"last at byte {pos}): the registry or the network stopped delivering it"
+                )
+            log.debug("bytes %d-%d of %s stalled at byte %d; asking for the rest again", start, end_inclusive,
+                      what, pos)
+            continue
+        drops += 1
+        reason = reason or f"the response ended after {pos - start} of {end - start} bytes"
+        if drops >= retries:
+            raise RegistryError(f"reading bytes {start}-{end_inclusive} of {what} failed {drops} times: {reason}")
+        await asyncio.sleep(backoff(drops - 1))
 
 
 def verify_digest(data: bytes, digest: str, what: str) -> None:
@@ -219,25 +326,6 @@ def _media_type(header: str | None, body: bytes) -> str:
     return ctype or "application/octet-stream"
 
 
-async def _read_range(resp: aiohttp.ClientResponse, want: int, what: str) -> bytes:
-    """At most `want` bytes of a 206 body: a longer one (declared or sent) is an error, read no further, so a
-    hostile server cannot make a bounded chunk unbounded. A shorter one is returned short (the caller retries)."""
-    declared = resp.content_length
-    if declared is not None and declared > want:
-        raise RegistryError(f"registry sent {declared} bytes for the {want} bytes asked ({what})")
-    parts: list[bytes] = []
-    got = 0
-    while got < want:
-        part = await resp.content.read(want - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    if got == want and await resp.content.read(1):
-        raise RegistryError(f"registry sent more than the {want} bytes asked ({what})")
-    return b"".join(parts)
-
-
 def redirect_auth_key(url: URL) -> str:
     """The Authorizer key for a host a registry redirected to: apart from every registry's own key, so that
     neither its state nor any credentials are ever shared with a registry of the same name."""
@@ -275,6 +363,9 @@ class RegistryClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 10.0,
         small_request_timeout: float = SMALL_REQUEST_TIMEOUT_S,
+        range_stall_s: float = RANGE_STALL_S,
+        stream_stall_s: float = STREAM_STALL_S,
+        max_stalls: int = MAX_STALLS,
     ) -> None:
         self._hosts_dir = hosts_dir
         self._insecure = tuple(insecure)
@@ -285,6 +376,9 @@ class RegistryClient:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._small_timeout = small_request_timeout
+        self._range_stall_s = range_stall_s
+        self._stream_stall_s = stream_stall_s
+        self._max_stalls = max(1, max_stalls)
         self._session_obj: aiohttp.ClientSession | None = None
         self._auth: Authorizer | None = None
         self._hosts_cache: dict[str, list[RegistryHost]] = {}
@@ -313,7 +407,8 @@ class RegistryClient:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
             self._session_obj = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
+                                              sock_read=READ_TIMEOUT_S),
                 # Blobs must arrive byte for byte as stored: never let a transfer encoding change them.
                 auto_decompress=False,
                 headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
@@ -769,8 +864,9 @@ class RegistryClient:
     async def fetch_blob(
         self, ref: ImageReference, desc: Descriptor, offset: int = 0, chunk_size: int = 1 << 20
     ) -> AsyncGenerator[bytes, None]:
-        """Stream bytes [offset, size) of a blob. Resumes with Range after a dropped connection (each drop
-        counts as a retry). The caller hashes: the digest is not verified here."""
+        """Stream bytes [offset, size) of a blob. Resumes with Range after a dropped connection or a stall
+        (nothing for STREAM_STALL_S; each counts as a retry); a registry that ignores Range sends the whole blob
+        again and the bytes already had are skipped. The caller hashes: the digest is not verified here."""
         if not 0 <= offset <= desc.size:
             raise ValueError(f"offset {offset} is outside blob {desc.digest} of {desc.size} bytes")
         what = f"blob {desc.digest} of {ref.repository}"
@@ -791,7 +887,13 @@ class RegistryClient:
                     ok=(200, 206),
                 ) as resp:
                     skip = self._check_resume(resp, pos, desc, what)
-                    async for chunk in resp.content.iter_chunked(chunk_size):
+                    while True:
+                        # Only the wait for bytes counts: the caller's own time between chunks does not.
+                        chunk = await _within(self._stream_stall_s, resp.content.read(chunk_size))
+                        if chunk is None:
+                            raise _Stalled()
+                        if not chunk:
+                            break
                         if skip:
                             # A registry that ignored Range sent the whole blob: drop what we already have.
                             if len(chunk) <= skip:
@@ -809,7 +911,12 @@ class RegistryClient:
                         raise _Dropped()
             except _RESUMABLE as err:
                 drops += 1
-                reason = "the response ended early" if isinstance(err, _Dropped) else _connect_reason(err)
+                if isinstance(err, _Stalled):
+                    reason = f"nothing arrived for {self._stream_stall_s:g} s"
+                elif isinstance(err, _Dropped):
+                    reason = "the response ended early"
+                else:
+                    reason = _connect_reason(err)
                 if drops >= self._retries:
                     raise RegistryError(
                         f"download of {what} failed {drops} times, at byte {pos} of {desc.size}: {reason}"
@@ -836,45 +943,43 @@ class RegistryClient:
     async def fetch_range(
         self, ref: ImageReference, desc: Descriptor, start: int, end_inclusive: int
     ) -> bytes:
-        """Bytes [start, end_inclusive] of a blob with one bounded Range request (SOCI span reads)."""
+        """Bytes [start, end_inclusive] of a blob with bounded Range requests (parallel chunks, SOCI span
+        reads): a stalled or dropped request is replaced by one for the bytes still missing (read_range)."""
         if not 0 <= start <= end_inclusive < desc.size:
             raise ValueError(
                 f"range {start}-{end_inclusive} is outside blob {desc.digest} of {desc.size} bytes"
             )
         what = f"blob {desc.digest} of {ref.repository}"
-        want = end_inclusive - start + 1
-        reason = ""
-        for attempt in range(self._retries):
-            try:
-                async with self._open(
-                    ref,
-                    f"blobs/{desc.digest}",
-                    capability="pull",
-                    headers={"Range": f"bytes={start}-{end_inclusive}", "Accept": "*/*"},
-                    what=what,
-                    not_found=self._blob_not_found(ref, desc),
-                    ok=(200, 206),
-                ) as resp:
-                    if resp.status == 200:
-                        raise RangeNotSupportedError(
-                            f"registry for {ref.repository} does not serve byte ranges "
-                            "(it answered 200 to a Range request)"
-                        )
-                    content_range = resp.headers.get("Content-Range", "")
-                    if not content_range.startswith(f"bytes {start}-{end_inclusive}/"):
-                        raise RegistryError(
-                            f"registry answered a request for bytes {start}-{end_inclusive} of {what} with "
-                            f"range {content_range!r}"
-                        )
-                    data = await _read_range(resp, want, f"bytes {start}-{end_inclusive} of {what}")
-                if len(data) == want:
-                    return data
-                reason = f"got {len(data)} of {want} bytes"
-            except _TRANSFER_ERRORS as err:
-                reason = _connect_reason(err)
-            if attempt + 1 < self._retries:
-                await asyncio.sleep(self._backoff(attempt))
-        raise RegistryError(
-            f"reading bytes {start}-{end_inclusive} of {what} failed {self._retries} times: {reason}"
-        )
 
+        @asynccontextmanager
+        async def open_range(first: int, last: int) -> AsyncIterator[BodyReader]:
+            async with self._open(
+                ref,
+                f"blobs/{desc.digest}",
+                capability="pull",
+                headers={"Range": f"bytes={first}-{last}", "Accept": "*/*"},
+                what=what,
+                not_found=self._blob_not_found(ref, desc),
+                ok=(200, 206),
+            ) as resp:
+                if resp.status == 200:
+                    raise RangeNotSupportedError(
+                        f"registry for {ref.repository} does not serve byte ranges "
+                        "(it answered 200 to a Range request)"
+                    )
+                content_range = resp.headers.get("Content-Range", "")
+                if not content_range.startswith(f"bytes {first}-{last}/"):
+                    raise RegistryError(
+                        f"registry answered a request for bytes {first}-{last} of {what} with "
+                        f"range {content_range!r}"
+                    )
+                want = last - first + 1
+                declared = resp.content_length
+                if declared is not None and declared > want:
+                    raise RegistryError(
+                        f"registry sent {declared} bytes for the {want} bytes asked (bytes {first}-{last} of {what})"
+                    )
+                yield resp.content.read
+
+        return await read_range(open_range, start, end_inclusive, what=what, stall_s=self._range_stall_s,
+                                max_stalls=self._max_stalls, retries=self._retries, backoff=self._backoff)

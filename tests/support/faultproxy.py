@@ -14,6 +14,9 @@ times (default once), then the registry's normal answer:
 - `flip`: the whole body with the byte at offset `after` inverted;
 - `503` / `429`: that status with `Retry-After: 1` and no body, without asking the registry.
 
+Every answered blob GET is recorded in `served` (its Range header, status, body bytes sent, the fault it carried),
+across inject() calls until clear_served(): what a client asked for again after a fault.
+
 TLS: the registry speaks plain HTTP. A connection that opens with a TLS ClientHello (first byte 0x16) is counted
 (`tls_hellos`) and passed to the registry untouched, which answers it with an HTTP 400, as a plain-HTTP port
 does: that is what socirun meets when it tries https first (an `--insecure-registry` loopback host) or is told
@@ -52,11 +55,24 @@ class Fault:
 
 
 @dataclass
+class Served:
+    """One answered GET of a blob, in `FaultProxy.served`: what was asked and how many body bytes went out."""
+
+    phase: int  # how many times inject() had been called: the responses of one fault round share it
+    target: str
+    range: str | None  # the request's Range header
+    status: int
+    sent: int = 0  # body bytes passed to the client
+    fault: FaultKind | None = None  # the fault this response carried, when it fired
+
+
+@dataclass
 class _Request:
     method: str
     target: str
     head: bytes  # request line and headers, rewritten for the upstream
     body_length: int
+    range: str | None = None
 
 
 def _parse_head(raw: bytes) -> tuple[str, list[tuple[str, str]]]:
@@ -91,6 +107,10 @@ class FaultProxy:
         self.injected = 0  # how many responses the current fault changed
         self.tls_hellos = 0
         self.requests: list[str] = []  # "GET /v2/..." of every request, in arrival order
+        # Every answered blob GET, kept across inject() calls (a fault round's pull and the one after it) until
+        # clear_served(): which ranges a client asked for again after a fault, and how many bytes each got.
+        self.served: list[Served] = []
+        self._phase = 0
         self._fault: Fault | None = None
         self._remaining = 0
         self._lock = threading.Lock()
@@ -106,9 +126,14 @@ class FaultProxy:
         with self._lock:
             self._fault = fault
             self._remaining = fault.times if fault else 0
+            self._phase += 1
             self.injected = 0
             self.tls_hellos = 0
             self.requests = []
+
+    def clear_served(self) -> None:
+        with self._lock:
+            self.served = []
 
     def _take(self, method: str, target: str) -> Fault | None:
         """The fault to apply to this request, counting it, or None."""
@@ -208,7 +233,7 @@ class FaultProxy:
         line, headers = _parse_head(raw[:-4])
         method, target = [*line.split(" "), "", ""][:2]
         length = int(_header(headers, "content-length") or 0)
-        return _Request(method, target, _rebuild(line, headers, []), length)
+        return _Request(method, target, _rebuild(line, headers, []), length, _header(headers, "range"))
 
     async def _respond(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        client: asyncio.StreamReader, request: _Request, fault: Fault | None) -> None:  # fmt: skip
@@ -224,6 +249,12 @@ class FaultProxy:
         if body_fault is None and fault is not None:
             with self._lock:
                 self.injected -= 1  # it did not fire after all (a redirect, an error answer, a short body)
+        record: Served | None = None
+        if request.method == "GET" and "/blobs/" in request.target.split("?", 1)[0]:
+            record = Served(self._phase, request.target, request.range, status,
+                            fault=body_fault.kind if body_fault is not None else None)  # fmt: skip
+            with self._lock:
+                self.served.append(record)
         sent = 0
         while True:
             if body_fault is not None and body_fault.kind != "flip" and sent >= body_fault.after:
@@ -240,6 +271,8 @@ class FaultProxy:
                 i = body_fault.after - sent
                 data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
             sent += len(data)
+            if record is not None:
+                record.sent = sent
             writer.write(data)
             await writer.drain()
         await writer.drain()

@@ -1,24 +1,33 @@
-"""Chunk scheduling and in-order reassembly, driven by a fake chunk source (no network: pure logic)."""
+"""Chunk scheduling and in-order reassembly, driven by a fake chunk source (no network: pure logic); the stall
+watchdog of ranged reads with a fake range opener, and once over a loopback socket for both client paths."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
+import time
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import aiohttp
 import pytest
 
+from socirun.decide.transfer import Schedule
+from socirun.errors import RegistryError
+from socirun.oci import Descriptor, sha256_digest
 from socirun.pull.chunked import (
     ChunkFetcher,
     ChunkFetchError,
-    Schedule,
     TransferBudget,
     chunk_priority,
     download_chunked,
     plan_ranges,
 )
-from socirun.registry.client import RangeNotSupportedError
+from socirun.reference import parse_reference
+from socirun.registry.client import RangeNotSupportedError, RegistryClient, StalledError, read_range
 
 
 def blob(size: int, seed: int = 1) -> bytes:
@@ -354,3 +363,185 @@ async def test_a_free_slot_waits_for_a_layer_between_two_requests() -> None:
     budget.release_slot()
     await asyncio.wait_for(later, 1)
     assert budget.slots_in_use == 2
+
+
+# ------------------------------------------------------------------------------------ stalled connections (issue 15)
+
+
+class StallingRanges:
+    """A fake range opener (no network) over `data`: request number i (0-based) delivers `stall_after[i]` bytes
+    in pieces and then nothing, for ever; requests past the list deliver everything. `closed` counts requests
+    whose body was abandoned (their context exited)."""
+
+    def __init__(self, data: bytes, stall_after: list[int], piece: int = 1000) -> None:
+        self.data = data
+        self.stall_after = stall_after
+        self.piece = piece
+        self.requests: list[tuple[int, int]] = []
+        self.closed = 0
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, first: int, last: int) -> AsyncIterator[Callable[[int], Awaitable[bytes]]]:
+        n = len(self.requests)
+        self.requests.append((first, last))
+        body = self.data[first : last + 1]
+        limit = self.stall_after[n] if n < len(self.stall_after) else len(body)
+        sent = 0
+
+        async def read(size: int) -> bytes:
+            nonlocal sent
+            if sent >= limit:
+                if sent >= len(body):
+                    return b""
+                await asyncio.Event().wait()  # a stall: nothing, until the reader gives up
+            part = body[sent : min(sent + size, self.piece + sent, limit)]
+            sent += len(part)
+            await asyncio.sleep(0)
+            return part
+
+        try:
+            yield read
+        finally:
+            self.closed += 1
+
+
+async def test_a_stalled_range_is_re_requested_from_the_byte_it_reached() -> None:
+    data = blob(50_000)
+    source = StallingRanges(data, stall_after=[7_000])
+    started = time.monotonic()
+    got = await read_range(source, 10_000, 39_999, what="blob x", stall_s=0.05)
+    assert got == data[10_000:40_000]
+    # The remainder only: the 7000 bytes the stalled request delivered are kept, not asked for again.
+    assert source.requests == [(10_000, 39_999), (17_000, 39_999)]
+    assert source.closed == 2  # the stalled request was abandoned (its connection closed)
+    assert time.monotonic() - started < 2  # the stall cost about stall_s, not a read timeout
+
+
+async def test_a_range_that_stalls_max_stalls_times_is_given_up_in_one_sentence() -> None:
+    data = blob(50_000)
+    source = StallingRanges(data, stall_after=[1_000, 2_000, 0, 0])
+    with pytest.raises(StalledError) as info:
+        await read_range(source, 0, 49_999, what="blob sha256:abc of x/y", stall_s=0.02, max_stalls=3)
+    message = str(info.value)
+    assert message == ("bytes 0-49999 of blob sha256:abc of x/y stalled 3 times (nothing for 0.02 s, last at byte "
+                       "3000): the registry or the network stopped delivering it")
+    assert "\n" not in message
+    assert source.requests == [(0, 49_999), (1_000, 49_999), (3_000, 49_999)]  # no fourth request
+
+
+async def test_a_dropped_range_resumes_from_the_byte_it_reached() -> None:
+    data = blob(20_000)
+    calls: list[tuple[int, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def dropping(first: int, last: int) -> AsyncIterator[Callable[[int], Awaitable[bytes]]]:
+        calls.append((first, last))
+        sent = 0
+
+        async def read(size: int) -> bytes:
+            nonlocal sent
+            if len(calls) == 1 and sent >= 4_000:
+                raise aiohttp.ClientPayloadError("connection reset")
+            part = data[first + sent : min(first + sent + min(size, 1000), last + 1)]
+            sent += len(part)
+            return part
+
+        yield read
+
+    assert await read_range(dropping, 0, 19_999, what="blob x", stall_s=1) == data
+    assert calls == [(0, 19_999), (4_000, 19_999)]
+
+
+async def test_a_body_longer_than_the_range_is_refused() -> None:
+    data = blob(1_000)
+
+    @contextlib.asynccontextmanager
+    async def endless(first: int, last: int) -> AsyncIterator[Callable[[int], Awaitable[bytes]]]:
+        async def read(size: int) -> bytes:
+            return data[:size]
+
+        yield read
+
+    with pytest.raises(RegistryError, match="more than the 100 bytes asked"):
+        await read_range(endless, 0, 99, what="blob x", stall_s=1)
+
+
+async def test_a_stalled_range_is_not_retried_by_the_chunk_scheduler() -> None:
+    calls = 0
+
+    async def stalls(start: int, end: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        raise StalledError(f"bytes {start}-{end} of blob x stalled 3 times")
+
+    budget = TransferBudget(connections=2, window=2, chunk_size=100)
+    with pytest.raises(StalledError):
+        await download_chunked(stalls, Sink().write, size=1000, offset=0, budget=budget, backoff=0)
+    assert calls <= 2  # the chunks in flight at most, each once: no second round through the same stalls
+    assert budget.slots_in_use == 0
+
+
+async def _stall_server(stall_after: int, data: bytes, seen: list[str | None]) -> tuple[asyncio.Server, str]:
+    """A raw HTTP server: the first blob request gets `stall_after` body bytes and then silence; later ones
+    (Range honoured) their bytes. `seen` collects each request's Range header."""
+
+    async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        rng = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                    if line.lower().startswith("range:")), None)  # fmt: skip
+        seen.append(rng)
+        first, last = 0, len(data) - 1
+        if rng is not None:
+            a, _, b = rng.removeprefix("bytes=").partition("-")
+            first, last = int(a), int(b) if b else len(data) - 1
+        body = data[first : last + 1]
+        status = "206 Partial Content" if rng else "200 OK"
+        writer.write((f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+                      + (f"Content-Range: bytes {first}-{last}/{len(data)}\r\n" if rng else "")
+                      + "\r\n").encode())  # fmt: skip
+        try:
+            if len(seen) == 1:
+                writer.write(body[:stall_after])
+                await writer.drain()
+                await reader.read()  # silence until the client closes
+            else:
+                writer.write(body)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(conn, "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("mode", ["range", "stream"])
+async def test_the_registry_client_abandons_a_stalled_response_and_asks_for_the_rest(tmp_path: Path,
+                                                                                     mode: str) -> None:
+    """Both client paths over a real socket: parallel mode's fetch_range and standard mode's fetch_blob give up
+    on a response that stalls after 64 KiB within their stall limit (not the 120 s read timeout) and ask for
+    the remaining bytes only."""
+    data = blob(300_000)
+    seen: list[str | None] = []
+    server, host = await _stall_server(65_536, data, seen)
+    ref = parse_reference(f"{host}/test/blob")
+    desc = Descriptor("application/octet-stream", sha256_digest(data), len(data))
+    started = time.monotonic()
+    try:
+        async with RegistryClient(hosts_dir=str(tmp_path), backoff_base=0.01, range_stall_s=0.3,
+                                  stream_stall_s=0.3) as c:  # fmt: skip
+            if mode == "range":
+                got = await c.fetch_range(ref, desc, 1000, len(data) - 1)
+                assert got == data[1000:]
+                assert seen == ["bytes=1000-299999", f"bytes={1000 + 65_536}-299999"]
+            else:
+                out = bytearray()
+                async for piece in c.fetch_blob(ref, desc):
+                    out += piece
+                assert bytes(out) == data
+                assert seen == [None, "bytes=65536-"]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert time.monotonic() - started < 10
