@@ -4,7 +4,8 @@
    body, TLS hello to a plain-HTTP port), `--rounds` times for `socirun pull --pull-mode standard` and
    `--pull-mode parallel`, through tests/support/faultproxy.py: each pull must complete with the right image or
    exit 125 with one sentence, leave nothing but socirun's documented resume lease, and a normal pull afterwards
-   must work. The stall waits out socirun's 120 s socket-read timeout, so it runs `--stall-rounds` times.
+   must work. The stall runs `--stall-rounds` times per mode (a parallel-mode stall costs about 5 s, a standard
+   one about 15 s).
 2. Concurrency: 4 `socirun pull` of the same image at once, from a cold store.
 3. Soak: `--soak` cycles of `socirun run --rm -p 127.0.0.1::80 -v vol:/v -v /anon IMAGE true` on a private
    bridge, leaks counted (tests/support/leaks.py) after every cycle.
@@ -193,7 +194,7 @@ def table(rows: dict[str, Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each fault, per pull mode")
-    parser.add_argument("--stall-rounds", type=int, default=1, help="rounds of the stall (120 s each), per mode")
+    parser.add_argument("--stall-rounds", type=int, default=1, help="rounds of the stall, per mode")
     parser.add_argument("--soak", type=int, default=50, help="run --rm cycles (0: none)")
     parser.add_argument("--only", default=None, help="regular expression: only the faults it matches")
     parser.add_argument("--dir", default="/tmp/socirun-faults")
