@@ -35,6 +35,13 @@ from socirun.pull.request import PullChoices, PullSetup
 from socirun.reference import ImageReference
 from socirun.registry.client import select_platform
 from socirun.runtime import cni, logs, reaper
+from socirun.runtime.apparmor import (
+    DEFAULT_PROFILE,
+    apparmor_enabled,
+    container_profile,
+    ensure_default_profile,
+    find_parser,
+)
 from socirun.runtime.gpus import GpuInjection, plan_gpus
 from socirun.runtime.image_users import read_rootfs_file
 from socirun.runtime.lifecycle import (
@@ -47,7 +54,6 @@ from socirun.runtime.lifecycle import (
     teardown,
 )
 from socirun.runtime.options import CAPABILITIES, RunOptions
-from socirun.runtime.seccomp import apparmor_enabled
 from socirun.runtime.seccomp import load_profile as load_seccomp_profile
 from socirun.runtime.spec import (
     ImageConfig,
@@ -476,6 +482,8 @@ async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: Ru
     inputs.host_caps = _own_bounding_caps()
     inputs.seccomp_profile = load_seccomp_profile(opts.seccomp, privileged=opts.privileged)
     inputs.apparmor_enabled = apparmor_enabled()
+    if container_profile(opts.apparmor, enabled=inputs.apparmor_enabled, privileged=opts.privileged) == DEFAULT_PROFILE:
+        ensure_default_profile(parser=find_parser())  # docker loads docker-default on demand too
     inputs.cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     if opts.tty:
         inputs.console_size = terminal_size(sys.stdin.fileno()) or terminal_size(sys.stdout.fileno())

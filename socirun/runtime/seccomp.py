@@ -28,6 +28,10 @@ from typing import Any
 
 from socirun.errors import SocirunError
 
+# apparmor_enabled moved to socirun.runtime.apparmor; re-exported for the callers that import it from here.
+from socirun.runtime.apparmor import APPARMOR_ENABLED_PATH as APPARMOR_ENABLED_PATH
+from socirun.runtime.apparmor import apparmor_enabled as apparmor_enabled
+
 DEFAULT_PROFILE_PATH = "/usr/share/containers/seccomp.json"
 DEFAULT_PROFILE_PACKAGE = "golang-github-containers-common"
 _MAX_PROFILE_BYTES = 4 << 20
@@ -289,18 +293,3 @@ def _parse(text: str, path: str) -> Mapping[str, Any]:
         raise SeccompProfileError(f"decoding seccomp profile ({path}) failed: not a JSON object")
     return value
 
-
-# ------------------------------------------------------------------------------------------------ AppArmor
-
-APPARMOR_ENABLED_PATH = "/sys/module/apparmor/parameters/enabled"
-
-
-def apparmor_enabled(path: str = APPARMOR_ENABLED_PATH) -> bool:
-    """Whether the host kernel has AppArmor on (what runc and docker's apparmor.HostSupports read). socirun loads
-    no default profile of its own (docker's docker-default needs apparmor_parser and a generated profile): with
-    AppArmor on, only an --security-opt apparmor=PROFILE that names a loaded profile confines the container."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read(8).strip() == "Y"
-    except OSError:
-        return False

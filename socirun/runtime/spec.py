@@ -20,6 +20,7 @@ from typing import Any
 
 from socirun.errors import SocirunError, UsageError
 from socirun.oci import check_image_config
+from socirun.runtime.apparmor import container_profile
 from socirun.runtime.image_users import resolve_user
 from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions, Ulimit, VolumeSpec
 from socirun.runtime.seccomp import kernel_version, native_arch, to_oci_seccomp
@@ -142,7 +143,9 @@ class SpecInputs:
     seccomp_profile: Mapping[str, Any] | None = None
     arch: str = field(default_factory=native_arch)
     kernel: tuple[int, int] | None = field(default_factory=kernel_version)
-    apparmor_enabled: bool = False  # /sys/module/apparmor/parameters/enabled: an --security-opt apparmor= applies
+    # /sys/module/apparmor/parameters/enabled: the container gets an AppArmor profile (socirun-default unless
+    # --security-opt apparmor= / --privileged say otherwise; the caller has loaded it).
+    apparmor_enabled: bool = False
     cgroup_v2: bool = False  # a unified hierarchy: the container gets its own cgroup namespace, as docker's default
 
 
@@ -350,9 +353,10 @@ def build_spec(opts: RunOptions, image: ImageConfig, inputs: SpecInputs) -> dict
     if opts.tty and inputs.console_size is not None:
         process["consoleSize"] = {"width": inputs.console_size[0], "height": inputs.console_size[1]}
     process["rlimits"] = rlimits(opts)
-    if inputs.apparmor_enabled and opts.apparmor:
-        # docker sets a profile only where the host has AppArmor (runc fails otherwise), --privileged included.
-        process["apparmorProfile"] = opts.apparmor
+    # docker sets a profile only where the host has AppArmor (runc fails otherwise).
+    apparmor = container_profile(opts.apparmor, enabled=inputs.apparmor_enabled, privileged=opts.privileged)
+    if apparmor is not None:
+        process["apparmorProfile"] = apparmor
     linux: dict[str, Any] = {
         "resources": _resources(opts, inputs.devices),
         "cgroupsPath": f"/{inputs.namespace}/{inputs.container_id}",

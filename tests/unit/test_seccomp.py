@@ -193,12 +193,13 @@ def test_the_debian_profile_converts_and_blocks_unshare() -> None:
 
 def test_doctor_says_what_confines_a_container(tmp_path: Path) -> None:
     from socirun.commands.doctor import render, security_checks
+    from socirun.runtime.apparmor import HostAppArmor
 
     profile = tmp_path / "seccomp.json"
     profile.write_text("{}")
-    ok = render(security_checks(str(profile), apparmor=True))
+    ok = render(security_checks(str(profile), apparmor=HostAppArmor(True, True, "/usr/sbin/apparmor_parser")))
     assert ok[0].startswith(f"[ok  ] seccomp: default profile {profile}")
-    assert ok[1].startswith("[ok  ] AppArmor: enabled on the host; socirun loads no default profile")
-    missing = render(security_checks(str(tmp_path / "none.json"), apparmor=False))
+    assert ok[1].startswith("[ok  ] AppArmor: enabled; containers run under socirun-default (loaded)")
+    missing = render(security_checks(str(tmp_path / "none.json"), apparmor=HostAppArmor(False, None, None)))
     assert missing[0].startswith("[FAIL] seccomp: the default profile") and "fix: apt-get install" in missing[1]
     assert missing[2].startswith("[ok  ] AppArmor: not enabled on this host")

@@ -227,7 +227,12 @@ def test_seccomp_profile_is_converted_for_the_containers_capabilities() -> None:
 def test_apparmor_profile_only_where_the_host_has_apparmor() -> None:
     assert spec_for("--security-opt", "apparmor=mine", apparmor_enabled=True)["process"]["apparmorProfile"] == "mine"
     assert "apparmorProfile" not in spec_for("--security-opt", "apparmor=mine", apparmor_enabled=False)["process"]
-    assert "apparmorProfile" not in spec_for(apparmor_enabled=True)["process"]
+    # As docker: the default profile where the host has AppArmor; --privileged unconfined unless a profile is named.
+    assert spec_for(apparmor_enabled=True)["process"]["apparmorProfile"] == "socirun-default"
+    assert spec_for("--privileged", apparmor_enabled=True)["process"]["apparmorProfile"] == "unconfined"
+    assert spec_for("--privileged", "--security-opt", "apparmor=mine", apparmor_enabled=True)["process"][
+        "apparmorProfile"] == "mine"
+    assert "apparmorProfile" not in spec_for(apparmor_enabled=False)["process"]
 
 
 def test_cgroup_namespace_on_cgroup_v2_only() -> None:
