@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from socirun.sandbox.components import ctr_beside
 from socirun.sandbox.sandbox import SandboxInfo
 from tests.support.leaks import count_leaks
-from tests.support.waiting import wait_until
+from tests.support.waiting import get_index, wait_until
 
 _SLOT = os.getpid() % 200
 BRIDGE = f"srcmd{_SLOT}"
@@ -30,8 +30,8 @@ NETWORK = "socirun-cmdtest"
 
 
 class Env:
-    def __init__(self, vars: dict[str, str], data_root: Path, address: str) -> None:
-        self.vars, self.data_root, self.address = vars, data_root, address
+    def __init__(self, vars: dict[str, str], data_root: Path, address: str, ctr: str) -> None:
+        self.vars, self.data_root, self.address, self.ctr = vars, data_root, address, ctr
 
     def run(self, *args: str, input: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "socirun", *args], input=input, capture_output=True, text=True,
@@ -43,7 +43,7 @@ class Env:
         return done.stdout.strip()
 
     def leaks(self, baseline: object = None) -> object:
-        return count_leaks(ctr=shutil.which("ctr") or "ctr", address=self.address, namespace="default",
+        return count_leaks(ctr=self.ctr, address=self.address, namespace="default",
                            data_root=self.data_root, bridge=BRIDGE, baseline=baseline)  # type: ignore[arg-type]
 
 
@@ -59,7 +59,8 @@ def env(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Itera
     vars.update({"CONTAINERD_ADDRESS": sandbox.containerd_address, "CONTAINERD_NAMESPACE": "default",
                  "SOCIRUN_DATA_ROOT": str(data_root), "XDG_CONFIG_HOME": str(home)})  # fmt: skip
     vars.pop("SOCIRUN_PROGRESS", None)
-    yield Env(vars, data_root, sandbox.containerd_address)
+    # The ctr of the sandbox's own containerd (2.x's for the built one).
+    yield Env(vars, data_root, sandbox.containerd_address, ctr_beside(sandbox.containerd_binary))
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
 
 
@@ -68,18 +69,6 @@ def image(env: Env, sample_5: str) -> str:
     first = env.run("--rm", "--network", "none", sample_5, "true")
     assert first.returncode == 0, first.stderr
     return sample_5
-
-
-def _get(port: int) -> bytes:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
-            chunks = []
-            while data := s.recv(65536):
-                chunks.append(data)
-            return b"".join(chunks)
-    except OSError:
-        return b""
 
 
 HTTPD = "echo served-by-socirun > /tmp/index.html; exec httpd -f -p 80 -h /tmp"
@@ -103,7 +92,7 @@ def test_random_port_ps_port_and_conflicts(env: Env, image: str) -> None:
         assert line.startswith("80/tcp -> 127.0.0.1:"), line
         host_port = int(line.rsplit(":", 1)[1])
         assert host_port > 0
-        assert wait_until(lambda: b"served-by-socirun" in _get(host_port), 15)
+        assert wait_until(lambda: b"served-by-socirun" in get_index(host_port), 15)
         assert env.run("port", "cmdweb", "80/tcp").stdout == f"127.0.0.1:{host_port}\n"
 
         ps = env.run("ps")
@@ -143,7 +132,7 @@ def test_bare_container_port_is_published_on_a_free_port(env: Env, image: str) -
         line = env.run("port", "cmdany").stdout.strip()
         assert line.startswith("80/tcp -> 0.0.0.0:"), line
         host_port = int(line.rsplit(":", 1)[1])
-        assert wait_until(lambda: b"served-by-socirun" in _get(host_port), 15)
+        assert wait_until(lambda: b"served-by-socirun" in get_index(host_port), 15)
     finally:
         env.run("rm", "-f", "cmdany")
 
