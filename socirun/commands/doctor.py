@@ -16,10 +16,11 @@ from typing import Any
 
 from socirun.commands.context import GlobalOptions
 from socirun.config import SocirunConfig
-from socirun.containerd.client import ContainerdClient, resolve_target
+from socirun.containerd.client import ContainerdClient, parse_version, resolve_target
 from socirun.decide.facts import SnapshotterFacts, SociConfig
 from socirun.errors import ContainerdError
-from socirun.runtime.seccomp import DEFAULT_PROFILE_PACKAGE, DEFAULT_PROFILE_PATH, apparmor_enabled
+from socirun.runtime.apparmor import HostAppArmor, describe, host_apparmor
+from socirun.runtime.seccomp import DEFAULT_PROFILE_PACKAGE, DEFAULT_PROFILE_PATH
 from socirun.soci.config import load_soci_config
 from socirun.soci.observer import observation_sources
 from socirun.soci.probe import probe_snapshotters
@@ -28,6 +29,8 @@ from socirun.text import terminal_safe
 CNI_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni")
 CNI_PLUGINS = ("bridge", "portmap", "host-local", "loopback")
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+# Present only where /sys/fs/cgroup is the unified (v2) hierarchy.
+CGROUP2_MARKER = "/sys/fs/cgroup/cgroup.controllers"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ async def check_containerd(address: str, namespace: str) -> tuple[list[Check], S
                       "its socket")], None
     async with ctd:
         version = await ctd.version()
-        checks = [Check("containerd", True, f"containerd {version} at {address}")]
+        checks = [Check("containerd", True, f"containerd {version} at {address}"),
+                  *version_notes(version, cgroup_v2=os.path.exists(CGROUP2_MARKER))]
         facts = await probe_snapshotters(ctd)
         plugins = await ctd.snapshotters()
     for plugin in plugins:
@@ -61,6 +65,28 @@ async def check_containerd(address: str, namespace: str) -> tuple[list[Check], S
             checks.append(Check(f"snapshotter {plugin.id}", True, "ok", optional=True))
     checks.append(soci_check(facts))
     return checks, facts
+
+
+def version_notes(version: str, *, cgroup_v2: bool) -> list[Check]:
+    """What differs for socirun with this containerd version (from the Version API): its config schema, what
+    its own ctr does differently, and a deprecation it reports. socirun's gRPC services are the same (2.x keeps
+    their v1 names)."""
+    parsed = parse_version(version)
+    if parsed is None:
+        return []
+    if parsed >= (2, 0):
+        notes = [Check("containerd 2.x", True, "config `version = 3` or newer (it migrates older ones at each start); "
+                       "its ctr pulls through the transfer service, several connections per layer from 2.1 "
+                       "([plugins.\"io.containerd.transfer.v1.local\"] max_concurrent_downloads)", optional=True)]
+        if not cgroup_v2 and parsed >= (2, 2):
+            notes.append(Check("cgroup v1", False, "containerd 2.2+ deprecates cgroup v1 (removal by May 2029; "
+                               "`ctr deprecations list` shows it)", "boot the host with cgroup v2", optional=True))
+        return notes
+    if parsed < (1, 7):
+        return [Check(f"containerd {parsed[0]}.{parsed[1]}", True, "config `version = 2`; no namespace reaches "
+                      "proxy snapshotters, so soci-snapshotter v0.16 refuses every snapshot: lazy loading needs "
+                      "containerd 2.x", optional=True)]
+    return []
 
 
 def soci_check(facts: SnapshotterFacts) -> Check:
@@ -115,9 +141,9 @@ def gpu_check() -> Check:
     return Check("GPUs", True, f"{len(devices)} NVIDIA device(s); --gpus would use {how}", fix, optional=True)
 
 
-def security_checks(profile_path: str = DEFAULT_PROFILE_PATH, apparmor: bool | None = None) -> list[Check]:
+def security_checks(profile_path: str = DEFAULT_PROFILE_PATH, apparmor: HostAppArmor | None = None) -> list[Check]:
     """What confines a container by default: the seccomp profile (its file must exist, or every run fails) and
-    whether AppArmor is on (socirun loads no AppArmor profile of its own)."""
+    the AppArmor profile where the host has AppArmor (socirun-default: apparmor_parser must be there to load it)."""
     if os.path.isfile(profile_path):
         seccomp = Check("seccomp", True, f"default profile {profile_path} (containers-common's, with docker's "
                         "namespace rules); --security-opt seccomp=unconfined|PATH, --privileged: none")
@@ -125,13 +151,8 @@ def security_checks(profile_path: str = DEFAULT_PROFILE_PATH, apparmor: bool | N
         seccomp = Check("seccomp", False, f"the default profile {profile_path} is missing: every run without "
                         "--security-opt seccomp=unconfined fails",
                         f"apt-get install {DEFAULT_PROFILE_PACKAGE} (scripts/install-deps.sh installs it)")
-    if apparmor_enabled() if apparmor is None else apparmor:
-        armor = Check("AppArmor", True, "enabled on the host; socirun loads no default profile, so a container is "
-                      "confined only by --security-opt apparmor=PROFILE (a loaded profile)", optional=True)
-    else:
-        armor = Check("AppArmor", True, "not enabled on this host (--security-opt apparmor= is ignored, as docker "
-                      "does)", optional=True)
-    return [seccomp, armor]
+    ok, detail, fix = describe(host_apparmor() if apparmor is None else apparmor)
+    return [seccomp, Check("AppArmor", ok, detail, fix)]
 
 
 def credentials_check(image: str, config_dir: str | None = None) -> Check:

@@ -34,7 +34,7 @@ def sandbox_command(args: argparse.Namespace) -> int:
     box = Sandbox(args.dir or default_dir())
     match args.sandbox_command:
         case "up":
-            info = box.up(soci=args.soci)
+            info = box.up(soci=args.soci, containerd=args.containerd)
             for line in _describe(box, info):
                 print(line, file=sys.stderr)
             print("run `eval \"$(socirun sandbox env)\"` to point socirun and ctr at it", file=sys.stderr)
@@ -90,8 +90,9 @@ def _describe(box: Sandbox, info: SandboxInfo) -> list[str]:
     from socirun.sandbox.soci_daemon import daemon_running, metrics_port_of
 
     containerd = info.containerd_binary or "containerd"
+    version = info.containerd_version or version_of(containerd)
     lines = [f"sandbox in {info.dir} is running:",
-             f"  containerd {version_of(containerd)} ({containerd}) at {info.containerd_address}, "
+             f"  containerd {version} ({containerd}) at {info.containerd_address}, "
              f"pid {info.containerd_pid}",
              f"  docker-registry at {info.registry_host}, pid {info.registry_pid}"]
     if info.soci_address:

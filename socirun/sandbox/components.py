@@ -40,6 +40,43 @@ def containerd2_dir() -> Path:
     return target.parent
 
 
+def resolve_containerd(choice: str) -> str:
+    """The containerd binary `choice` names: a path (made absolute), or a bare name looked up on PATH."""
+    if os.sep not in choice:
+        found = shutil.which(choice)
+        if found is None:
+            raise SandboxError(f"{choice} was not found on PATH: give the path of a containerd binary.")
+        return found
+    path = Path(choice).absolute()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise SandboxError(f"{path} is not an executable file: give the path of a containerd binary.")
+    return str(path)
+
+
+def containerd_major(version: str) -> int | None:
+    """The major version in what `version_of` reports for containerd: "v2.4.2" -> 2, "1.6.20~ds1 ..." -> 1;
+    None when it is not a version."""
+    first = version.split()[0].removeprefix("v") if version.split() else ""
+    major = first.split(".")[0]
+    return int(major) if major.isdigit() and "." in first else None
+
+
+def config_version_for(major: int) -> int:
+    """containerd's config schema: `version = 2` for 1.x, 3 for 2.x (2.x migrates older files at every start
+    and 1.x refuses version 3)."""
+    return 3 if major >= 2 else 2
+
+
+def ctr_beside(containerd: str) -> str:
+    """The `ctr` built with `containerd` (in the same directory, as the Debian package and the build script put
+    them), else the first on PATH: a 1.6 ctr cannot list 2.x's deprecations or use its transfer service."""
+    if containerd:
+        beside = Path(containerd).parent / "ctr"
+        if os.access(beside, os.X_OK):
+            return str(beside)
+    return shutil.which("ctr") or "ctr"
+
+
 def version_of(binary: str) -> str:
     """What `binary --version` reports, without the program's name: "v0.16.1 61147fe7c929", "v2.4.2"."""
     try:

@@ -27,7 +27,15 @@ import psutil
 
 from socirun.errors import SandboxError
 from socirun.sandbox import soci_daemon
-from socirun.sandbox.components import containerd2_dir, require
+from socirun.sandbox.components import (
+    config_version_for,
+    containerd2_dir,
+    containerd_major,
+    ctr_beside,
+    require,
+    resolve_containerd,
+    version_of,
+)
 from socirun.sandbox.processes import (
     is_ours,
     kill_processes,
@@ -65,7 +73,8 @@ class SandboxInfo:
     registry_host: str  # "127.0.0.1:PORT"
     containerd_pid: int
     registry_pid: int
-    containerd_binary: str = ""  # which containerd runs: Debian's 1.6, or the built 2.x with --soci
+    containerd_binary: str = ""  # which containerd runs: the first on PATH (Debian's 1.6), `--containerd`, or 2.x
+    containerd_version: str = ""  # what `containerd_binary --version` said: "v2.4.2", "1.6.20~ds1 1.6.20~ds1-1+deb12u3"
     soci_address: str = ""  # soci-snapshotter-grpc's socket when started with soci=True (`up --soci`)
     soci_pid: int = 0
     soci_binary: str = ""
@@ -124,32 +133,43 @@ class Sandbox:
 
     # -- public API ---------------------------------------------------------------------------------------
 
-    def up(self, *, soci: bool = False, soci_settings: SociSettings | None = None) -> SandboxInfo:
+    def up(self, *, soci: bool = False, soci_settings: SociSettings | None = None,
+           containerd: str | None = None) -> SandboxInfo:
         """Start containerd and the registry (and with `soci` the real soci-snapshotter-grpc, registered as the
         proxy snapshotter `soci`), or reuse them when the recorded ones still run and answer.
 
-        With `soci`, containerd is the built 2.x: Debian's 1.6 does not pass the request's namespace to a
-        proxy snapshotter, and SOCI v0.16 refuses every Prepare without one ("context has no namespace
-        attached"). Without it, containerd is the one on PATH (Debian's 1.6)."""
+        `containerd` is the daemon's binary (a path, or a name on PATH); its `--version` picks the config schema
+        (`version = 3` for 2.x). By default it is the first `containerd` on PATH (Debian's 1.6), and with `soci`
+        the built 2.x: 1.6 does not pass the request's namespace to a proxy snapshotter, and SOCI v0.16 refuses
+        every Prepare without one ("context has no namespace attached")."""
         if len(str(self.socket_path) + ".ttrpc") > _MAX_SOCKET_PATH:
             raise SandboxError(
                 f"the sandbox directory {self.dir} is too long for a unix socket path; "
                 f"choose a shorter one with {DIR_ENV}."
             )
-        env: dict[str, str] | None = None
         soci_binary = require(soci_daemon.BINARY) if soci else ""
-        if soci:
-            bin_dir = containerd2_dir()
-            containerd = str(bin_dir / "containerd")
-            # containerd finds its shim on PATH: the 2.x shim beside it, not Debian's.
-            env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+        if containerd is not None:
+            binary = resolve_containerd(containerd)
+        elif soci:
+            binary = str(containerd2_dir() / "containerd")
         else:
-            containerd = require_binary("containerd")
+            binary = require_binary("containerd")
+        version = version_of(binary)
+        major = containerd_major(version)
+        if major is None:
+            raise SandboxError(f"`{binary} --version` printed no containerd version ({version}): is it containerd?")
+        if soci and major < 2:
+            raise SandboxError(f"the SOCI sandbox needs containerd 2.x, not {binary} ({version}): containerd 1.x "
+                               "does not pass the namespace to a proxy snapshotter, which soci-snapshotter needs.")
         require_binary("runc")
         require_binary("docker-registry")
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
             running = self._running()
+            if running is not None and containerd is not None and \
+                    Path(running.containerd_binary).resolve() != Path(binary).resolve():
+                raise SandboxError(f"the sandbox in {self.dir} runs {running.containerd_binary}; stop it with "
+                                   f"`socirun sandbox down` before starting it on {binary}.")
             if running is not None:
                 if soci and not running.soci_address:
                     raise SandboxError(f"the sandbox in {self.dir} runs without soci-snapshotter-grpc; "
@@ -160,10 +180,11 @@ class Sandbox:
             self._stop_daemons(previous)
             previous_port = _port_of(str(previous.get("registry_host", ""))) if previous else None
 
-            self.containerd_config_path.write_text(
-                containerd_config(self.dir, self.soci.socket, version=3) if soci else containerd_config(self.dir))
+            self.containerd_config_path.write_text(containerd_config(
+                self.dir, self.soci.socket if soci else None, version=config_version_for(major)))
             marker = str(self.containerd_config_path)
-            pid = spawn([containerd, "--config", marker], self.containerd_log_path, cwd=self.dir, env=env)
+            pid = spawn([binary, "--config", marker], self.containerd_log_path, cwd=self.dir,
+                        env=_shim_path_env(binary))
             try:
                 wait_until(
                     lambda: unix_socket_answers(self.socket_path),
@@ -191,7 +212,8 @@ class Sandbox:
                 registry_host=registry.host,
                 containerd_pid=pid,
                 registry_pid=registry.pid,
-                containerd_binary=containerd,
+                containerd_binary=binary,
+                containerd_version=version,
                 soci_address=str(self.soci.socket) if soci else "",
                 soci_pid=soci_pid,
                 soci_binary=soci_binary,
@@ -262,12 +284,8 @@ class Sandbox:
                 raise SandboxError(f"the sandbox in {self.dir} is not running; start it with: socirun sandbox up")
             marker = str(self.containerd_config_path)
             stop_process(int(state.get("containerd_pid") or 0), marker, STOP_TIMEOUT_S, sig=sig)
-            env: dict[str, str] | None = None
-            if state.get("soci_address"):
-                # As in `up`: the 2.x shim beside the 2.x containerd, not Debian's.
-                bin_dir = str(Path(binary).parent)
-                env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
-            pid = spawn([binary, "--config", marker], self.containerd_log_path, cwd=self.dir, env=env)
+            pid = spawn([binary, "--config", marker], self.containerd_log_path, cwd=self.dir,
+                        env=_shim_path_env(binary))
             wait_until(lambda: unix_socket_answers(self.socket_path), pid=pid, marker=marker,
                        timeout=CONTAINERD_STARTUP_TIMEOUT_S, what="containerd",
                        log_path=self.containerd_log_path)  # fmt: skip
@@ -328,6 +346,7 @@ class Sandbox:
                 containerd_pid=int(state["containerd_pid"]),
                 registry_pid=int(state["registry_pid"]),
                 containerd_binary=str(state.get("containerd_binary") or ""),
+                containerd_version=str(state.get("containerd_version") or ""),
                 soci_address=str(state.get("soci_address") or ""),
                 soci_pid=int(state.get("soci_pid") or 0),
                 soci_binary=str(state.get("soci_binary") or ""),
@@ -345,7 +364,7 @@ class Sandbox:
 
     def _stop_daemons(self, state: dict[str, Any]) -> None:
         """Stop the recorded registry and containerd, and the containers (shims) of this containerd."""
-        self._stop_containers()
+        self._stop_containers(str(state.get("containerd_binary") or ""))
         registry_pid = int(state.get("registry_pid") or 0)
         containerd_pid = int(state.get("containerd_pid") or 0)
         stop_process(registry_pid, str(self.registry_config_path), STOP_TIMEOUT_S)
@@ -353,11 +372,11 @@ class Sandbox:
         stop_process(containerd_pid, str(self.containerd_config_path), STOP_TIMEOUT_S)
         soci_daemon.stop_daemon(self.soci, int(state.get("soci_pid") or 0))
 
-    def _stop_containers(self) -> None:
-        """Kill the tasks of this containerd: through ctr while it answers (so containerd unmounts their
+    def _stop_containers(self, containerd_binary: str) -> None:
+        """Kill the tasks of this containerd: through its own ctr while it answers (so containerd unmounts their
         rootfs and runc removes their cgroups), then any shim still serving this socket, with its children."""
-        ctr = shutil.which("ctr")
-        if ctr is not None and unix_socket_answers(self.socket_path):
+        ctr = ctr_beside(containerd_binary)
+        if shutil.which(ctr) is not None and unix_socket_answers(self.socket_path):
             for namespace in self._ctr_lines(ctr, "namespaces", "list", "--quiet"):
                 for task in self._ctr_lines(ctr, "-n", namespace, "tasks", "list", "--quiet"):
                     self._ctr_lines(ctr, "-n", namespace, "tasks", "delete", "--force", task)
@@ -396,6 +415,13 @@ class Sandbox:
                     found.append(proc)
                     break
         return found
+
+
+def _shim_path_env(containerd: str) -> dict[str, str]:
+    """containerd's environment: PATH with the binary's own directory first, because containerd looks its shim
+    (containerd-shim-runc-v2) up on PATH, and a 2.x daemon must start the 2.x shim beside it, not Debian's."""
+    bin_dir = Path(containerd).resolve().parent
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
 
 
 def _port_of(host: str) -> int | None:

@@ -1,6 +1,10 @@
 """Session fixtures for the integration tests: a private sandbox (containerd + docker-registry, both real),
 a pushed five-layer sample image, and a `ctr` runner bound to the sandbox's containerd.
 
+`--containerd debian|built|PATH` picks the session sandbox's containerd: debian (default) is the first on PATH
+(Debian's 1.6), built is the containerd 2.x that scripts/install-deps.sh builds into /opt/socirun/bin. The option
+is defined here, so give pytest this directory (or a file in it): `pytest tests/integration --containerd built`.
+
 Fixtures hand values over explicitly; nothing here sets environment variables.
 """
 
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from socirun.sandbox.components import ctr_beside
 from socirun.sandbox.push import PushStats
 from socirun.sandbox.sample import SampleImage, build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
@@ -23,11 +28,29 @@ from tests.support.sandbox import (
     SAMPLE_5_NAME,
     SAMPLE_5_TAG,
     CtrRunner,
+    containerd_choice,
     missing_requirement,
     short_tmp_dir,
 )
 
 HERE = Path(__file__).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--containerd", default="debian", metavar="debian|built|PATH",
+                     help="the containerd the session sandbox runs: debian (the first on PATH, default), built "
+                          "(the containerd 2.x in /opt/socirun/bin), or a binary's path")
+
+
+@pytest.fixture(scope="session")
+def containerd_binary(request: pytest.FixtureRequest) -> str:
+    """The containerd binary `--containerd` names (skips when it is not there). getoption's default covers a
+    run where this conftest was not loaded before the command line was parsed (`pytest` from the root)."""
+    binary, reason = containerd_choice(str(request.config.getoption("--containerd", default="debian")))
+    if binary is None:
+        pytest.skip(reason)
+    return binary
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -36,13 +59,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Iterator[SandboxInfo]:
+def sandbox(containerd_binary: str) -> Iterator[SandboxInfo]:
     reason = missing_requirement()
     if reason is not None:
         pytest.skip(reason)
     box = Sandbox(short_tmp_dir())
     try:
-        yield box.up()
+        yield box.up(containerd=containerd_binary)
     finally:
         box.down()
 
@@ -85,12 +108,14 @@ def short_tmp_path() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def ctr(sandbox: SandboxInfo) -> CtrRunner:
     """`ctr("images", "ls")` runs `ctr -a <sandbox socket> -n default images ls` and returns the
-    CompletedProcess (text). A non-zero exit fails the test unless `check=False`."""
+    CompletedProcess (text). A non-zero exit fails the test unless `check=False`. The ctr is the one built with
+    the sandbox's containerd (2.x's own for the built one)."""
+    ctr_path = ctr_beside(sandbox.containerd_binary)
 
     def run(
         *args: str, namespace: str = "default", check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        argv = ["ctr", "-a", sandbox.containerd_address, "-n", namespace, *args]
+        argv = [ctr_path, "-a", sandbox.containerd_address, "-n", namespace, *args]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise AssertionError(f"`{shlex.join(argv)}` exited {done.returncode}: {done.stderr.strip()}")

@@ -22,7 +22,15 @@ def test_doctor_reports_containerd_and_missing_soci(sandbox: SandboxInfo, sample
                                                      "DOCKER_CONFIG": str(tmp_path)})
     assert done.returncode == 0, done.stderr  # nothing required is missing
     assert done.stdout == ""
-    assert "[ok  ] containerd: containerd 1." in done.stderr
+    # The Version API's version (the one `containerd --version` printed first), and what differs for socirun.
+    version = sandbox.containerd_version.split()[0]
+    assert f"[ok  ] containerd: containerd {version} at {sandbox.containerd_address}" in done.stderr
+    if version.startswith("v2."):
+        assert "[ok  ] containerd 2.x: config `version = 3`" in done.stderr
+        if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            assert "[note] cgroup v1: containerd 2.2+ deprecates cgroup v1" in done.stderr
+    else:
+        assert "[ok  ] containerd 1.6: config `version = 2`" in done.stderr
     assert "[note] snapshotter soci: containerd has no snapshotter called soci" in done.stderr
     assert "[proxy_plugins.soci]" in done.stderr  # the fix
     assert "SOCI metrics: metrics_address is not set" in done.stderr

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import socirun.sandbox.push as push_module
 from socirun.errors import SandboxError
 from socirun.oci import OCI_MANIFEST
+from socirun.sandbox.components import containerd2_dir, version_of
 from socirun.sandbox.processes import free_port, mounts_under
 from socirun.sandbox.push import PushStats
 from socirun.sandbox.sample import SampleImage, push_sample
@@ -59,6 +61,29 @@ def test_status_state_file_and_env_lines(sandbox: SandboxInfo) -> None:
         f"export SOCIRUN_REGISTRY={sandbox.registry_host}",
     ]
     assert http_get(f"http://{sandbox.registry_host}/v2/")[0] == 200
+
+
+def test_up_on_the_built_containerd_2x(short_tmp_path: Path) -> None:
+    """`sandbox up --containerd PATH`: config `version = 3` for 2.x, `status` names the binary and its version,
+    and a running sandbox is not silently reused for another containerd."""
+    try:
+        built = str(containerd2_dir() / "containerd")
+    except SandboxError as err:
+        pytest.skip(str(err))
+
+    def socirun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "socirun", "sandbox", *args, "--dir", str(short_tmp_path)],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    up = socirun("up", "--containerd", built)
+    assert up.returncode == 0, up.stderr
+    assert (short_tmp_path / "containerd.toml").read_text().startswith("version = 3\n")
+    status = socirun("status")
+    assert version_of(built).startswith("v2.")
+    assert f"  containerd {version_of(built)} ({built}) at {short_tmp_path}/containerd.sock" in status.stdout
+    other = socirun("up", "--containerd", "containerd")
+    assert other.returncode == 125 and other.stderr.count("\n") == 1
+    assert f"runs {built}; stop it with `socirun sandbox down`" in other.stderr
 
 
 def test_status_of_a_sandbox_never_started(short_tmp_path: Path) -> None:

@@ -33,6 +33,21 @@ def missing_requirement() -> str | None:
     return None
 
 
+def containerd_choice(choice: str) -> tuple[str | None, str]:
+    """(binary, "") for `--containerd debian|built|PATH`, or (None, why it is not there)."""
+    from socirun.errors import SandboxError
+    from socirun.sandbox.components import containerd2_dir, resolve_containerd
+
+    try:
+        if choice == "debian":
+            return resolve_containerd("containerd"), ""
+        if choice == "built":
+            return str(containerd2_dir() / "containerd"), ""
+        return resolve_containerd(choice), ""
+    except SandboxError as err:
+        return None, f"--containerd {choice}: {err}"
+
+
 def short_tmp_dir(prefix: str = "srt-") -> Path:
     """A fresh directory directly under /tmp: unix socket paths inside it stay far below 108 bytes."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
