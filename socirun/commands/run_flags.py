@@ -128,7 +128,7 @@ FLAGS: tuple[Flag, ...] = (
     # socirun's own (nerdctl's global flags, accepted after `run` too).
     Flag("snapshotter", "string", aliases=("storage-driver",), help="containerd snapshotter (default overlayfs)"),
     Flag("progress", "string", help="Pull progress: auto|tty|plain|json|quiet"),
-    Flag("pull-mode", "string", help="How a missing image is pulled: auto|lazy|parallel|standard"),
+    Flag("pull-mode", "string", help="How a missing image is pulled: auto|lazy|parallel|parallel-stream|standard"),
     Flag("address", "string", help="containerd address (env CONTAINERD_ADDRESS)"),
     Flag("namespace", "string", help="containerd namespace (env CONTAINERD_NAMESPACE)"),
     Flag("data-root", "string", help="socirun's state: volumes, containers, CNI (env SOCIRUN_DATA_ROOT)"),

@@ -12,8 +12,8 @@ if TYPE_CHECKING:  # the transfer decision is made before the plan and handed to
 
 # socirun's --pull-mode (how an image reaches the host); docker's --pull policy is PULL_POLICIES in
 # socirun.runtime.options.
-PullMode = Literal["auto", "lazy", "parallel", "standard"]
-PULL_MODES: tuple[str, ...] = ("auto", "lazy", "parallel", "standard")
+PullMode = Literal["auto", "lazy", "parallel", "parallel-stream", "standard"]
+PULL_MODES: tuple[str, ...] = ("auto", "lazy", "parallel", "parallel-stream", "standard")
 IndexKind = Literal["v2", "v1", "explicit"]
 
 SOCI = "soci"

@@ -254,8 +254,7 @@ def decide(facts: PlanFacts) -> Plan:
         if transfer is not None:
             reasons.extend((*transfer.reasons, transfer.how(snapshotter)))
         # The mode is the transfer's even when every layer is already here (nothing to download this time).
-        mode: PlanMode = "parallel" if facts.transfer is not None and facts.transfer.mode == "parallel" \
-            else "standard"
+        mode: PlanMode = "parallel" if facts.transfer is not None and facts.transfer.chunked else "standard"
         _disk_warning(facts, layers, warnings)
         blocker = ""
         if snapshotter not in sn.available and not (snapshotter == SOCI and soci_up):
@@ -307,9 +306,9 @@ def decide(facts: PlanFacts) -> Plan:
             warnings.append(f"--pull-mode lazy asked for lazy loading, but {soci_state()}; socirun downloads "
                             f"every layer into {DEFAULT_SNAPSHOTTER} instead")
             fixes.append(soci_fix())
-        elif mode_asked == "parallel":
+        elif mode_asked in ("parallel", "parallel-stream"):
             # socirun's own ranged downloads are a parallel pull too: nothing the user asked for is lost.
-            reasons.append("--pull-mode parallel was chosen: socirun downloads ranged chunks over several "
+            reasons.append(f"--pull-mode {mode_asked} was chosen: socirun downloads ranged chunks over several "
                            "connections")
         if mode_asked != "lazy" and sn.soci_registered:
             fixes.append(soci_fix())
@@ -345,8 +344,8 @@ def decide(facts: PlanFacts) -> Plan:
 
     # 5. An index SOCI will use.
     if index is not None and lookup.usable:
-        if mode_asked == "parallel" and user.snapshotter is None:
-            reasons.append(f"--pull-mode parallel was chosen, and SOCI's parallel mode is off "
+        if mode_asked in ("parallel", "parallel-stream") and user.snapshotter is None:
+            reasons.append(f"--pull-mode {mode_asked} was chosen, and SOCI's parallel mode is off "
                            f"([pull_modes.parallel_pull_unpack] enable = false in {cfg.source}), so socirun "
                            f"downloads the layers itself into {DEFAULT_SNAPSHOTTER}, not lazily")
             fixes.append("for SOCI's own parallel pull set [pull_modes.parallel_pull_unpack] enable = true in "

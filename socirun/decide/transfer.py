@@ -5,6 +5,9 @@
 
 - `choose_overlay_transfer` picks "parallel" (ranged chunks over several connections) or "standard" (one stream
   per layer) and says why in plain sentences; the plan (and `socirun plan`) shows those sentences.
+  "parallel-stream" (the parallel download, each layer unpacked by socirun's own applier as its bytes arrive
+  instead of by containerd's Diff.Apply from the committed blob) is only ever chosen when asked for: `auto` does
+  not pick it until a measurement shows it faster on this kind of host.
 - `default_transfer_settings` sizes the parallel mode for a host the way SOCI's parallel pull is tuned: SOCI
   defaults to 3 connections per image and whole-layer requests, and its tuning guide raises both connections
   and chunk size on large hosts. socirun uses fewer connections and smaller chunks on small hosts, because
@@ -24,7 +27,9 @@ from typing import Any, Literal, NamedTuple, Protocol, get_args
 from socirun.decide.facts import LOCAL_SNAPSHOTTERS, PULL_MODES, HostProfile, PullMode
 from socirun.errors import ConfigError, UsageError
 
-OverlayTransfer = Literal["parallel", "standard"]
+OverlayTransfer = Literal["parallel", "parallel-stream", "standard"]
+# The transfers that download ranged chunks over several connections (parallel-stream also unpacks as it goes).
+CHUNKED_TRANSFERS: tuple[str, ...] = ("parallel", "parallel-stream")
 # The order in which a parallel pull's chunks are asked for (socirun.pull.chunked follows it).
 Schedule = Literal["in-order", "largest-first", "interleave"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -101,6 +106,11 @@ def choose_overlay_transfer(
         return OverlayTransferChoice(
             "parallel", ("--pull-mode parallel asks for ranged chunks over several connections",)
         )
+    if requested == "parallel-stream":
+        return OverlayTransferChoice("parallel-stream", (
+            "--pull-mode parallel-stream asks for ranged chunks over several connections, each layer unpacked by "
+            "socirun as its bytes arrive (auto never picks it: it is not yet measured faster than parallel)",
+        ))
     if requested == "standard":
         return OverlayTransferChoice("standard", ("--pull-mode standard asks for one stream per layer",))
     reasons: list[str] = []
@@ -120,7 +130,7 @@ def choose_overlay_transfer(
         return standard(f"the network link runs at {nic} Mb/s, which one stream per layer already fills")
     biggest = max((layer.size for layer in layers), default=None)
     if biggest is not None and biggest <= 2 * chunk_size:
-        return standard(f"the largest layer is only {biggest} bytes, so splitting it into chunks gains nothing")
+        return standard(f"the largest layer is only {iec_size(biggest)}, so splitting it into chunks gains nothing")
     reasons.append(
         f"this host has {cpus} CPUs, enough to download ranged chunks over several connections while "
         f"containerd unpacks into {snapshotter}"
@@ -136,6 +146,17 @@ _UNITS = {
 }  # fmt: skip
 
 
+def iec_size(n: int) -> str:
+    """A byte count as people read it, in the binary units chunk sizes are given in: 8388608 → "8 MiB",
+    1572864 → "1.5 MiB", 300 → "300 B"."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - unreachable, kept for the type checker
+
+
 def parse_size(text: str, what: str = "size") -> int:
     """`16MiB` → 16777216, `8MB` / `8mb` → 8000000, `65536` → 65536."""
     match = _SIZE.match(str(text))
@@ -147,7 +168,7 @@ def parse_size(text: str, what: str = "size") -> int:
 
 def check_chunk_size(size: int, what: str = "--chunk-size") -> int:
     if not MIN_CHUNK <= size <= MAX_CHUNK:
-        raise UsageError(f"{what} must be between 256KiB and 1GiB, not {size} bytes")
+        raise UsageError(f"{what} must be between 256KiB and 1GiB, not {iec_size(size)}")
     return size
 
 
@@ -155,7 +176,7 @@ def transfer_settings_from_config(raw: Mapping[str, Any], base: TransferSettings
     """Apply a `[pull]` table:
 
         [pull]
-        mode = "auto"                   # auto | lazy | parallel | standard
+        mode = "auto"                   # auto | lazy | parallel | parallel-stream | standard
         max_concurrent_downloads = 8    # connections per image
         chunk_size = "16MiB"
         window = 16                     # chunks in memory at once
@@ -234,16 +255,25 @@ class TransferPlan:
 
     @property
     def connections(self) -> int:
-        return self.settings.max_concurrent_downloads if self.mode == "parallel" else self.standard_downloads
+        return self.settings.max_concurrent_downloads if self.chunked else self.standard_downloads
+
+    @property
+    def chunked(self) -> bool:
+        """Ranged chunks over shared connections (parallel and parallel-stream)."""
+        return self.mode in CHUNKED_TRANSFERS
 
     def how(self, snapshotter: str) -> str:
         """The sentence that says what the engine does with these settings."""
-        if self.mode == "parallel":
+        if self.chunked:
             s = self.settings
-            how = (f"socirun downloads ranged chunks of {s.chunk_size} bytes over {s.max_concurrent_downloads} "
+            how = (f"socirun downloads ranged chunks of {iec_size(s.chunk_size)} over {s.max_concurrent_downloads} "
                    f"connections shared by all layers, written in order ({s.schedule})")
         else:
             how = f"socirun downloads each layer in one stream ({self.standard_downloads} at a time)"
+        if self.mode == "parallel-stream" and snapshotter in LOCAL_SNAPSHOTTERS:
+            return (f"{how}, into containerd's content store and at the same time into socirun's own applier, "
+                    f"which unpacks each layer into {snapshotter} as its bytes arrive once its parent is "
+                    "committed (a layer whose bytes come earlier is unpacked by containerd from the stored blob)")
         return f"{how}, and containerd unpacks each layer into {snapshotter} as soon as its parent is ready"
 
 

@@ -3,7 +3,8 @@
 Everything a pull creates lives under one lease until the image record references it
 (https://github.com/containerd/containerd/blob/v1.6.20/docs/garbage-collection.md). Layers download concurrently
 (bounded) and each is applied as soon as it and its parent are ready, so unpacking overlaps the transfers of later
-layers.
+layers. In parallel-stream mode a layer is unpacked by socirun's own applier from its bytes as they are written to
+the content store, instead of by Diff.Apply once its blob is committed (socirun.pull.stream says which layers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from socirun import events as ev
 from socirun.containerd.client import ContainerdClient
@@ -26,7 +28,7 @@ from socirun.decide.transfer import TransferPlan
 from socirun.errors import DigestMismatchError, PullError
 from socirun.oci import Descriptor, Platform, chain_ids
 from socirun.pull import labels as lb
-from socirun.pull.chunked import TransferBudget, download_chunked
+from socirun.pull.chunked import ChunkWriter, TransferBudget, download_chunked
 from socirun.pull.leases import PullLease
 from socirun.pull.remote import (
     Planner,
@@ -37,8 +39,12 @@ from socirun.pull.remote import (
     soci_unpack_key,
     unexpected_deferral,
 )
+from socirun.pull.stream import ApplyState, LayerTap, TapFailedError, stream_live
 from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
+from socirun.unpack.decompress import UnsupportedLayerError, check_media_type
+from socirun.unpack.snapshot import apply_and_commit
+from socirun.unpack.target import UnsupportedMountsError
 
 PROGRESS_INTERVAL_S = 0.1
 
@@ -48,7 +54,8 @@ class PullRequest:
     reference: ImageReference
     platform: Platform
     # "standard": one stream per layer, `transfer.connections` at a time; "parallel": ranged chunks over
-    # `transfer.connections` connections shared by all layers, at most `transfer.settings.window` in memory.
+    # `transfer.connections` connections shared by all layers, at most `transfer.settings.window` in memory;
+    # "parallel-stream": as parallel, each layer unpacked by socirun as its bytes arrive (local snapshotters).
     transfer: TransferPlan
     snapshotter: str = DEFAULT_SNAPSHOTTER
     expanded_from: str | None = None
@@ -95,7 +102,7 @@ class _Pull:
         connections = max(1, transfer.connections)
         self._budget: TransferBudget | None = None
         self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
-        if transfer.mode == "parallel":
+        if transfer.chunked:
             self._budget = TransferBudget(connections=connections, window=transfer.settings.window,
                                           chunk_size=transfer.settings.chunk_size, schedule=transfer.settings.schedule)
         # In parallel mode the budget bounds connections and memory; a layer limit as well could hold back the
@@ -104,6 +111,14 @@ class _Pull:
         self.lease: PullLease  # set once the image name is known
         self.plan: Plan | None = None  # set once the image is resolved (when the request has a planner)
         self._warned: set[str] = set()  # warnings already given in this pull
+        # parallel-stream: each layer index's apply state, and per blob its tap (None: only stored), decided when
+        # its first byte is about to be written.
+        self._states: list[ApplyState] = []
+        self._taps: dict[str, asyncio.Future[LayerTap | None]] = {}
+
+    @property
+    def _streaming(self) -> bool:
+        return self.request.transfer.mode == "parallel-stream" and self.snapshotter in LOCAL_SNAPSHOTTERS
 
     # -- content -------------------------------------------------------------------------------------------
 
@@ -147,13 +162,23 @@ class _Pull:
             offset = await writer.start()
             if writer.already_exists:
                 await self.ctd.content_update_labels(layer.digest, labels)
+                self.lease.track_blob(layer.digest)  # perhaps held only by an earlier run's resume lease
                 self._progress(layer, layer.size, force=True)
                 return False
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading",
                                            detail=_resume_detail(offset, layer.size)))
             self._progress(layer, offset, force=True)
             if offset < layer.size:
-                await self._copy(img, layer, writer, offset)
+                try:
+                    await self._copy(img, layer, writer, offset)
+                    tap = self._decided_tap(layer.digest)
+                    if tap is not None:
+                        await tap.end()
+                except BaseException:
+                    tap = self._decided_tap(layer.digest)
+                    if tap is not None:
+                        tap.fail()
+                    raise
             try:
                 await writer.commit(labels)
             except CommitMismatchError:
@@ -162,16 +187,20 @@ class _Pull:
                     f"layer {layer.digest} from {img.reference.domain}: the bytes received do not match "
                     "that digest, so the registry's copy is corrupt; nothing was stored for it."
                 ) from None
+            self.lease.track_blob(layer.digest)  # a failure or Ctrl-C from here on keeps it for the rerun
             self._progress(layer, layer.size, force=True)
         finally:
+            if self._streaming:
+                self._decide_tap(layer.digest, None)  # no byte written here (or undecided): applied from the store
             await writer.close()
         return True
 
     async def _copy(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
         """Stream the blob from `offset` into the open ingest; containerd checks the digest at commit."""
+        sink = self._sink(img, layer, writer, offset)
         if self._budget is not None and self._ranges_served:
             try:
-                await self._copy_chunked(img, layer, writer, offset)
+                await self._copy_chunked(img, layer, sink, offset)
                 return
             except RangeNotSupportedError as err:
                 await writer.flush()
@@ -189,11 +218,59 @@ class _Pull:
                         f"layer {layer.digest} from {img.reference.domain} is larger than the "
                         f"{layer.size} bytes its manifest declares; the registry's copy is corrupt."
                     )
-                await writer.write(chunk)
+                await sink(chunk)
                 self.fetched += len(chunk)
                 self._progress(layer, received)
 
-    async def _copy_chunked(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
+    def _sink(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> ChunkWriter:
+        """Where the in-order bytes go: the content writer, and in parallel-stream mode the layer's tap too."""
+        if not self._streaming:
+            return writer.write
+        tap: LayerTap | None = None
+        decided = False
+
+        async def write(data: bytes) -> None:
+            nonlocal tap, decided
+            if not decided:
+                decided = True
+                tap = self._decide_tap(layer.digest, self._live_tap(img, layer, resumed=offset > 0))
+            await writer.write(data)
+            if tap is not None:
+                await tap.put(data)  # waits while the applier is behind or not yet at this layer
+
+        return write
+
+    def _live_tap(self, img: ResolvedImage, layer: Descriptor, *, resumed: bool) -> LayerTap | None:
+        index = _schedule_index(img, layer)
+        try:
+            check_media_type(layer.media_type)
+            supported = True
+        except UnsupportedLayerError:
+            supported = False
+        in_order = self._budget is None or self._budget.schedule == "in-order"
+        if not stream_live(index, self._states, in_order=in_order, resumed=resumed, supported=supported):
+            self._states[index] = "stored"
+            return None
+        self._states[index] = "live"
+        return LayerTap()
+
+    def _tap_future(self, digest: str) -> asyncio.Future[LayerTap | None]:
+        if digest not in self._taps:
+            self._taps[digest] = asyncio.get_running_loop().create_future()
+        return self._taps[digest]
+
+    def _decide_tap(self, digest: str, tap: LayerTap | None) -> LayerTap | None:
+        """Record the blob's tap (the first decision stands) and return the one recorded."""
+        future = self._tap_future(digest)
+        if not future.done():
+            future.set_result(tap)
+        return future.result()
+
+    def _decided_tap(self, digest: str) -> LayerTap | None:
+        future = self._taps.get(digest)
+        return future.result() if future is not None and future.done() else None
+
+    async def _copy_chunked(self, img: ResolvedImage, layer: Descriptor, sink: ChunkWriter, offset: int) -> None:
         """Parallel mode: bounded ranged chunks over the pull's shared connections, written in order."""
         assert self._budget is not None
 
@@ -208,7 +285,7 @@ class _Pull:
             written = total_written
             self._progress(layer, position)
 
-        await download_chunked(fetch, writer.write, size=layer.size, offset=offset, budget=self._budget,
+        await download_chunked(fetch, sink, size=layer.size, offset=offset, budget=self._budget,
                                layer_index=_schedule_index(img, layer), on_written=on_written,
                                what=f"layer {layer.digest}")
 
@@ -254,22 +331,36 @@ class _Pull:
                       downloads: dict[str, asyncio.Task[None]]) -> None:
         """Prepare, then (only when the snapshotter returned mounts) download, apply and commit this layer.
 
-        A local snapshotter's layer is downloaded before its Prepare, as before. A remote snapshotter (SOCI)
+        A local snapshotter's layer is downloaded before its Prepare, as before, unless parallel-stream feeds it
+        live: then it is prepared at once and unpacked as its bytes arrive. A remote snapshotter (SOCI)
         is asked first: ALREADY_EXISTS means it committed the layer itself (lazily, whole, or in parallel —
         the snapshot's labels say which); mounts mean it deferred, and socirun downloads this layer only."""
         layer, chain_id = img.layers[index], chain[index]
         parent = chain[index - 1] if index else ""
         labels = {lb.SNAPSHOT_REF: chain_id}
         remote = self.snapshotter not in LOCAL_SNAPSHOTTERS
+        tap: LayerTap | None = None
         if remote:
             labels |= soci_prepare_labels(str(img.reference), img.manifest.digest, img.layers, index,
                                           self.request.soci_index_digest)
+        elif self._streaming:
+            tap = await self._live_or_downloaded(img, layer, downloads)
         else:
             await self._ensure_download(img, layer, downloads)
         key, mounts = await self._prepare(img, parent, labels, chain_id)
+        if mounts is not None and tap is not None:
+            if await self._apply_live(img, index, key, mounts, labels, chain_id, tap, downloads):
+                await self._layer_done(img, index)
+                return
+            # Fell back to Diff.Apply; an applier that had started removed its snapshot, so prepare again.
+            if await self.ctd.snapshot_stat(self.snapshotter, key) is None:
+                key, mounts = await self._prepare(img, parent, labels, chain_id)
         if mounts is None:
+            if tap is not None:
+                tap.detach()  # another pull committed this layer: the download only stores the blob
             info = await self.ctd.snapshot_stat(self.snapshotter, chain_id) if remote else None
             if info is None:
+                self._committed(index)
                 self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists", detail="snapshot present"))
                 return
             mode, detail = classify(info.labels)
@@ -284,7 +375,7 @@ class _Pull:
                 self._warn_once(unexpected_deferral(self.plan, index))
                 self.emit(ev.LayerClassified(digest=layer.digest, mode="standard",
                                              detail=f"{self.snapshotter} deferred it: socirun downloads it"))
-                await self._ensure_download(img, layer, downloads)
+            await self._ensure_download(img, layer, downloads)
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
             applied = await self.ctd.diff_apply(layer, mounts)
             if applied.digest != img.diff_ids[index]:
@@ -301,9 +392,58 @@ class _Pull:
             if not committed:
                 # No half-written snapshot survives a failure or a Ctrl-C.
                 await _shielded(self.ctd.snapshot_remove(self.snapshotter, key))
+        await self._layer_done(img, index)
+
+    async def _layer_done(self, img: ResolvedImage, index: int) -> None:
+        layer = img.layers[index]
         await self.ctd.content_update_labels(layer.digest, {lb.UNCOMPRESSED: img.diff_ids[index]})
+        self._committed(index)
         self._progress(layer, layer.size, force=True, applied=layer.size)
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="done"))
+
+    def _committed(self, index: int) -> None:
+        if self._states:
+            self._states[index] = "committed"
+
+    async def _live_or_downloaded(self, img: ResolvedImage, layer: Descriptor,
+                                  downloads: dict[str, asyncio.Task[None]]) -> LayerTap | None:
+        """parallel-stream: the layer's tap when its bytes are fed live (its download may still be running);
+        otherwise None once its blob is committed, for Diff.Apply."""
+        if layer.digest not in downloads:
+            downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
+        task = downloads[layer.digest]
+        decision = self._tap_future(layer.digest)
+        waiters: set[asyncio.Future[Any]] = {task, decision}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        tap = decision.result() if decision.done() else None
+        if tap is None or tap.taken:
+            # Only stored (or an earlier layer with the same blob read the tap): applied from the store.
+            await task
+            return None
+        return tap  # even when its download already ended: a small blob's bytes all fit in the tap's queue
+
+    async def _apply_live(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
+                          labels: dict[str, str], chain_id: str, tap: LayerTap,
+                          downloads: dict[str, asyncio.Task[None]]) -> bool:
+        """Unpack the layer from its tap and commit it (True); False when socirun's applier cannot write into
+        these mounts or this layer, so Diff.Apply must (said once in a warning). Any other failure removes the
+        snapshot (apply_and_commit) and raises; the blob stays in the store under the pull's lease."""
+        layer = img.layers[index]
+        task = downloads[layer.digest]
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking", detail="as its bytes arrive"))
+        try:
+            await apply_and_commit(self.ctd, self.snapshotter, key=key, name=chain_id, labels=labels,
+                                   mounts=mounts, layer=layer, diff_id=img.diff_ids[index], chunks=tap.chunks())
+        except (UnsupportedMountsError, UnsupportedLayerError) as err:
+            tap.detach()
+            self._warn_once(f"--pull-mode parallel-stream: {err}; containerd's Diff.Apply unpacks such layers "
+                            "from the stored blob instead")
+            return False
+        except TapFailedError:
+            await task  # the download's own error is the one to report
+            raise
+        await task  # the blob is committed to the store (its label is set next)
+        return True
 
     async def _ensure_download(self, img: ResolvedImage, layer: Descriptor,
                                downloads: dict[str, asyncio.Task[None]]) -> None:
@@ -335,6 +475,10 @@ class _Pull:
                 raise PullError(f"{plan.blocker}; " + "; ".join(plan.fixes or ("see `socirun doctor`",)))
         chain = chain_ids(list(img.diff_ids))
         present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
+        self._states = ["committed" if here else "waiting" for here in present]
+        if req.transfer.mode == "parallel-stream" and not self._streaming:
+            self._warn_once(f"--pull-mode parallel-stream streams layers into local snapshotters only; with "
+                            f"{self.snapshotter} the layers socirun downloads are unpacked by Diff.Apply")
         for i, layer in enumerate(img.layers):
             self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
                                       size=layer.size, mode=planned_mode(plan, i, present[i], req.transfer.mode)))

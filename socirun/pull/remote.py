@@ -11,7 +11,7 @@ from socirun import events as ev
 from socirun.containerd.client import ContainerdClient
 from socirun.decide.facts import HostProfile, SociConfig, UserChoice
 from socirun.decide.plan import Plan, decide
-from socirun.decide.transfer import TransferPlan
+from socirun.decide.transfer import CHUNKED_TRANSFERS, TransferPlan
 from socirun.oci import Descriptor
 from socirun.pull import labels as lb
 from socirun.registry.client import RegistryClient, ResolvedImage
@@ -105,8 +105,8 @@ def planned_mode(plan: Plan | None, index: int, present: bool, transfer_mode: st
     if present:
         return "cached"
     if plan is None:
-        return "parallel" if transfer_mode == "parallel" else "standard"
+        return "parallel" if transfer_mode in CHUNKED_TRANSFERS else "standard"
     mode = plan.layers[index].mode
-    if mode == "standard" and transfer_mode == "parallel":
+    if mode == "standard" and transfer_mode in CHUNKED_TRANSFERS:
         return "parallel"
     return "standard" if mode == "cached" else mode

@@ -250,7 +250,7 @@ BAD: list[tuple[list[str], str]] = [
     (["--mount", "type=volume,target=/proc", "img"], "/proc is the kernel's proc filesystem"),
     (["--tmpfs", "/dev", "img"], "/dev is the kernel's dev filesystem"),
     (["--progress", "fancy", "img"], "must be one of auto, tty, plain, json, quiet"),
-    (["--pull-mode", "fast", "img"], "must be one of auto, lazy, parallel, standard"),
+    (["--pull-mode", "fast", "img"], "must be one of auto, lazy, parallel, parallel-stream, standard"),
     (["--env-file", "missing", "img"], "open missing: no such file or directory"),
     (["--sysctl", "novalue", "img"], "sysctl 'novalue' is not allowed"),
 ]

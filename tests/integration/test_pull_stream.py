@@ -1,0 +1,191 @@
+"""`socirun pull --pull-mode parallel-stream` against the real sandbox: the layers socirun's applier unpacked as their
+bytes arrived must be what containerd's Diff.Apply makes of the same image (a `--pull-mode standard` pull into
+another namespace), with the same chain, labels and blobs, and the image must run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+from socirun.containerd.client import ContainerdClient
+from socirun.oci import DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, chain_ids
+from socirun.sandbox.push import push_layout
+from socirun.sandbox.sample import push_sample
+from socirun.sandbox.sandbox import SandboxInfo
+from tests.integration.test_parallel_pull import SAMPLE_TEXT, Ctr, image_chain, registry_json
+from tests.integration.test_unpack_differential import SNAPSHOTTER, assert_same_tree
+from tests.support.cli_result import CliResult
+
+STREAM = ("--pull-mode", "parallel-stream", "--max-concurrent-downloads", "4", "--chunk-size", "1MiB")
+
+
+def _socirun(sandbox: SandboxInfo, namespace: str, *args: str, data_root: Path | None = None,
+             timeout: float = 300) -> CliResult:
+    env = dict(os.environ, CONTAINERD_ADDRESS=sandbox.containerd_address, CONTAINERD_NAMESPACE=namespace)
+    if data_root is not None:
+        env["SOCIRUN_DATA_ROOT"] = str(data_root)
+    proc = subprocess.run([sys.executable, "-m", "socirun", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+    return CliResult.of_process(proc)
+
+
+async def _layer_dirs(address: str, namespace: str, chain: list[str]) -> tuple[list[Path], list[str | None],
+                                                                                  dict[str, dict[str, str]]]:
+    """Per chainID: the committed snapshot's own directory (a view's topmost lower dir), its parent, and the
+    labels of every blob in the namespace."""
+    dirs: list[Path] = []
+    parents: list[str | None] = []
+    async with await ContainerdClient.connect(address, namespace) as ctd:
+        for chain_id in chain:
+            info = await ctd.snapshot_stat(SNAPSHOTTER, chain_id)
+            assert info is not None, f"{chain_id} is not committed in {namespace}"
+            parents.append(info.parent or None)
+            key = f"view-{uuid.uuid4().hex[:8]}"
+            mounts = await ctd.snapshot_view(SNAPSHOTTER, key, chain_id, {})
+            try:
+                (mount,) = mounts
+                if mount.type == "bind":
+                    dirs.append(Path(mount.source))
+                else:
+                    lower = next(o for o in mount.options if o.startswith("lowerdir="))
+                    dirs.append(Path(lower.removeprefix("lowerdir=").split(":")[0]))
+            finally:
+                await ctd.snapshot_remove(SNAPSHOTTER, key)
+        labels = {blob.digest: dict(blob.labels) for blob in await ctd.list_content()}
+    return dirs, parents, labels
+
+
+def test_parallel_stream_pull_matches_a_standard_pull_and_runs(
+    sandbox: SandboxInfo, ctr: Ctr, tmp_path: Path
+) -> None:
+    ref = push_sample(sandbox.registry_host, "stream/valid", "v1", [3, 6, 1, 4, 0.2], seed=1501)
+    manifest, chain = image_chain(sandbox.registry_host, "stream/valid", "v1")
+    config = registry_json(sandbox.registry_host, f"stream/valid/blobs/{manifest['config']['digest']}",
+                           accept="*/*")
+    diff_ids = config["rootfs"]["diff_ids"]
+    assert chain == chain_ids(diff_ids) and len(chain) >= 5
+    streamed, standard = f"stream-{uuid.uuid4().hex[:6]}", f"standard-{uuid.uuid4().hex[:6]}"
+
+    # The parallel-stream pull first, so its blobs are fetched (not found in the store another namespace made).
+    result = _socirun(sandbox, streamed, "pull", "--progress", "json", *STREAM, ref)
+    assert result.code == 0, result.stderr
+    plan = result.of("plan_made")[0]
+    assert any("--pull-mode parallel-stream" in r for r in plan["reasons"])
+    assert any("socirun's own applier" in r for r in plan["reasons"])
+    finished = result.finished()
+    assert finished["fetched"] == finished["total_size"]
+    live = {e["digest"] for e in result.of("layer_state") if e["detail"] == "as its bytes arrive"}
+    # The head of the apply order always streams; with the in-order schedule the layers behind it wait their
+    # turn instead of being only stored, so most of the image is unpacked while it downloads.
+    assert manifest["layers"][0]["digest"] in live
+    assert len(live) >= len(chain) - 1, (live, result.of("layer_state"))
+    assert not result.of("warning")
+
+    assert _socirun(sandbox, standard, "pull", "--progress", "quiet", "--pull-mode", "standard", ref).code == 0
+
+    got, got_parents, got_labels = asyncio.run(_layer_dirs(sandbox.containerd_address, streamed, chain))
+    want, want_parents, _ = asyncio.run(_layer_dirs(sandbox.containerd_address, standard, chain))
+    assert got_parents == want_parents == [None, *chain[:-1]]
+    for i, (mine, theirs) in enumerate(zip(got, want, strict=True)):
+        assert_same_tree(theirs, mine, None, f"layer {i}")
+    for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
+        # The blob is in the store (ctr export and a re-unpack work), labelled with its diffID as containerd's
+        # unpacker labels it.
+        assert got_labels[layer["digest"]].get("containerd.io/uncompressed") == diff_id
+    assert ctr("leases", "ls", namespace=streamed).stdout.splitlines()[1:] == []
+
+    ran = _socirun(sandbox, streamed, "run", "--rm", "--network", "none", "--pull", "never", ref,
+                   data_root=tmp_path / "data")
+    assert ran.code == 0, ran.stderr
+    assert SAMPLE_TEXT in ran.stdout
+
+
+def test_parallel_stream_corrupt_layer_commits_nothing(sandbox: SandboxInfo, ctr: Ctr) -> None:
+    ref = push_sample(sandbox.registry_host, "stream/corrupt", "v1", [4, 2], seed=1502)
+    manifest, _chain = image_chain(sandbox.registry_host, "stream/corrupt", "v1")
+    bad = manifest["layers"][0]["digest"]  # the head layer: socirun's applier unpacks it live
+    hexd = bad.split(":")[1]
+    blob = next(Path(sandbox.dir).rglob(f"blobs/sha256/{hexd[:2]}/{hexd}/data"))
+    data = bytearray(blob.read_bytes())
+    data[len(data) - 20] ^= 0xFF  # in gzip's trailer region: the archive may still parse, the digest cannot match
+    blob.write_bytes(bytes(data))
+    namespace = f"stream-bad-{uuid.uuid4().hex[:6]}"
+
+    result = _socirun(sandbox, namespace, "pull", "--progress", "plain", *STREAM, ref)
+    assert result.code == 125, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("socirun: ") and bad in last, last
+    assert "Traceback" not in result.stderr
+    keys = [line.split()[0] for line in ctr("snapshots", "ls", namespace=namespace).stdout.splitlines()[1:]]
+    assert keys == [], keys  # nothing committed, no active snapshot left behind
+    assert bad not in ctr("content", "ls", "-q", namespace=namespace).stdout.split()
+    for row in ctr("leases", "ls", namespace=namespace).stdout.splitlines()[1:]:
+        assert "io.socirun/purpose=resume" in row, row
+        ctr("leases", "delete", "--sync", row.split()[0], namespace=namespace)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1_600_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _zstd_image_layout(root: Path) -> tuple[Path, list[str]]:
+    """A two-layer Docker image whose second layer is zstd-compressed under the plain Docker tar type, which
+    containerd sniffs and unpacks but socirun's applier (no zstd library) can only discover once bytes arrive.
+    Returns the layout and the layers' diffIDs."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    tars = [_tar({"a.txt": b"from the gzip layer\n"}), _tar({"b.txt": b"from the zstd layer\n" * 1000})]
+    compressed = [gzip.compress(tars[0], mtime=0),
+                  subprocess.run(["zstd", "-q", "-c"], input=tars[1], capture_output=True, check=True).stdout]
+    diff_ids = [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/true"]},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, **put(config)},
+        "layers": [{"mediaType": DOCKER_LAYER_GZIP, **put(compressed[0])},
+                   {"mediaType": "application/vnd.docker.image.rootfs.diff.tar", **put(compressed[1])}],
+    }).encode()
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": DOCKER_MANIFEST, **put(manifest)}]}))
+    return root, diff_ids
+
+
+def test_a_layer_the_applier_cannot_read_falls_back_to_diff_apply_with_one_warning(
+    sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    layout, diff_ids = _zstd_image_layout(tmp_path / "layout")
+    ref = asyncio.run(push_layout(sandbox.registry_host, "stream/zstd", "v1", layout))
+    namespace = f"stream-zstd-{uuid.uuid4().hex[:6]}"
+    result = _socirun(sandbox, namespace, "pull", "--progress", "json", *STREAM, ref)
+    assert result.code == 0, result.stderr
+    warnings = [e["message"] for e in result.of("warning")]
+    assert len(warnings) == 1 and "zstd" in warnings[0] and "Diff.Apply" in warnings[0], warnings
+    chain = chain_ids(diff_ids)
+    dirs, parents, _labels = asyncio.run(_layer_dirs(sandbox.containerd_address, namespace, chain))
+    assert parents == [None, chain[0]]
+    assert (dirs[0] / "a.txt").read_bytes() == b"from the gzip layer\n"  # streamed by socirun's applier
+    assert (dirs[1] / "b.txt").read_bytes() == b"from the zstd layer\n" * 1000  # containerd's Diff.Apply
