@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -36,7 +37,7 @@ EXIT_GENERAL = 1  # docker's exit when a request failed (no such container, is r
 DEFAULT_STOP_TIMEOUT_S = 10
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
 STOP_TIMEOUT_LABEL = "nerdctl/stop-timeout"
-COMMANDS = ("ps", "logs", "stop", "kill", "rm", "exec", "wait", "port", "inspect", "images", "rmi")
+COMMANDS = ("ps", "logs", "start", "stop", "kill", "rm", "exec", "wait", "port", "inspect", "images", "rmi")
 
 
 # ---------------------------------------------------------------------------------------------- pure: formats
@@ -281,6 +282,9 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser],
     lg.add_argument("--until", default="", help="show logs before a timestamp or a relative time")
     lg.add_argument("container")
 
+    start = add("start", "start stopped containers again, detached (their log, network and ports as before)")
+    start.add_argument("containers", nargs="+", metavar="CONTAINER")
+
     stop = add("stop", "stop running containers: the stop signal, then SIGKILL after the timeout")
     stop.add_argument("-t", "--timeout", "--time", type=int, default=None, dest="timeout",
                       help="seconds to wait before killing (default: the container's, else 10)")
@@ -397,8 +401,8 @@ async def _dispatch(args: argparse.Namespace, t: Target) -> int:
     async with await ContainerdClient.connect(t.address, t.namespace) as ctd:
         rt = Runtime(ctd)
         handler: Callable[[Runtime, Target, argparse.Namespace], Any] = {
-            "ps": _ps, "logs": _logs, "stop": _stop, "kill": _kill, "rm": _rm, "exec": _exec, "wait": _wait,
-            "port": _port, "inspect": _inspect, "images": _images, "rmi": _rmi,
+            "ps": _ps, "logs": _logs, "start": _start, "stop": _stop, "kill": _kill, "rm": _rm, "exec": _exec,
+            "wait": _wait, "port": _port, "inspect": _inspect, "images": _images, "rmi": _rmi,
         }[args.command]  # fmt: skip
         code: int = await handler(rt, t, args)
         return code
@@ -470,6 +474,89 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _restore_network(state: lifecycle.ContainerState) -> None:
+    """The network a stopped container had (its teardown removed it), again: the netns under the same name (the
+    container's spec names its path), for a bridge the CNI ADD with the same published ports (claimed again: a
+    port another container took meanwhile is refused with docker's sentence), and /etc/hosts with the IP IPAM
+    hands out now. On failure what was set up is torn down again."""
+    from socirun.runtime import cni
+    from socirun.runtime.options import PortMapping
+    from socirun.runtime.spec import hosts_file
+
+    if not state.netns or state.network not in ("bridge", "none"):
+        return  # host network, or another container's: nothing of its own to restore
+    net = cni.BridgeNetwork(**state.bridge) if state.bridge else None
+    netns_path = cni.create_netns(state.netns)
+    try:
+        if state.network == "none" or net is None:
+            cni.Cni(cni.find_plugin_dir(), cni.BridgeNetwork(), lifecycle.cni_ipam_dir(state.data_root)).loopback(
+                state.id, netns_path)
+            return
+        ports = lifecycle.claim_ports(state, [PortMapping(**p) for p in state.ports])
+        ip = cni.Cni(cni.find_plugin_dir(), net, lifecycle.cni_ipam_dir(state.data_root)).add(
+            state.id, netns_path, ports)
+        hosts = os.path.join(state.state_dir, "hosts")
+        with contextlib.suppress(OSError):
+            with open(hosts, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            hostname = lines[2].split("\t", 1)[1] if len(lines) > 2 and "\t" in lines[2] else state.id[:12]
+            extra = [(ln.split("\t", 1)[1], ln.split("\t", 1)[0]) for ln in lines[3:] if "\t" in ln]
+            with open(hosts, "w", encoding="utf-8") as f:  # the same inode: the container's bind mount sees it
+                f.write(hosts_file(hostname, ip or None, extra))
+    except BaseException:
+        lifecycle.teardown_network(state)
+        raise
+
+
+async def _start(rt: Runtime, t: Target, args: argparse.Namespace) -> int:
+    """docker start (detached): a stopped container socirun created runs again, its output appended to its
+    json-file log by a new reaper, as `run -d` does. A running one is left alone (docker prints its name too)."""
+    from socirun.runtime import reaper
+
+    async def start(name: str) -> None:
+        record = await _find(rt, name)
+        task = await rt.get_task(record.id)
+        if task is not None and task.status in lifecycle.RUNNING_STATUSES:
+            print(name, flush=True)
+            return
+        state = lifecycle.load_state(t.data_root, t.namespace, record.id)
+        if state is None:
+            raise SocirunError(f"Error response from daemon: cannot start container {name}: socirun did not "
+                               "create it (no state under its data root); start it with the tool that did",
+                               exit_code=EXIT_GENERAL)  # fmt: skip
+        pids = lifecycle.owner_pids(state)
+        if pids:  # the last run's owner is still tearing it down: let it finish first
+            await lifecycle.wait_pids_gone(pids, lifecycle.OWNER_WAIT_S)
+        errors = await lifecycle.teardown(rt, state, remove=False)  # a STOPPED task nobody deleted, its network
+        if await rt.get_task(record.id) is not None:
+            raise SocirunError(f"Error response from daemon: cannot start container {name}: "
+                               f"{'; '.join(errors)}", exit_code=EXIT_GENERAL)  # fmt: skip
+        rootfs = await rt.ctd.snapshot_mounts(state.snapshotter, state.id)
+        _restore_network(state)
+        log_path = logs.log_path(state.state_dir, state.id)
+        fifos = [os.path.join(state.state_dir, n) for n in (("out.fifo",) if state.tty else ("out.fifo", "err.fifo"))]
+        try:
+            for fifo in fifos:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(fifo)  # left by a reaper that was killed
+                os.mkfifo(fifo, 0o600)
+            reaper.start(state.state_dir, log_path, fifos)
+            await rt.create_task(state.id, rootfs, ("", fifos[0], "" if state.tty else fifos[1]), state.tty)
+            await rt.start_task(state.id)
+        except BaseException:
+            for fifo in fifos:
+                with contextlib.suppress(OSError):  # lets the reaper's readers see EOF; it finds no task and leaves
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            await lifecycle.teardown(rt, state, remove=False)
+            raise
+        fresh = lifecycle.load_state(t.data_root, t.namespace, record.id) or state
+        fresh.exit_code, fresh.finished_at = None, 0.0  # `ps` says Up again; the reaper records the next exit
+        fresh.save()
+        print(name, flush=True)
+
+    return await _each(args.containers, start)
 
 
 async def _stop(rt: Runtime, t: Target, args: argparse.Namespace) -> int:

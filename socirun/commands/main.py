@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--snapshotter", default=None, help="snapshotter to unpack for (default overlayfs)")
     pull.add_argument("--progress", default=None, metavar="|".join(PROGRESS_MODES),
                       help="how to show progress (default auto)")
-    pull.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|standard",
-                      help="parallel: ranged chunks over several connections; standard: one stream per layer; "
+    pull.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|parallel-stream|standard",
+                      help="parallel: ranged chunks over several connections; parallel-stream: the same, each "
+                           "layer unpacked by socirun as its bytes arrive; standard: one stream per layer; "
                            "auto (default, or [pull] mode): parallel when the host favours it")
     pull.add_argument("--max-concurrent-downloads", type=int, default=None, metavar="N",
                       help="connections per image in parallel mode (default from the host: 8 on 2 CPUs), "
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host's)")
     plan.add_argument("--snapshotter", default=None,
                       help="plan for this snapshotter (default: the one `pull` would choose)")
-    plan.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|standard",
+    plan.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|parallel-stream|standard",
                       help="plan as `pull --pull-mode` would (default auto, or [pull] mode)")
     plan.add_argument("--soci-index-digest", default=None, metavar="DIGEST",
                       help="plan with this SOCI index (skips SOCI's discovery), as nerdctl's flag")
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--soci", action="store_true",
                             help="also start the real soci-snapshotter-grpc (on the built containerd 2.x), "
                                  "registered in containerd as the snapshotter soci")
+            sp.add_argument("--containerd", default=None, metavar="PATH",
+                            help="the containerd binary to start (default: the first on PATH; with --soci the "
+                                 "built 2.x); its --version picks the config schema")
     from socirun.sandbox.sample_layout import LAYOUT
 
     push = sandbox_sub.add_parser("push-sample", help="build a sample OCI image and push it to the sandbox",
@@ -236,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from socirun.commands.sandbox import sandbox_command
 
                 return sandbox_command(args)
-            case "ps" | "logs" | "stop" | "kill" | "rm" | "exec" | "wait" | "port" | "inspect" | "images" | "rmi":
+            case ("ps" | "logs" | "start" | "stop" | "kill" | "rm" | "exec" | "wait" | "port" | "inspect" | "images"
+                  | "rmi"):
                 from socirun.commands.containers import container_command
 
                 return container_command(args, config, glob)

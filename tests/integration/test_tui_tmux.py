@@ -305,3 +305,39 @@ def test_tui_fills_the_terminal_it_draws_on_with_stdout_in_a_file(sandbox: Sandb
         assert wide.wait(120)[0] == 0
     finally:
         wide.kill()
+
+
+def _pulled(sandbox: SandboxInfo, image: str) -> dict[str, str]:
+    """The environment of a socirun in a terminal, with `image` already local."""
+    env = {**os.environ, "CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"}
+    env.pop("SOCIRUN_PROGRESS", None)
+    pulled = subprocess.run(socirun_argv("pull", "--progress", "plain", image), capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert pulled.returncode == 0, pulled.stderr
+    return env
+
+
+def test_detached_run_in_a_terminal_returns_the_id_without_a_key(sandbox: SandboxInfo, sample_5: str, tmux: Tmux,
+                                                                 short_tmp_path: Path) -> None:
+    # `ID=$(socirun -d --rm IMAGE sleep 3)` as a user types it: stdout a pipe, stdin and stderr the terminal.
+    # It used to show an empty TUI until q was pressed; docker returns at once. No key is pressed here.
+    _pulled(sandbox, sample_5)
+    argv = socirun_argv("-d", "--rm", "--net", "none", "--data-root", str(short_tmp_path / "data"), sample_5,
+                        "sleep", "3")
+    tmux.start(["sh", "-c", 'id=$("$@"); rc=$?; echo "ID=$id"; exit $rc', "sh", *argv],
+               {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
+    code, seconds = tmux.wait(60)
+    after = tmux.screen()
+    assert code == 0, after
+    assert re.search(r"^ID=[0-9a-f]{64}\s*$", after, re.MULTILINE), after
+    assert seconds < 30, after  # returned on its own, long before the 60 s a key-less wait would take
+
+
+def test_detached_run_of_a_local_image_never_opens_the_alternate_screen(sandbox: SandboxInfo, sample_5: str,
+                                                                       short_tmp_path: Path) -> None:
+    env = _pulled(sandbox, sample_5)
+    code, out = _in_a_pty(socirun_argv("-d", "--rm", "--net", "none", "--data-root", str(short_tmp_path / "data"),
+                                       sample_5, "sleep", "3"), env, timeout=60)
+    assert code == 0, out
+    assert re.search(rb"(?m)^[0-9a-f]{64}\r?$", out), out  # the ID, on the terminal (stdout here)
+    assert b"\x1b[?1049h" not in out, out  # the TUI never took the screen: nothing to dismiss, nothing flashed

@@ -33,8 +33,8 @@ from socirun.runtime.options import PortMapping
 # ---------------------------------------------------------------------------------------------- routing
 
 
-@pytest.mark.parametrize("word", ["ps", "logs", "stop", "kill", "rm", "exec", "images", "rmi", "inspect", "port",
-                                  "wait"])  # fmt: skip
+@pytest.mark.parametrize("word", ["ps", "logs", "start", "stop", "kill", "rm", "exec", "images", "rmi", "inspect",
+                                  "port", "wait"])  # fmt: skip
 def test_command_words_are_commands_never_images(word: str) -> None:
     assert _run_argv(build_parser(), [word, "x"]) is None
     assert _run_argv(build_parser(), ["busybox", word]) == ["busybox", word]
