@@ -57,11 +57,12 @@ def run_command(argv: Sequence[str], config: SocirunConfig, glob: GlobalOptions,
         # Through run_work, as pull: a failure is the stream's `error` event (with --progress json, its only report).
         observe = mode != "quiet"
         return run_work(lambda emit: run_container(opts, ctx, counted_from(emit, started_at), observe=observe),
-                        mode, renderer=run_renderer(mode, sys.stderr))
+                        mode, renderer=run_renderer(mode, sys.stderr), record=opts.record_events or None)
     # Attached: the TUI shows the pull, then closes and hands the terminal to the container (raw mode for -t).
     # Decided before the TUI opens: with nothing to pull it would only flash the alternate screen on and off.
     if opens_tui(opts.pull, image_here=opts.pull == "missing" and asyncio.run(_image_here(opts, ctx))):
-        run_work(lambda emit: _image_only(opts, ctx, emit), "tty")
+        # A recording holds what the TUI showed: the pull and the start, not the container's own output.
+        run_work(lambda emit: _image_only(opts, ctx, emit), "tty", record=opts.record_events or None)
         opts = dataclasses.replace(opts, pull="never")  # the image is there now: no second pull
     return asyncio.run(_with_face(Silent(), opts, ctx, observe=False))  # nothing left to show it
 
@@ -169,8 +170,9 @@ def _run_detached(opts: RunOptions, ctx: RunContext, config: SocirunConfig, mode
         return counted_from(note, started_at)
 
     if steps.pull_tui:
+        # The TUI closes at ContainerStarted; the ID is printed once it is gone.
         code = run_work(lambda emit: run_container(opts, ctx, noting(emit), print_id=False, observe=False), "tty",
-                        foreground=True)  # the TUI closes at ContainerStarted; the ID is printed once it is gone
+                        foreground=True, record=opts.record_events or None)
         if started:
             print(started[0], flush=True)
     elif mode == "tty":
@@ -178,7 +180,7 @@ def _run_detached(opts: RunOptions, ctx: RunContext, config: SocirunConfig, mode
     else:
         # Through run_work, as pull: a failure is the stream's `error` event (with --progress json, its only report).
         code = run_work(lambda emit: run_container(opts, ctx, noting(emit), observe=mode != "quiet"), mode,
-                        renderer=run_renderer(mode, sys.stderr))
+                        renderer=run_renderer(mode, sys.stderr), record=opts.record_events or None)
     if code != 0 or not started:
         return code
     target = watch_target(config, ctx.address, ctx.namespace)
@@ -225,7 +227,7 @@ def _attached_with_probe(opts: RunOptions, ctx: RunContext, config: SocirunConfi
     if mode != "tty":
         return asyncio.run(attached(run_renderer(mode, sys.stderr), opts, mode != "quiet"))
     if opens_tui(opts.pull, image_here=opts.pull == "missing" and asyncio.run(_image_here(opts, ctx))):
-        run_work(lambda emit: _image_only(opts, ctx, emit), "tty")
+        run_work(lambda emit: _image_only(opts, ctx, emit), "tty", record=opts.record_events or None)
         opts = dataclasses.replace(opts, pull="never")
     return asyncio.run(attached(Silent(), opts, False))
 

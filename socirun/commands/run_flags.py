@@ -128,6 +128,7 @@ FLAGS: tuple[Flag, ...] = (
     # socirun's own (nerdctl's global flags, accepted after `run` too).
     Flag("snapshotter", "string", aliases=("storage-driver",), help="containerd snapshotter (default overlayfs)"),
     Flag("progress", "string", help="Pull progress: auto|tty|plain|json|quiet"),
+    Flag("record-events", "string", help="Also write the event stream to FILE (JSON lines) for socirun replay"),
     Flag("pull-mode", "string", help="How a missing image is pulled: auto|lazy|parallel|parallel-stream|standard"),
     Flag("address", "string", help="containerd address (env CONTAINERD_ADDRESS)"),
     Flag("namespace", "string", help="containerd namespace (env CONTAINERD_NAMESPACE)"),
@@ -1316,6 +1317,10 @@ def _apply(
             if v not in PROGRESS_MODES:
                 raise _ValueError(f"must be one of {', '.join(PROGRESS_MODES)}")
             opts.progress = v
+        case "record-events":
+            if not v:
+                raise _ValueError("needs a file")
+            opts.record_events = v
         case "pull-mode":
             if v not in PULL_MODES:
                 raise _ValueError(f"must be one of {', '.join(PULL_MODES)}")

@@ -24,7 +24,7 @@ from socirun.containerd.types import Mount
 from socirun.containerd.writer import ContentWriter
 from socirun.decide.facts import DEFAULT_SNAPSHOTTER, LOCAL_SNAPSHOTTERS
 from socirun.decide.plan import Plan, downloads_before_prepare
-from socirun.decide.transfer import TransferPlan
+from socirun.decide.transfer import TransferPlan, iec_size
 from socirun.errors import DigestMismatchError, PullError
 from socirun.oci import Descriptor, Platform, chain_ids
 from socirun.pull import labels as lb
@@ -539,7 +539,7 @@ def _resume_detail(offset: int, size: int) -> str:
         return ""
     if offset >= size:
         return "all bytes already in containerd's store"
-    return f"resuming at {offset} bytes"
+    return f"resuming at {iec_size(offset)} of {iec_size(size)}"  # humane: the faces show it as it is
 
 
 def _index_children(index_bytes: bytes) -> list[Descriptor]:

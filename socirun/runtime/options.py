@@ -148,6 +148,7 @@ class RunOptions:
     help: bool = False
     snapshotter: str = ""
     progress: str = ""
+    record_events: str = ""  # socirun's own: the event stream also written to this file (JSON lines)
     pull_mode: str = ""
     address: str = ""
     namespace: str = ""

@@ -230,3 +230,26 @@ def test_install_deps_pip_is_quiet_unless_it_fails(tmp_path: Path) -> None:
     bad = _quiet_pip(tmp_path / "bad", fail=True)
     assert bad.returncode != 0 and "SetuptoolsDeprecationWarning" in bad.stderr and "more noise" in bad.stderr
     assert "failed" in bad.stderr
+
+
+def test_run_record_events_writes_the_stream_the_readme_promises(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # `socirun run --record-events FILE` (README, faces): the stream of a non-TTY run goes to FILE, ending with how
+    # the run ended; here containerd is unreachable, so the recording ends with the error event.
+    from socirun.commands import run as run_cmd
+    from socirun.commands.context import GlobalOptions
+    from socirun.config import SocirunConfig
+    from socirun.errors import SocirunError
+
+    record = tmp_path / "run.jsonl"
+
+    async def failing_run_container(opts: object, ctx: object, emit: ev.Emit, **_: object) -> int:
+        emit(ev.WarningMessage(message="about to fail"))
+        raise SocirunError("containerd is not there")
+
+    monkeypatch.setattr(run_cmd, "run_container", failing_run_container)
+    with pytest.raises(SocirunError):
+        run_cmd.run_command(["--progress", "plain", "--record-events", str(record), "busybox", "true"],
+                            SocirunConfig(), GlobalOptions())
+    kinds = [json.loads(line)["type"] for line in record.read_text().splitlines()]
+    assert kinds[0] == "warning" and kinds[-1] == "error"

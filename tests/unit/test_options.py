@@ -119,6 +119,7 @@ SUPPORTED: list[tuple[list[str], str, Any]] = [
     (["--snapshotter", "soci"], "snapshotter", "soci"),
     (["--storage-driver", "soci"], "snapshotter", "soci"),
     (["--progress", "json"], "progress", "json"),
+    (["--record-events", "/tmp/run.jsonl"], "record_events", "/tmp/run.jsonl"),
     (["--pull-mode", "lazy"], "pull_mode", "lazy"),
     (["--address", "/run/c.sock"], "address", "/run/c.sock"),
     (["--namespace", "k8s.io"], "namespace", "k8s.io"),

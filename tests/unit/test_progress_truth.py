@@ -259,3 +259,11 @@ def test_a_killed_pull_whose_image_was_recorded_needs_no_resume_lease() -> None:
     ctd.resources["killed"] = {("content", SMALL)}
     assert asyncio.run(drop_dead_leases(ctd)) == 1  # type: ignore[arg-type]
     assert ctd.leases == {}
+
+
+def test_a_resumed_download_says_where_in_humane_units() -> None:
+    from socirun.pull.engine import _resume_detail
+
+    assert _resume_detail(8 << 20, 20 << 20) == "resuming at 8 MiB of 20 MiB"
+    assert _resume_detail(0, 20 << 20) == ""
+    assert _resume_detail(20 << 20, 20 << 20) == "all bytes already in containerd's store"
