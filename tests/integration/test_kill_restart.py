@@ -4,13 +4,14 @@ one is left afterwards (tests/support/leaks.py, against an undisturbed run's bas
 
 from __future__ import annotations
 
+import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from socirun.runtime.cni import netns_name
+from socirun.sandbox.components import ctr_beside
 from socirun.sandbox.processes import free_port
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
@@ -27,6 +28,7 @@ from tests.support.kill_campaign import (
 )
 from tests.support.leaks import netns_entries
 from tests.support.sandbox import short_tmp_dir
+from tests.support.waiting import wait_until
 
 SEED = 12
 KILLS = 5
@@ -54,15 +56,6 @@ def _forget(target: Target, ref: str) -> Callable[[], None]:
         target.ctr_run("images", "rm", "--sync", ref, check=False)
 
     return forget
-
-
-def _wait(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sigkill_at_random_points_of_pull(target: Target, push_sample_5: Callable[..., str]) -> None:
@@ -95,7 +88,7 @@ def test_a_run_killed_after_its_container_started_is_cleaned_by_the_next_run(tar
     proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert _wait(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
+        assert wait_until(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
     finally:
         proc.kill()
         proc.wait()
@@ -105,7 +98,7 @@ def test_a_run_killed_after_its_container_started_is_cleaned_by_the_next_run(tar
     assert left.containers == 1 and left.cni_ips == 1 and left.state_dirs == 1, left
     assert netns_name(cid) in netns_entries()
     assert left.iptables_rules > 0, left  # the portmap DNAT chain and the firewall's CNI-FORWARD rules
-    assert _wait(lambda: _task_stopped(target), 20)
+    assert wait_until(lambda: _task_stopped(target), 20)
     again = run(target, _run(sample_5, port, "true"))
     assert again.returncode == 0, again.stderr
     assert target.settled(baseline).total() == 0, target.count(baseline).nonzero()
@@ -125,7 +118,7 @@ def test_a_running_container_of_a_killed_run_is_left_alone(target: Target, sampl
     proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert _wait(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
+        assert wait_until(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
     finally:
         proc.kill()
         proc.wait()
@@ -135,34 +128,45 @@ def test_a_running_container_of_a_killed_run_is_left_alone(target: Target, sampl
     assert netns_name(cid) in netns_entries()
     assert target.ctr_run("tasks", "ls").stdout.count("RUNNING") == 1
     target.ctr_run("tasks", "kill", "--signal", "SIGKILL", cid)
-    assert _wait(lambda: _task_stopped(target), 20)
+    assert wait_until(lambda: _task_stopped(target), 20)
     assert run(target, ["run", "--rm", "--network", "none", sample_5, "true"]).returncode == 0
     assert target.settled(baseline).total() == 0, target.count(baseline).nonzero()
 
 
-def test_containerd_restarted_in_the_middle_of_a_pull(target: Target, sandbox: SandboxInfo,
+def test_containerd_restarted_in_the_middle_of_a_pull(sandbox: SandboxInfo, containerd_binary: str,
                                                       throttle: Callable[..., str]) -> None:  # fmt: skip
-    """containerd goes away while the layers stream in (a 2 MB/s registry): the pull completes, or exits 125 with
-    one sentence; no traceback; the next pull succeeds and leaves nothing."""
-    pushed = push_sample(sandbox.registry_host, "kill/restart", "v1", [12], seed=1212)
-    ref = pushed.replace(sandbox.registry_host, throttle("4MB", total="4MB"), 1)  # about 3 s of download
-    assert run(target, _pull(ref)).returncode == 0
-    baseline = target.count()
-    _forget(target, ref)()
-    proc = subprocess.Popen(socirun_argv(*_pull(ref)), env=target.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    """containerd goes away while the layers stream in (a 4 MB/s registry): the pull completes, or exits 125 with
+    one sentence; no traceback; the next pull succeeds and leaves nothing. On a containerd of its own: restarting
+    the session's would leave what the other modules' fixtures recorded of it (its PID) stale."""
+    box = Sandbox(short_tmp_dir("srr-"))
+    own = box.up(containerd=containerd_binary)
+    work = short_tmp_dir("srk-")
+    target = make_target(own.containerd_address, work, ctr=ctr_beside(own.containerd_binary),
+                         slot=(os.getpid() + 1) % 200)
     try:
-        active = lambda: len(target.ctr_run("content", "active").stdout.splitlines()) > 1  # noqa: E731
-        assert _wait(active, 60), "no download started"
-        Sandbox(sandbox.dir).restart_containerd()
-        out, err = proc.communicate(timeout=180)
+        pushed = push_sample(sandbox.registry_host, "kill/restart", "v1", [12], seed=1212)
+        ref = pushed.replace(sandbox.registry_host, throttle("4MB", total="4MB"), 1)  # about 3 s of download
+        assert run(target, _pull(ref)).returncode == 0
+        baseline = target.count()
+        _forget(target, ref)()
+        proc = subprocess.Popen(socirun_argv(*_pull(ref)), env=target.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            active = lambda: len(target.ctr_run("content", "active").stdout.splitlines()) > 1  # noqa: E731
+            assert wait_until(active, 60), "no download started"
+            box.restart_containerd()
+            out, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        first = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        assert clean_exit(first), (first.returncode, err[-2000:])
+        again = run(target, _pull(ref))
+        assert again.returncode == 0, again.stderr
+        assert target.settled(baseline).total() == 0, target.count(baseline).nonzero()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    first = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    assert clean_exit(first), (first.returncode, err[-2000:])
-    again = run(target, _pull(ref))
-    assert again.returncode == 0, again.stderr
-    assert target.settled(baseline).total() == 0, target.count(baseline).nonzero()
+        remove_bridge(target)
+        box.down()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
 

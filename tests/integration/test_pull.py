@@ -18,6 +18,7 @@ from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo, start_registry
 from tests.support.cli_result import CliResult
+from tests.support.sandbox import SAMPLE_5_LAYERS_MB
 
 SAMPLE_TEXT = "hello from the socirun sample"
 
@@ -66,8 +67,11 @@ def _image_target(ctr: Callable[..., subprocess.CompletedProcess[str]], ref: str
 
 
 def test_pull_is_accepted_by_containerds_own_client(
-    socirun: Callable[..., CliResult], sample_5: str, ctr: Callable[..., subprocess.CompletedProcess[str]]
+    socirun: Callable[..., CliResult], sandbox: SandboxInfo, ctr: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
+    # Data layers of their own (seed), so that no earlier test's pull left them in the store (containerd shares
+    # blobs across namespaces): this pull fetches them.
+    sample_5 = push_sample(sandbox.registry_host, "pull/accepted", "v1", SAMPLE_5_LAYERS_MB, seed=5151)
     result = socirun("pull", "--progress", "json", sample_5)
     assert result.code == 0, result.stderr
     finished = result.finished()
