@@ -23,26 +23,28 @@ class CpuWatch:
         return {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
 
 
-def ctr(address: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["ctr", "-a", address, "-n", namespace, *args], capture_output=True, text=True,
+def ctr(address: str, namespace: str, *args: str, binary: str = "ctr") -> subprocess.CompletedProcess[str]:
+    """`binary` (a ctr; the one built with the daemon for 2.x) against `address`, in `namespace`."""
+    done = subprocess.run([binary, "-a", address, "-n", namespace, *args], capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
         raise SystemExit(f"`ctr {' '.join(args)}` failed: {done.stderr.strip()}")
     return done
 
 
-def empty_store(address: str, namespace: str, refs: Sequence[str], *, timeout: float = 120) -> None:
+def empty_store(address: str, namespace: str, refs: Sequence[str], *, timeout: float = 120,
+                binary: str = "ctr") -> None:
     """Remove the images and every lease, then wait until GC has left no content and no snapshot, so the
-    next run starts cold."""
+    next run starts cold. `binary` is the ctr to use (the one built with the daemon)."""
     for ref in refs:
-        subprocess.run(["ctr", "-a", address, "-n", namespace, "images", "rm", "--sync", ref],
+        subprocess.run([binary, "-a", address, "-n", namespace, "images", "rm", "--sync", ref],
                        capture_output=True, check=False)
-    for lease in ctr(address, namespace, "leases", "ls", "-q").stdout.split():
-        ctr(address, namespace, "leases", "rm", "--sync", lease)
+    for lease in ctr(address, namespace, "leases", "ls", "-q", binary=binary).stdout.split():
+        ctr(address, namespace, "leases", "rm", "--sync", lease, binary=binary)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        content = ctr(address, namespace, "content", "ls", "-q").stdout.split()
-        snapshots = ctr(address, namespace, "snapshots", "ls").stdout.splitlines()[1:]
+        content = ctr(address, namespace, "content", "ls", "-q", binary=binary).stdout.split()
+        snapshots = ctr(address, namespace, "snapshots", "ls", binary=binary).stdout.splitlines()[1:]
         if not content and not snapshots:
             return
         time.sleep(0.5)

@@ -80,10 +80,11 @@ class SandboxInfo:
     soci_binary: str = ""
 
 
-def containerd_config(dir: Path, soci_socket: Path | None = None, *, version: int = 2) -> str:
+def containerd_config(dir: Path, soci_socket: Path | None = None, *, version: int = 2, extra: str = "") -> str:
     """containerd's config (`version` 2 for containerd 1.x, 3 for 2.x) with every path under `dir`. Strings are
     JSON strings, valid TOML. With `soci_socket`, soci-snapshotter-grpc is registered as the proxy snapshotter
-    `soci`."""
+    `soci`. `extra` (TOML tables of the caller's, such as a plugin's settings for a benchmark) goes at the end,
+    where a table cannot swallow the keys above it."""
 
     def q(name: str) -> str:
         return json.dumps(str(dir / name))
@@ -117,6 +118,7 @@ def containerd_config(dir: Path, soci_socket: Path | None = None, *, version: in
             f"  path = {q('opt')}",
             "",
             *(soci_daemon.proxy_plugin_lines(soci_socket, version=version) if soci_socket is not None else []),
+            *([extra.strip("\n"), ""] if extra.strip() else []),
         ]
     )
 
@@ -134,14 +136,18 @@ class Sandbox:
     # -- public API ---------------------------------------------------------------------------------------
 
     def up(self, *, soci: bool = False, soci_settings: SociSettings | None = None,
-           containerd: str | None = None) -> SandboxInfo:
+           containerd: str | None = None, extra_config: str = "") -> SandboxInfo:
         """Start containerd and the registry (and with `soci` the real soci-snapshotter-grpc, registered as the
         proxy snapshotter `soci`), or reuse them when the recorded ones still run and answer.
 
         `containerd` is the daemon's binary (a path, or a name on PATH); its `--version` picks the config schema
         (`version = 3` for 2.x). By default it is the first `containerd` on PATH (Debian's 1.6), and with `soci`
         the built 2.x: 1.6 does not pass the request's namespace to a proxy snapshotter, and SOCI v0.16 refuses
-        every Prepare without one ("context has no namespace attached")."""
+        every Prepare without one ("context has no namespace attached").
+
+        `extra_config` is TOML appended to containerd's config (for example
+        `[plugins.'io.containerd.transfer.v1.local']` settings); a running sandbox is reused only when its
+        config already has it."""
         if len(str(self.socket_path) + ".ttrpc") > _MAX_SOCKET_PATH:
             raise SandboxError(
                 f"the sandbox directory {self.dir} is too long for a unix socket path; "
@@ -170,6 +176,10 @@ class Sandbox:
                     Path(running.containerd_binary).resolve() != Path(binary).resolve():
                 raise SandboxError(f"the sandbox in {self.dir} runs {running.containerd_binary}; stop it with "
                                    f"`socirun sandbox down` before starting it on {binary}.")
+            if running is not None and extra_config.strip() and \
+                    extra_config.strip() not in self.containerd_config_path.read_text():
+                raise SandboxError(f"the sandbox in {self.dir} runs without the extra containerd config asked for; "
+                                   "stop it with `socirun sandbox down` first.")
             if running is not None:
                 if soci and not running.soci_address:
                     raise SandboxError(f"the sandbox in {self.dir} runs without soci-snapshotter-grpc; "
@@ -181,7 +191,7 @@ class Sandbox:
             previous_port = _port_of(str(previous.get("registry_host", ""))) if previous else None
 
             self.containerd_config_path.write_text(containerd_config(
-                self.dir, self.soci.socket if soci else None, version=config_version_for(major)))
+                self.dir, self.soci.socket if soci else None, version=config_version_for(major), extra=extra_config))
             marker = str(self.containerd_config_path)
             pid = spawn([binary, "--config", marker], self.containerd_log_path, cwd=self.dir,
                         env=_shim_path_env(binary))

@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +27,7 @@ from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
 from tests.support.cli_result import CliResult
+from tests.support.sandbox import registry_blob_path
 
 SAMPLE_TEXT = "hello from the socirun sample"
 Ctr = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -249,7 +249,7 @@ def test_digest_mismatch_in_one_chunk_aborts_that_layer(
     manifest, chain = image_chain(sandbox.registry_host, "parallel/corrupt", "v1")
     bad = manifest["layers"][-1]["digest"]
     hexd = bad.split(":")[1]
-    blob = next(Path(sandbox.dir).rglob(f"blobs/sha256/{hexd[:2]}/{hexd}/data"))
+    blob = registry_blob_path(sandbox.dir, f"sha256:{hexd}")
     data = bytearray(blob.read_bytes())
     data[len(data) * 2 // 3] ^= 0xFF  # one byte in one 1 MiB chunk; the size stays right
     blob.write_bytes(bytes(data))

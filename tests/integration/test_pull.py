@@ -18,7 +18,7 @@ from socirun.oci import chain_ids
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo, start_registry
 from tests.support.cli_result import CliResult
-from tests.support.sandbox import SAMPLE_5_LAYERS_MB
+from tests.support.sandbox import SAMPLE_5_LAYERS_MB, registry_blob_path
 
 SAMPLE_TEXT = "hello from the socirun sample"
 
@@ -197,7 +197,7 @@ def test_corrupt_blob_is_refused_and_nothing_is_kept(
         manifest = json.loads(response.read())
     bad = manifest["layers"][-1]["digest"]
     hexd = bad.split(":")[1]
-    blob = next(Path(sandbox.dir).rglob(f"blobs/sha256/{hexd[:2]}/{hexd}/data"))
+    blob = registry_blob_path(sandbox.dir, f"sha256:{hexd}")
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different bytes: the registry serves it as if nothing happened
     blob.write_bytes(bytes(data))

@@ -25,6 +25,7 @@ from socirun.sandbox.sandbox import SandboxInfo
 from tests.integration.test_parallel_pull import SAMPLE_TEXT, Ctr, image_chain, registry_json
 from tests.integration.test_unpack_differential import SNAPSHOTTER, assert_same_tree
 from tests.support.cli_result import CliResult
+from tests.support.sandbox import registry_blob_path
 
 STREAM = ("--pull-mode", "parallel-stream", "--max-concurrent-downloads", "4", "--chunk-size", "1MiB")
 
@@ -115,7 +116,7 @@ def test_parallel_stream_corrupt_layer_commits_nothing(sandbox: SandboxInfo, ctr
     manifest, _chain = image_chain(sandbox.registry_host, "stream/corrupt", "v1")
     bad = manifest["layers"][0]["digest"]  # the head layer: socirun's applier unpacks it live
     hexd = bad.split(":")[1]
-    blob = next(Path(sandbox.dir).rglob(f"blobs/sha256/{hexd[:2]}/{hexd}/data"))
+    blob = registry_blob_path(sandbox.dir, f"sha256:{hexd}")
     data = bytearray(blob.read_bytes())
     data[len(data) - 20] ^= 0xFF  # in gzip's trailer region: the archive may still parse, the digest cannot match
     blob.write_bytes(bytes(data))

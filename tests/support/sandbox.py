@@ -142,3 +142,13 @@ def registry_put_manifest(registry_host: str, name: str, reference: str, media_t
     status, _, answer = _registry_call("PUT", f"http://{registry_host}/v2/{name}/manifests/{reference}", body=body,
                                        headers={"Content-Type": media_type})
     assert status == 201, f"PUT manifest {reference} of {name}: {status} {answer[:200]!r}"
+
+
+def registry_blob_path(sandbox_dir: str | Path, digest: str) -> Path:
+    """Where the sandbox's docker-registry keeps a blob (its filesystem driver's layout under `<dir>/registry`).
+    Looked up directly, not by walking the sandbox: containerd removes snapshot directories under it while a
+    walk runs."""
+    hexd = digest.split(":", 1)[1]
+    path = Path(sandbox_dir) / "registry" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexd[:2] / hexd / "data"
+    assert path.is_file(), f"{digest} is not in the sandbox registry's storage at {path}"
+    return path
