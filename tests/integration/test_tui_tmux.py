@@ -227,8 +227,9 @@ def test_it_run_starts_before_its_stdin_reaches_the_console(sandbox: SandboxInfo
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
                               timeout=120, check=False)
         assert "has stopped" not in done.stderr, done.stderr
-        # Started: its output, or the hang-up of its console once stdin ended (129), never socirun's 125.
-        assert done.returncode in (0, 129), (done.returncode, done.stdout, done.stderr)
+        # Started: its output (0), the hang-up of its console once stdin ended (129), or sh's failed write to that
+        # hung-up console (1, seen once in CI): all the container's own codes, never socirun's 125.
+        assert done.returncode in (0, 1, 129), (done.returncode, done.stdout, done.stderr)
 
 
 def _in_a_pty(argv: Sequence[str], env: dict[str, str], timeout: float = 120) -> tuple[int, bytes]:
