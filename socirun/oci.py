@@ -159,15 +159,20 @@ class Platform:
         return not self.variant or not other.variant or self.variant == other.variant
 
 
-def parse_index(data: bytes, what: str) -> list[Descriptor]:
-    """The `manifests` of an image index (or Docker manifest list), every entry type-checked."""
-    doc = load_json_object(data, what)
-    entries = doc.get("manifests")
+def descriptor_list(doc: Mapping[str, Any], key: str, what: str, item: str) -> list[Descriptor]:
+    """The descriptors a document lists under `key` (an index's `manifests`, a manifest's `layers`), each
+    type-checked and named "<item> <i> of <what>" in an error; none when the key is absent."""
+    entries = doc.get(key)
     if entries is None:
         return []
     if not isinstance(entries, list):
-        raise MalformedImageError(f"{what} has manifests that are not a JSON array")
-    return [Descriptor.from_json(entry, f"entry {i} of {what}") for i, entry in enumerate(entries)]
+        raise MalformedImageError(f"{what} has {key} that are not a JSON array")
+    return [Descriptor.from_json(entry, f"{item} {i} of {what}") for i, entry in enumerate(entries)]
+
+
+def parse_index(data: bytes, what: str) -> list[Descriptor]:
+    """The `manifests` of an image index (or Docker manifest list), every entry type-checked."""
+    return descriptor_list(load_json_object(data, what), "manifests", what, "entry")
 
 
 def parse_manifest(data: bytes, what: str) -> tuple[Descriptor, tuple[Descriptor, ...]]:
@@ -176,12 +181,7 @@ def parse_manifest(data: bytes, what: str) -> tuple[Descriptor, tuple[Descriptor
     if "config" not in doc:
         raise MalformedImageError(f"{what} has no config")
     config = Descriptor.from_json(doc["config"], f"the config descriptor of {what}")
-    layers = doc.get("layers")
-    if layers is None:
-        layers = []
-    if not isinstance(layers, list):
-        raise MalformedImageError(f"{what} has layers that are not a JSON array")
-    return config, tuple(Descriptor.from_json(layer, f"layer {i} of {what}") for i, layer in enumerate(layers))
+    return config, tuple(descriptor_list(doc, "layers", what, "layer"))
 
 
 def _string_list(value: object, key: str, what: str) -> None:

@@ -27,7 +27,15 @@ from socirun.decide.facts import (
 )
 from socirun.decide.transfer import TransferPlan
 from socirun.errors import ContainerdError, MalformedImageError, RegistryError
-from socirun.oci import OCI_MANIFEST, Descriptor, chain_ids, check_digest, load_json_object, parse_index
+from socirun.oci import (
+    OCI_MANIFEST,
+    Descriptor,
+    chain_ids,
+    check_digest,
+    descriptor_list,
+    load_json_object,
+    parse_index,
+)
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 from socirun.soci import constants as c
 
@@ -78,12 +86,7 @@ def _first_line(text: str) -> str:
 def index_layers(index_manifest: Mapping[str, Any], what: str = "the SOCI index") -> list[Descriptor]:
     """The blobs a SOCI index lists (zTOCs and prefetch artifacts) in its `layers`, each type-checked; a wrong shape
     is a MalformedImageError."""
-    layers = index_manifest.get("layers")
-    if layers is None:
-        return []
-    if not isinstance(layers, list):
-        raise MalformedImageError(f"{what} has layers that are not a JSON array")
-    return [Descriptor.from_json(blob, f"blob {i} of {what}") for i, blob in enumerate(layers)]
+    return descriptor_list(index_manifest, "layers", what, "blob")
 
 
 def ztoc_layers(blobs: Iterable[Descriptor]) -> frozenset[str]:
