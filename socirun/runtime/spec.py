@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from socirun.errors import SocirunError, UsageError
+from socirun.errors import SocirunError
 from socirun.oci import check_image_config
 from socirun.runtime.apparmor import container_profile
 from socirun.runtime.image_users import resolve_user
-from socirun.runtime.options import CAPABILITIES, SIGNALS, RunOptions, Ulimit, VolumeSpec
+from socirun.runtime.options import CAPABILITIES, RunOptions, Ulimit, VolumeSpec
 from socirun.runtime.seccomp import kernel_version, native_arch, to_oci_seccomp
 
 OCI_VERSION = "1.0.2-dev"
@@ -446,15 +446,6 @@ def rlimit_error_sentence(details: str) -> str | None:
 def _rlimit(value: int) -> int:
     # -1 means unlimited: RLIM_INFINITY as the unsigned 64-bit value runc expects.
     return (1 << 64) - 1 if value < 0 else value
-
-
-def stop_signal_number(name: str) -> int:
-    key = name.upper().removeprefix("SIG")
-    if key.isascii() and key.isdigit():  # not "²": str.isdigit() takes it, int() does not
-        return int(key)
-    if key not in SIGNALS:
-        raise UsageError(f"invalid stop signal {name}")
-    return SIGNALS[key]
 
 
 def hosts_file(hostname: str, ip: str | None, extra: Sequence[tuple[str, str]]) -> str:

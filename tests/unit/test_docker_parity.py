@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from socirun.commands.containers import signal_number
 from socirun.commands.run_flags import cpus_range_problem, parse_cpus, parse_ram_size, parse_run_args
 from socirun.errors import SocirunError, UsageError
 from socirun.runtime.options import DEFAULT_SHM_SIZE, Ulimit, VolumeSpec
@@ -24,7 +25,6 @@ from socirun.runtime.spec import (
     build_spec,
     rlimit_error_sentence,
     rlimit_problem,
-    stop_signal_number,
 )
 from socirun.runtime.volumes import resolve_volumes
 
@@ -391,7 +391,8 @@ def test_labels_without_value_and_domainname_reach_the_spec() -> None:
 
 
 def test_stop_signal_rt_names_have_their_numbers() -> None:
-    assert stop_signal_number("SIGRTMIN+3") == 37 and stop_signal_number("SIGRTMAX") == 64
+    # The number `socirun stop` sends for a recorded stop signal (socirun/commands/containers.py).
+    assert signal_number("SIGRTMIN+3") == 37 and signal_number("SIGRTMAX") == 64
 
 
 def test_unlimited_ulimit_is_rlim_infinity() -> None:
