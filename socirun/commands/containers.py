@@ -216,7 +216,7 @@ def inspect_json(v: ContainerView) -> dict[str, Any]:
 
 def signal_number(text: str) -> int:
     """A signal by number or name (with or without SIG, any case), as docker's -s takes it."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit() takes it, int() does not
         number = int(text)
         if number in SIGNALS.values():
             return number

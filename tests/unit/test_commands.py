@@ -111,6 +111,8 @@ def test_signals_and_since() -> None:
     assert signal_number("TERM") == 15 and signal_number("sigkill") == 9 and signal_number("2") == 2
     with pytest.raises(UsageError):
         signal_number("NOPE")
+    with pytest.raises(UsageError):  # a digit to str.isdigit(), not to int(): a sentence, not a traceback
+        signal_number("²")
     assert parse_since("1h30m", 10_000.0) == 10_000.0 - 5400
     assert parse_since("1700000000", 0) == 1_700_000_000
     assert parse_since("2024-01-01T00:00:00Z", 0) == 1704067200
