@@ -24,15 +24,13 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import soci_bench
-import store
 
 from socirun.sandbox.components import containerd2_dir
-from socirun.sandbox.sample import SampleFile, build_sample, default_cache_dir, push_sample, sample_files
+from socirun.sandbox.sample import SampleFile, sample_files
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
-from socirun.sandbox.soci_daemon import SociSettings, metrics_port_of
+from socirun.sandbox.soci_daemon import metrics_port_of
 from socirun.soci.observer import fetch_metrics, parse_metrics
 
 SEED = 71
@@ -86,29 +84,16 @@ def main() -> None:
     args = parser.parse_args()
     layers = [float(x) for x in args.layers.split(",")]
 
-    started = time.monotonic()
-    image = build_sample(default_cache_dir(), layers, seed=SEED)
-    print(f"machine: {soci_bench.machine()}")
-    print(f"sample: {len(image.layers)} layers, {image.total_size / MB:.0f} MB compressed, "
-          f"{sum(layers):.0f} MiB of files (built or cached in {time.monotonic() - started:.0f} s)")
+    image = soci_bench.sample(layers, SEED)
     reads = files_to_read(layers, args.share, image.total_size)
     read_bytes = sum(f.size for f in reads)
     print(f"the start reads {len(reads)} files, {read_bytes / MB:.1f} MB "
           f"({100 * read_bytes / image.total_size:.1f}% of the compressed image), then prints a line")
     script = f"cat {' '.join(f.path for f in reads)} > /dev/null && echo {MARK}"
 
-    box = Sandbox(Path(args.dir))
-    settings = SociSettings()
-    info = box.up(soci=True, soci_settings=settings)
-    print(f"components: {soci_bench.versions(info)}")
-    proxy = store.Proxy(info.registry_host, args.rate)
-    try:
-        started = time.monotonic()
-        indexed = push_sample(info.registry_host, NAME, "soci", layers, seed=SEED, soci="v2")
-        plain = push_sample(info.registry_host, NAME, "plain", layers, seed=SEED)
-        print(f"pushed with a SOCI v2 index (soci convert) and without, in {time.monotonic() - started:.0f} s")
-        lazy_ref = indexed.replace(info.registry_host, proxy.host, 1)
-        plain_ref = plain.replace(info.registry_host, proxy.host, 1)
+    with soci_bench.soci_sandbox(args.dir, NAME, layers, SEED, args.rate, keep=args.keep) as bench:
+        box, info, settings = bench.box, bench.info, bench.settings
+        lazy_ref, plain_ref = bench.lazy_ref, bench.plain_ref
         env = box_env(box, info)
         socirun = [sys.executable, "-m", "socirun", "run", "--rm", "--net", "none", "--progress", "quiet"]
         ctr = [str(containerd2_dir() / "ctr"), "-a", info.containerd_address, "-n", "default"]
@@ -139,10 +124,6 @@ def main() -> None:
                 extra = f", SOCI fetched {fetched[-1] / MB:.1f} MB" if name == "lazy" else ""
                 print(f"  round {round_no + 1}: {name:8s} first line after {seconds:7.2f} s{extra}", flush=True)
         soci_bench.cold(box, info, [lazy_ref, plain_ref], settings)
-    finally:
-        proxy.stop()
-        if not args.keep:
-            box.down()
 
     med = {name: statistics.median(values) for name, values in runs.items()}
     lazy_fetched = statistics.median(fetched)

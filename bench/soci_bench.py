@@ -5,17 +5,20 @@ helps), and the machine and component versions printed with every result."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import store
 
 from socirun.sandbox.components import containerd2_dir, require, version_of
 from socirun.sandbox.processes import mounts_under
+from socirun.sandbox.sample import SampleImage, build_sample, default_cache_dir, push_sample
 from socirun.sandbox.sandbox import Sandbox, SandboxInfo
 from socirun.sandbox.soci_daemon import BINARY, SociSettings
 
@@ -71,3 +74,48 @@ def versions(info: SandboxInfo) -> str:
 def machine() -> str:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return f"{store.machine()}, load {load}"
+
+
+def sample(layers: Sequence[float], seed: int) -> SampleImage:
+    """The benchmark's sample, built or taken from the cache, with the machine and the sample said first."""
+    started = time.monotonic()
+    image = build_sample(default_cache_dir(), layers, seed=seed)
+    print(f"machine: {machine()}")
+    print(f"sample: {len(image.layers)} layers, {image.total_size / MB:.0f} MB compressed, "
+          f"{sum(layers):.0f} MiB of files (built or cached in {time.monotonic() - started:.0f} s)")
+    return image
+
+
+@dataclass(frozen=True)
+class SociBench:
+    """A SOCI sandbox with the sample pushed twice, with a SOCI v2 index (`soci convert`) and without, both
+    referred to through the throttling proxy."""
+
+    box: Sandbox
+    info: SandboxInfo
+    settings: SociSettings
+    lazy_ref: str
+    plain_ref: str
+
+
+@contextlib.contextmanager
+def soci_sandbox(dir: str, name: str, layers: Sequence[float], seed: int, rate: str, *,
+                 keep: bool = False) -> Iterator[SociBench]:
+    """The sandbox up, the proxy in front of its registry, the sample pushed; the proxy stopped and (unless
+    `keep`) the sandbox taken down afterwards."""
+    box = Sandbox(Path(dir))
+    settings = SociSettings()
+    info = box.up(soci=True, soci_settings=settings)
+    print(f"components: {versions(info)}")
+    proxy = store.Proxy(info.registry_host, rate)
+    try:
+        started = time.monotonic()
+        indexed = push_sample(info.registry_host, name, "soci", layers, seed=seed, soci="v2")
+        plain = push_sample(info.registry_host, name, "plain", layers, seed=seed)
+        print(f"pushed with a SOCI v2 index (soci convert) and without, in {time.monotonic() - started:.0f} s")
+        yield SociBench(box, info, settings, indexed.replace(info.registry_host, proxy.host, 1),
+                        plain.replace(info.registry_host, proxy.host, 1))
+    finally:
+        proxy.stop()
+        if not keep:
+            box.down()

@@ -33,13 +33,9 @@ import time
 from pathlib import Path
 
 import soci_bench
-import store
 from lazy_vs_full import SEED, box_env, files_to_read  # SEED: files_to_read lists that sample's files
 
 from socirun.sandbox.components import containerd2_dir
-from socirun.sandbox.sample import build_sample, default_cache_dir, push_sample
-from socirun.sandbox.sandbox import Sandbox
-from socirun.sandbox.soci_daemon import SociSettings
 
 NAME = "bench/ready"
 MB = soci_bench.MB
@@ -120,11 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     layers = [float(x) for x in args.layers.split(",")]
 
-    started = time.monotonic()
-    image = build_sample(default_cache_dir(), layers, seed=SEED)
-    print(f"machine: {soci_bench.machine()}")
-    print(f"sample: {len(image.layers)} layers, {image.total_size / MB:.0f} MB compressed, "
-          f"{sum(layers):.0f} MiB of files (built or cached in {time.monotonic() - started:.0f} s)")
+    image = soci_bench.sample(layers, SEED)
     reads = files_to_read(layers, min(1.0, args.read_mb * MB / image.total_size), image.total_size)
     read_bytes = sum(f.size for f in reads)
     port = free_port()
@@ -132,18 +124,9 @@ def main() -> None:
           f"({100 * read_bytes / image.total_size:.1f}% of the compressed image), then listens on 127.0.0.1:{port}")
     script = f"cat {' '.join(f.path for f in reads)} > /dev/null && exec httpd -f -p 127.0.0.1:{port} -h /tmp"
 
-    box = Sandbox(Path(args.dir))
-    settings = SociSettings()
-    info = box.up(soci=True, soci_settings=settings)
-    print(f"components: {soci_bench.versions(info)}")
-    proxy = store.Proxy(info.registry_host, args.rate)
-    try:
-        started = time.monotonic()
-        indexed = push_sample(info.registry_host, NAME, "soci", layers, seed=SEED, soci="v2")
-        plain = push_sample(info.registry_host, NAME, "plain", layers, seed=SEED)
-        print(f"pushed with a SOCI v2 index (soci convert) and without, in {time.monotonic() - started:.0f} s")
-        lazy_ref = indexed.replace(info.registry_host, proxy.host, 1)
-        plain_ref = plain.replace(info.registry_host, proxy.host, 1)
+    with soci_bench.soci_sandbox(args.dir, NAME, layers, SEED, args.rate, keep=args.keep) as bench:
+        box, info, settings = bench.box, bench.info, bench.settings
+        lazy_ref, plain_ref = bench.lazy_ref, bench.plain_ref
         env = dict(box_env(box, info), SOCIRUN_DATA_ROOT=str(Path(args.dir) / "socirun-data"))
         socirun = [sys.executable, "-m", "socirun"]
         run = [*socirun, "run", "-d", "--name", SOCIRUN_CONTAINER, "--net", "host", "--progress", "json",
@@ -180,10 +163,6 @@ def main() -> None:
                 runs[name].append(seconds)
                 print(f"  round {round_no + 1}: {name:8s} ready after {seconds:7.2f} s{extra}", flush=True)
         soci_bench.cold(box, info, [lazy_ref, plain_ref], settings)
-    finally:
-        proxy.stop()
-        if not args.keep:
-            box.down()
 
     med = {name: statistics.median(values) for name, values in runs.items()}
     lazy_fetched = statistics.median(fetched)
