@@ -26,7 +26,7 @@ from tests.support.kill_campaign import (
     run,
     socirun_argv,
 )
-from tests.support.leaks import netns_entries
+from tests.support.leaks import Leaks, netns_entries
 from tests.support.sandbox import short_tmp_dir
 from tests.support.waiting import wait_until
 
@@ -85,13 +85,7 @@ def test_a_run_killed_after_its_container_started_is_cleaned_by_the_next_run(tar
     args = _run(sample_5, port, "sh", "-c", "sleep 1; echo ok > /v/ok")
     assert run(target, args).returncode == 0  # the bridge exists, the image is here
     baseline = target.count()
-    proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        assert wait_until(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
-    finally:
-        proc.kill()
-        proc.wait()
+    _kill_once_started(target, args, baseline)
     left = target.count(baseline)
     cid = target.ctr_run("tasks", "ls", "-q").stdout.split()[0]
     # (netns counts every socirun namespace on the host: this one is checked by name.)
@@ -105,6 +99,17 @@ def test_a_run_killed_after_its_container_started_is_cleaned_by_the_next_run(tar
     assert netns_name(cid) not in netns_entries()
 
 
+def _kill_once_started(target: Target, args: list[str], baseline: Leaks) -> None:
+    """Start `socirun run ARGS` and SIGKILL it as soon as its container's task exists."""
+    proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert wait_until(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _task_stopped(target: Target) -> bool:
     rows = target.ctr_run("tasks", "ls").stdout.splitlines()[1:]
     return bool(rows) and all(row.split()[-1] == "STOPPED" for row in rows)
@@ -115,13 +120,7 @@ def test_a_running_container_of_a_killed_run_is_left_alone(target: Target, sampl
     and network while other runs come and go (docker's client dies, its container does not)."""
     args = _run(sample_5, free_port(), "sleep", "30")
     baseline = target.count()
-    proc = subprocess.Popen(socirun_argv(*args), env=target.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        assert wait_until(lambda: target.count(baseline).tasks == 1, 60), "the container never started"
-    finally:
-        proc.kill()
-        proc.wait()
+    _kill_once_started(target, args, baseline)
     cid = target.ctr_run("tasks", "ls", "-q").stdout.split()[0]
     other = run(target, ["run", "--rm", "--network", "none", sample_5, "true"])
     assert other.returncode == 0, other.stderr
