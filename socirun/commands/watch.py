@@ -167,12 +167,7 @@ def container_ip(state: ContainerState) -> str:
         plugins = cni.Cni("", cni.BridgeNetwork(**state.bridge), cni_ipam_dir(state.data_root))
     except (TypeError, ValueError):
         return ""
-    result = plugins.cached_result(state.id) or {}
-    for ip in result.get("ips") or []:
-        address = str(ip.get("address", ""))
-        if address and ":" not in address:
-            return address.split("/")[0]
-    return ""
+    return cni.ipv4_of(plugins.cached_result(state.id))
 
 
 def target_for(check: readiness.ReadyCheck, state: ContainerState | None) -> readiness.ProbeTarget:

@@ -117,6 +117,15 @@ def delete_netns(name: str) -> None:
         _ip("netns", "delete", name)
 
 
+def ipv4_of(result: Any) -> str:
+    """The container's IPv4 address in a CNI result (ADD's, or the one cached for DEL), "" when it has none."""
+    for ip in (result or {}).get("ips") or []:
+        address = str(ip.get("address", ""))
+        if address and ":" not in address:
+            return address.split("/")[0]
+    return ""
+
+
 def _ip(*args: str) -> None:
     ip = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
     if ip is None:
@@ -206,11 +215,7 @@ class Cni:
         except NetworkError:
             self.delete(container_id, netns, ports)
             raise
-        for ip in (result or {}).get("ips") or []:
-            address = str(ip.get("address", ""))
-            if address and ":" not in address:
-                return address.split("/")[0]
-        return ""
+        return ipv4_of(result)
 
     def delete(self, container_id: str, netns: str, ports: Sequence[PortMapping]) -> list[str]:
         """DEL in reverse order; every plugin is called even if one fails. Returns the failures."""
