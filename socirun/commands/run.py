@@ -183,7 +183,7 @@ def _run_detached(opts: RunOptions, ctx: RunContext, config: SocirunConfig, mode
                         renderer=run_renderer(mode, sys.stderr), record=opts.record_events or None)
     if code != 0 or not started:
         return code
-    target = watch_target(config, ctx.address, ctx.namespace)
+    target = watch_target(config, ctx.address, ctx.namespace, ctx.data_root)
     if steps.watch:
         return run_watch(target, started[0], WatchParts(check=check, ready_timeout=opts.ready_timeout), mode)
     if steps.wait_ready:
@@ -198,7 +198,7 @@ def _attached_with_probe(opts: RunOptions, ctx: RunContext, config: SocirunConfi
                          check: ReadyCheck, started_at: float | None) -> int:
     """A foreground run with --ready-url/--ready-port: the container owns the terminal; once it has started, the
     probe runs beside it and says "ready after N s" on stderr (in the JSON stream: `container_ready`)."""
-    target = watch_target(config, ctx.address, ctx.namespace)
+    target = watch_target(config, ctx.address, ctx.namespace, ctx.data_root)
     face: Renderer = ReadyFace(mode, sys.stderr)
     parts = WatchParts(check=check, logs=False, stats=False, until_ready=True)
     probes: list[asyncio.Task[int]] = []

@@ -24,7 +24,7 @@ from socirun.containerd.runtime import ContainerRecord, Runtime
 from socirun.decide.facts import SociConfig
 from socirun.errors import SocirunError, UsageError
 from socirun.runtime import logs, readiness
-from socirun.runtime.lifecycle import STATE_FILE, ContainerState
+from socirun.runtime.lifecycle import ContainerState, load_state
 
 LOG_POLL_S = 0.25
 STATS_EVERY_S = 1.0
@@ -38,6 +38,7 @@ class WatchTarget:
 
     address: str
     namespace: str
+    data_root: str  # socirun's state of the container is looked up here, never where a label points
     soci: Callable[[], SociConfig]
     soci_log: str | None
 
@@ -145,17 +146,6 @@ def process_start(pid: int) -> float | None:
         return None
 
 
-def container_state(rec: ContainerRecord) -> ContainerState | None:
-    """socirun's state of the container (its network, ports, IP cache), None for a container socirun did not make."""
-    state_dir = rec.labels.get("nerdctl/state-dir", "")
-    if not state_dir or not os.path.exists(os.path.join(state_dir, STATE_FILE)):
-        return None
-    try:
-        return ContainerState.load(state_dir)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
 def container_ip(state: ContainerState) -> str:
     """The container's IPv4 address on the bridge, from the CNI result cached when its network was set up."""
     if not state.bridge:
@@ -238,7 +228,7 @@ async def watch_container(target: WatchTarget, container: str, parts: WatchParts
         task = await rt.get_task(rec.id)
         if task is None or task.status != "RUNNING":
             raise SocirunError(f"container {container} is not running", exit_code=1)
-        state = container_state(rec)
+        state = load_state(target.data_root, target.namespace, rec.id)  # None: not a container socirun made
         probe = target_for(parts.check, state) if parts.check is not None else None  # bad input: before anything
         emit(ev.ContainerCreated(container_id=rec.id, name=rec.labels.get("nerdctl/name", "")))
         started = process_start(task.pid) or time.time()
@@ -349,13 +339,14 @@ async def _follow(ctd: ContainerdClient, rt: Runtime, container_id: str, started
 # ------------------------------------------------------------------------------------------ the command
 
 
-def watch_target(config: SocirunConfig, address: str, namespace: str) -> WatchTarget:
+def watch_target(config: SocirunConfig, address: str, namespace: str, data_root: str) -> WatchTarget:
     import functools
 
     from socirun.pull.request import PullChoices, pull_setup
 
     setup = functools.cache(lambda: pull_setup(config, PullChoices()))
-    return WatchTarget(address=address, namespace=namespace, soci=lambda: setup().soci, soci_log=config.soci_log)
+    return WatchTarget(address=address, namespace=namespace, data_root=data_root, soci=lambda: setup().soci,
+                       soci_log=config.soci_log)
 
 
 def add_watch_parser(sub: Any) -> argparse.ArgumentParser:
@@ -385,7 +376,9 @@ def watch_command(args: argparse.Namespace, config: SocirunConfig, glob: GlobalO
     parts = WatchParts(check=ready_check(url, port, timeout), ready_timeout=timeout, tail=max(0, args.tail))
     address, namespace = resolve_target(glob.address, glob.namespace, config)
     mode = progress_mode_for(args.progress, config)
-    return run_watch(watch_target(config, address, namespace), args.container, parts, mode)
+    # As the other container commands: the data root from the config, which holds SOCIRUN_DATA_ROOT.
+    target = watch_target(config, address, namespace, os.path.abspath(config.data_root))
+    return run_watch(target, args.container, parts, mode)
 
 
 def run_watch(target: WatchTarget, container: str, parts: WatchParts, mode: str) -> int:
