@@ -393,9 +393,14 @@ async def sweep_abandoned(rt: Runtime, data_root: str, namespace: str) -> list[s
     with _sweep_lock(base) as mine:
         if not mine:
             return []
+        # List the directories before reading who owns them: a run reserves its name before it makes its
+        # directory, so every directory listed here has its holder on disk by the time the holders are read.
+        # Read the other way round, a run starting between the two reads shows a fresh directory with no owner,
+        # which the sweep took for a killed run's and removed under it.
+        entries = sorted(os.listdir(base))
         holders = _name_holders(data_root, namespace)
         held = _dirs_held_by_processes(base)
-        for entry in sorted(os.listdir(base)):
+        for entry in entries:
             state_dir = os.path.join(base, entry)
             if not _CONTAINER_ID.fullmatch(entry) or not os.path.isdir(state_dir):
                 continue

@@ -3,14 +3,19 @@ needs, whose leases are dead, and what the next run's sweep does with a state di
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from socirun.pull.leases import LABEL_PID, LABEL_PURPOSE, LABEL_STARTED, lease_owner_dead, owner_labels
+from socirun.runtime import lifecycle
 from socirun.runtime.cni import BridgeNetwork, Cni
 from socirun.runtime.lifecycle import sweep_action
 
@@ -105,3 +110,53 @@ def test_sweep_action(owner_alive: bool, task: str | None, has_state: bool, rm: 
                       action: str) -> None:  # fmt: skip
     assert sweep_action(owner_alive=owner_alive, task_status=task, has_state=has_state, rm=rm,
                         network_left=network_left) == action  # fmt: skip
+
+
+class _NoTasks:
+    """The part of Runtime the sweep reads for directories without a state file: no container has a task."""
+
+    ctd: Any = SimpleNamespace()
+
+    async def get_task(self, container_id: str) -> None:
+        return None
+
+
+def test_a_run_starting_during_the_sweep_keeps_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs at once (CI, containerd 2.x): run B's sweep read the names, then run A reserved its name and made
+    its state directory, then B listed the directories, found A's without a state file or a known owner, took it
+    for a killed run's and removed it, and A died on its first state save. The sweep must take only what it can
+    see to be abandoned."""
+    data_root, namespace = str(tmp_path), "default"
+    base = tmp_path / "containers" / namespace
+    base.mkdir(parents=True)
+    killed = base / ("a" * 64)  # a run SIGKILLed before its first state save: no owner, no state file
+    killed.mkdir()
+    starting = "b" * 64
+
+    async def noop(ctd: object) -> None:
+        return None
+
+    def a_run_starts_meanwhile(base_dir: str) -> set[str]:
+        # The other run, between the sweep's reads: its name first (as run does), then its directory.
+        async def reserve() -> None:
+            async def nobody() -> None:
+                return None
+
+            async def gone(container_id: str) -> bool:
+                return False
+
+            await lifecycle.reserve_name(data_root, namespace, "racer", starting, labelled=nobody,
+                                         container_exists=gone)  # fmt: skip
+
+        # The sweep runs in this thread's event loop; the other run has its own, as another process would.
+        with concurrent.futures.ThreadPoolExecutor(1) as other_process:
+            other_process.submit(asyncio.run, reserve()).result()
+        (base / starting).mkdir()
+        return set()
+
+    monkeypatch.setattr("socirun.pull.leases.drop_dead_leases", noop)
+    monkeypatch.setattr(lifecycle, "_dirs_held_by_processes", a_run_starts_meanwhile)
+    swept = asyncio.run(lifecycle.sweep_abandoned(_NoTasks(), data_root, namespace))  # type: ignore[arg-type]
+    assert swept == [killed.name]
+    assert not killed.exists()
+    assert (base / starting).is_dir()
