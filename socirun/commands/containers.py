@@ -26,6 +26,7 @@ from typing import Any
 
 from socirun.commands.context import GlobalOptions
 from socirun.config import SocirunConfig
+from socirun.containerd import labels
 from socirun.containerd.client import ContainerdClient, resolve_target
 from socirun.containerd.runtime import ContainerRecord, Runtime, TaskInfo
 from socirun.errors import SocirunError, UsageError
@@ -35,8 +36,6 @@ from socirun.text import terminal_safe
 
 EXIT_GENERAL = 1  # docker's exit when a request failed (no such container, is running, …)
 DEFAULT_STOP_TIMEOUT_S = 10
-STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
-STOP_TIMEOUT_LABEL = "nerdctl/stop-timeout"
 COMMANDS = ("ps", "logs", "start", "stop", "kill", "rm", "exec", "wait", "port", "inspect", "images", "rmi")
 
 
@@ -208,7 +207,7 @@ def inspect_json(v: ContainerView) -> dict[str, Any]:
         "Image": v.image,
         "Name": f"/{v.name}",
         "Config": {"Image": v.image, "Cmd": v.command, "Labels": v.labels,
-                   "StopSignal": v.labels.get(STOP_SIGNAL_LABEL, "SIGTERM")},
+                   "StopSignal": v.labels.get(labels.STOP_SIGNAL, "SIGTERM")},
         "NetworkSettings": {"Ports": bindings},
         "HostConfig": {"PortBindings": bindings},
     }  # fmt: skip
@@ -354,7 +353,7 @@ async def _view(rt: Runtime, t: Target, record: ContainerRecord) -> ContainerVie
     exit_code = state.exit_code if state else None
     return ContainerView(
         id=record.id,
-        name=(state.name if state else "") or record.labels.get("nerdctl/name", record.id[:12]),
+        name=(state.name if state else "") or record.labels.get(labels.NAME, record.id[:12]),
         image=(state.image if state else "") or record.image,
         command=state.command if state else [],
         created=(state.created if state and state.created else record.created_at),
@@ -564,10 +563,10 @@ async def _stop(rt: Runtime, t: Target, args: argparse.Namespace) -> int:
 
     async def stop(name: str) -> None:
         record = await _find(rt, name)
-        sig = override or signal_number(record.labels.get(STOP_SIGNAL_LABEL) or "SIGTERM")
+        sig = override or signal_number(record.labels.get(labels.STOP_SIGNAL) or "SIGTERM")
         timeout = args.timeout
         if timeout is None:
-            label = record.labels.get(STOP_TIMEOUT_LABEL, "")
+            label = record.labels.get(labels.STOP_TIMEOUT, "")
             timeout = int(label) if label.lstrip("-").isdigit() else DEFAULT_STOP_TIMEOUT_S
         await lifecycle.stop_task(rt, record.id, sig, float(timeout))
         state = lifecycle.load_state(t.data_root, t.namespace, record.id)
@@ -597,7 +596,7 @@ async def _rm(rt: Runtime, t: Target, args: argparse.Namespace) -> int:
     async def rm(name: str) -> None:
         record = await _find(rt, name)
         state = lifecycle.load_state(t.data_root, t.namespace, record.id)
-        shown = (state.name if state else "") or record.labels.get("nerdctl/name", record.id)
+        shown = (state.name if state else "") or record.labels.get(labels.NAME, record.id)
         errors = await lifecycle.remove_container(rt, record.id, state, force=args.force, volumes=args.volumes,
                                                   name=shown)  # fmt: skip
         if await rt.get_container(record.id) is not None:

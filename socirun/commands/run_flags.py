@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from socirun.config import PROGRESS_MODES
+from socirun.containerd.labels import NERDCTL_PREFIX
 from socirun.decide.facts import PULL_MODES
 from socirun.errors import UsageError
 from socirun.runtime.options import (
@@ -1224,7 +1225,7 @@ def _apply(
             opts.platform = v
         case "label":
             key, value = parse_label(v)
-            if key.startswith("nerdctl/"):
+            if key.startswith(NERDCTL_PREFIX):
                 raise UsageError(f'internal label "{key}" must not be specified manually')
             opts.labels[key] = value
         case "hostname":

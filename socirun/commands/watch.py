@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from socirun import events as ev
 from socirun.commands.context import GlobalOptions
 from socirun.config import SocirunConfig
+from socirun.containerd import labels
 from socirun.containerd.client import ContainerdClient, resolve_target
 from socirun.containerd.runtime import ContainerRecord, Runtime
 from socirun.decide.facts import SociConfig
@@ -230,7 +231,7 @@ async def watch_container(target: WatchTarget, container: str, parts: WatchParts
             raise SocirunError(f"container {container} is not running", exit_code=1)
         state = load_state(target.data_root, target.namespace, rec.id)  # None: not a container socirun made
         probe = target_for(parts.check, state) if parts.check is not None else None  # bad input: before anything
-        emit(ev.ContainerCreated(container_id=rec.id, name=rec.labels.get("nerdctl/name", "")))
+        emit(ev.ContainerCreated(container_id=rec.id, name=rec.labels.get(labels.NAME, "")))
         started = process_start(task.pid) or time.time()
         emit(ev.ContainerStarted(container_id=rec.id, pid=task.pid, since_command_start=0.0, time=started))
         layers = await lazy_layers(ctd, rec)

@@ -19,6 +19,7 @@ from socirun.containerd.api.runc.options import oci_pb2 as runc_options_pb2
 from socirun.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from socirun.containerd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from socirun.containerd.errors import NotFoundError, RpcError
+from socirun.containerd.labels import name_filter
 from socirun.containerd.types import Mount, labels_from_proto, seconds_from_proto
 from socirun.errors import EXIT_CANNOT_INVOKE, EXIT_DAEMON, EXIT_NOT_FOUND, SocirunError
 
@@ -122,7 +123,7 @@ class Runtime:
         found = await self.get_container(name_or_id)
         if found is not None:
             return found
-        by_name = await self.list_containers([f'labels."nerdctl/name"=={name_or_id}'])
+        by_name = await self.list_containers([name_filter(name_or_id)])
         if by_name:
             return by_name[0]
         matches = [c for c in await self.list_containers() if c.id.startswith(name_or_id)]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from socirun import events as ev
+from socirun.containerd import labels
 from socirun.containerd.client import ContainerdClient
 from socirun.containerd.runtime import ContainerRunError, Runtime
 from socirun.containerd.types import Mount
@@ -241,50 +242,43 @@ def device_for(host_path: str, container_path: str, permissions: str) -> SpecDev
 # ---------------------------------------------------------------------------------------------- labels
 
 
-# Label namespaces that belong to socirun / nerdctl and containerd: an image's own labels under them are not
-# copied, or an image could name a container's anonymous volumes or mounts (which --rm and `nerdctl rm` act on),
-# its state directory, or the garbage collector's references.
-RESERVED_LABEL_PREFIXES = ("nerdctl/", "containerd.io/", "io.containerd.")
-
-
 def image_labels_for_container(image_labels: Mapping[str, str]) -> dict[str, str]:
     """The image's labels a container inherits (as nerdctl's WithImageConfigLabels), less the reserved ones."""
-    return {k: v for k, v in image_labels.items() if not k.startswith(RESERVED_LABEL_PREFIXES)}
+    return {k: v for k, v in image_labels.items() if not k.startswith(labels.RESERVED_PREFIXES)}
 
 
 def container_labels(opts: RunOptions, image: ImageConfig, *, name: str, namespace: str, hostname: str,
                      state_dir: str, platform: Platform, mounts: list[dict[str, object]],
                      anonymous: list[str]) -> dict[str, str]:  # fmt: skip
-    """nerdctl's labels (https://github.com/containerd/nerdctl/blob/main/pkg/labels/labels.go), so `nerdctl ps` shows
-    socirun's containers."""
-    labels: dict[str, str] = image_labels_for_container(image.labels)
-    labels.update({
-        "nerdctl/namespace": namespace,
-        "nerdctl/name": name,
-        "nerdctl/hostname": hostname,
-        "nerdctl/state-dir": state_dir,
-        "nerdctl/networks": json.dumps([opts.network if opts.network != "container"
-                                        else f"container:{opts.network_container}"]),
-        "nerdctl/platform": str(platform),
-        "nerdctl/extraHosts": json.dumps([f"{h}:{ip}" for h, ip in opts.add_hosts]),
-        "nerdctl/ipc": json.dumps({"mode": opts.ipc, "victimContainerId": opts.ipc_container,
-                                   "shmSize": str(opts.shm_size)}),
-        "nerdctl/auto-remove": str(opts.rm).lower(),
-        "io.containerd.image.config.stop-signal": opts.stop_signal if opts.stop_signal != "SIGTERM" or
+    """nerdctl's labels (socirun.containerd.labels), so `nerdctl ps` shows socirun's containers."""
+    out: dict[str, str] = image_labels_for_container(image.labels)
+    out.update({
+        labels.NAMESPACE: namespace,
+        labels.NAME: name,
+        labels.HOSTNAME: hostname,
+        labels.STATE_DIR: state_dir,
+        labels.NETWORKS: json.dumps([opts.network if opts.network != "container"
+                                     else f"container:{opts.network_container}"]),
+        labels.PLATFORM: str(platform),
+        labels.EXTRA_HOSTS: json.dumps([f"{h}:{ip}" for h, ip in opts.add_hosts]),
+        labels.IPC: json.dumps({"mode": opts.ipc, "victimContainerId": opts.ipc_container,
+                                "shmSize": str(opts.shm_size)}),
+        labels.AUTO_REMOVE: str(opts.rm).lower(),
+        labels.STOP_SIGNAL: opts.stop_signal if opts.stop_signal != "SIGTERM" or
         not image.stop_signal else image.stop_signal,
     })  # fmt: skip
     if opts.privileged:
-        labels["nerdctl/privileged"] = "true"
+        out[labels.PRIVILEGED] = "true"
     if opts.user or image.user:
-        labels["nerdctl/user"] = opts.user or image.user
+        out[labels.USER] = opts.user or image.user
     if opts.stop_timeout is not None:
-        labels["nerdctl/stop-timeout"] = str(opts.stop_timeout)
+        out[labels.STOP_TIMEOUT] = str(opts.stop_timeout)
     if anonymous:
-        labels["nerdctl/anonymous-volumes"] = json.dumps(anonymous)
+        out[labels.ANONYMOUS_VOLUMES] = json.dumps(anonymous)
     for i, record in enumerate(mounts):
-        labels[f"nerdctl/mounts.{i}"] = json.dumps(record)
-    labels.update(opts.labels)
-    return labels
+        out[f"{labels.MOUNTS_PREFIX}{i}"] = json.dumps(record)
+    out.update(opts.labels)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -334,7 +328,7 @@ class CidFile:
 
 async def _reserve_name(rt: Runtime, ctx: RunContext, name: str, container_id: str) -> None:
     async def labelled() -> str | None:
-        taken = await rt.list_containers([f'labels."nerdctl/name"=={name}'])
+        taken = await rt.list_containers([labels.name_filter(name)])
         return taken[0].id if taken else None
 
     async def exists(holder_id: str) -> bool:
@@ -421,10 +415,10 @@ async def _run_container(opts: RunOptions, ctx: RunContext, emit: ev.Emit, cidfi
             # One lease from Prepare to Containers.Create: once the record references the snapshot the lease
             # can go; ending it earlier lets containerd's GC remove the unreferenced snapshot.
             async with ctd.lease(labels=owner_labels("run")):  # a killed run's lease ends at the next run
-                spec, labels, rootfs = await _prepare(rt, opts, image, ctx, state, gpu)
+                spec, record_labels, rootfs = await _prepare(rt, opts, image, ctx, state, gpu)
                 await rt.create_container(container_id, image=str(ctx.reference), runtime=opts.runtime,
                                           runtime_binary=opts.runtime_binary, spec=spec,
-                                          snapshotter=image.snapshotter, labels=labels)  # fmt: skip
+                                          snapshotter=image.snapshotter, labels=record_labels)  # fmt: skip
             if cidfile is not None:
                 cidfile.write(container_id)  # before `created`: a failed write removes the container again
             created = True
@@ -513,10 +507,10 @@ async def _prepare(rt: Runtime, opts: RunOptions, ensured: EnsuredImage, ctx: Ru
     spec = build_spec(opts, image, inputs)
     state.command = list(spec.get("process", {}).get("args") or [])
     state.save()
-    labels = container_labels(opts, image, name=state.name, namespace=state.namespace, hostname=hostname,
-                              state_dir=state.state_dir, platform=ctx.platform, mounts=volumes.records,
-                              anonymous=volumes.anonymous)  # fmt: skip
-    return spec, labels, rootfs
+    record_labels = container_labels(opts, image, name=state.name, namespace=state.namespace, hostname=hostname,
+                                     state_dir=state.state_dir, platform=ctx.platform, mounts=volumes.records,
+                                     anonymous=volumes.anonymous)  # fmt: skip
+    return spec, record_labels, rootfs
 
 
 def _write_etc_files(opts: RunOptions, state_dir: str, hostname: str, ip: str | None) -> list[SpecMount]:
