@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from socirun.config import SocirunConfig
 from socirun.containerd import labels
 from socirun.containerd.client import ContainerdClient, resolve_target
 from socirun.containerd.runtime import ContainerRecord, Runtime, TaskInfo
+from socirun.duration import parse_go_duration
 from socirun.errors import SocirunError, UsageError
 from socirun.runtime import lifecycle, logs
 from socirun.runtime.options import SIGNALS
@@ -226,15 +226,13 @@ def signal_number(text: str) -> int:
     raise UsageError(f"invalid signal: {text}")
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_since(text: str, now: float) -> float:
     """docker logs --since: a Go duration (`10m`, `1h30m`: that long before now), a Unix timestamp, or an RFC 3339
     date or date-time."""
-    if text and _DURATION.sub("", text) == "" and _DURATION.search(text):
-        return now - sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+    # docker's GetTimestamp (api/types/time) reads "0" as the Unix epoch, not as a zero duration.
+    duration = parse_go_duration(text) if text != "0" else None
+    if duration is not None:
+        return now - duration
     try:
         return float(text)
     except ValueError:

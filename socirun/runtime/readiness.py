@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import ipaddress
 import math
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from socirun.duration import parse_go_duration
 from socirun.errors import UsageError
 
 PROBE_INTERVAL_S = 0.1  # between failed attempts: a server that starts listening at t is seen by t + ~0.1 s
@@ -98,23 +98,13 @@ def parse_ready_timeout(text: str) -> float:
     return seconds
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float | None:
-    """Seconds of a Go-style duration (docker's --health-timeout form: "1m30s", "500ms", "2h") or a bare number of
+    """Seconds of a Go duration (docker's --health-timeout form: "1m30s", "500ms", "2h") or a bare number of
     seconds; None when it is neither."""
     text = text.strip()
     with contextlib.suppress(ValueError):
         return float(text)
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _UNIT_S[match.group(2)]
-        pos = match.end()
-    return total if pos == len(text) and pos > 0 else None
+    return parse_go_duration(text)
 
 
 def is_loopback(host: str) -> bool:
