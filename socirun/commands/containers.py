@@ -31,7 +31,7 @@ from socirun.containerd.runtime import ContainerRecord, Runtime, TaskInfo
 from socirun.duration import parse_go_duration
 from socirun.errors import SocirunError, UsageError
 from socirun.runtime import lifecycle, logs
-from socirun.runtime.options import SIGNALS
+from socirun.runtime.options import lookup_signal
 from socirun.text import terminal_safe
 
 EXIT_GENERAL = 1  # docker's exit when a request failed (no such container, is running, …)
@@ -215,15 +215,10 @@ def inspect_json(v: ContainerView) -> dict[str, Any]:
 
 def signal_number(text: str) -> int:
     """A signal by number or name (with or without SIG, any case), as docker's -s takes it."""
-    if text.isascii() and text.isdigit():  # not "²": str.isdigit() takes it, int() does not
-        number = int(text)
-        if number in SIGNALS.values():
-            return number
-    else:
-        name = text.upper().removeprefix("SIG")
-        if name in SIGNALS:
-            return SIGNALS[name]
-    raise UsageError(f"invalid signal: {text}")
+    found = lookup_signal(text)
+    if found is None:
+        raise UsageError(f"invalid signal: {text}")
+    return found[1]
 
 
 def parse_since(text: str, now: float) -> float:

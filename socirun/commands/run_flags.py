@@ -31,13 +31,13 @@ from socirun.runtime.options import (
     DEFAULT_RUNTIME,
     DEFAULT_SHM_SIZE,
     PULL_POLICIES,
-    SIGNALS,
     DeviceSpec,
     GpuRequest,
     PortMapping,
     RunOptions,
     Ulimit,
     VolumeSpec,
+    lookup_signal,
 )
 from socirun.runtime.spec import kernel_fs_mount_problem
 
@@ -929,18 +929,11 @@ def normalize_capability(name: str) -> str:
 
 
 def parse_signal(text: str) -> str:
-    """moby/sys/signal's ParseSignal: a number, or a name with or without SIG in any case, RTMIN+N and RTMAX-N
-    included; returned as the SIG name. (docker takes any non-zero number; socirun only Linux's 1-64.)"""
-    if _INT_RE.fullmatch(text):
-        number = int(text) if len(text) < 20 else 0
-        for name, num in SIGNALS.items():
-            if num == number:
-                return f"SIG{name}"
+    """--stop-signal: socirun.runtime.options.lookup_signal, returned as the SIG name."""
+    found = lookup_signal(text)
+    if found is None:
         raise _ValueError(f"invalid signal: {text}")
-    name = text.upper().removeprefix("SIG")
-    if name not in SIGNALS:
-        raise _ValueError(f"invalid signal: {text}")
-    return f"SIG{name}"
+    return found[0]
 
 
 def parse_user(text: str) -> str:

@@ -37,6 +37,20 @@ SIGNALS.update({"RTMIN": 34, **{f"RTMIN+{n}": 34 + n for n in range(1, 16)},
                 **{f"RTMAX-{n}": 64 - n for n in range(14, 0, -1)}, "RTMAX": 64})
 
 
+def lookup_signal(text: str) -> tuple[str, int] | None:
+    """moby/sys/signal's ParseSignal, as `--stop-signal` and `kill -s` take a signal: a decimal number (Go's Atoi:
+    an optional sign, ASCII digits), or a name with or without SIG in any case, RTMIN+N and RTMAX-N included.
+    Returns (SIG name, number), or None where it names no Linux signal (docker takes any non-zero number; socirun
+    only Linux's 1-64)."""
+    digits = text[1:] if text[:1] in "+-" else text
+    if digits.isascii() and digits.isdigit():  # isascii: str.isdigit() alone takes "²"
+        number = int(text) if len(digits) < 20 else 0
+        name = next((n for n, num in SIGNALS.items() if num == number), None)
+        return None if name is None else (f"SIG{name}", number)
+    name = text.upper().removeprefix("SIG")
+    return (f"SIG{name}", SIGNALS[name]) if name in SIGNALS else None
+
+
 @dataclass(frozen=True)
 class PortMapping:
     host_ip: str  # "" = every address (0.0.0.0)

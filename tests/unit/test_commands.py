@@ -23,12 +23,13 @@ from socirun.commands.containers import (
     table,
 )
 from socirun.commands.main import _run_argv, build_parser
+from socirun.commands.run_flags import parse_signal
 from socirun.errors import SocirunError, UsageError
 from socirun.runtime import logs
 from socirun.runtime.cni import NetworkError, ports_clash, resolve_host_ports
 from socirun.runtime.exec import ExecRequest, exec_process_spec, merged_env
 from socirun.runtime.lifecycle import ContainerState
-from socirun.runtime.options import PortMapping
+from socirun.runtime.options import SIGNALS, PortMapping
 
 # ---------------------------------------------------------------------------------------------- routing
 
@@ -105,6 +106,23 @@ def test_port_lines() -> None:
     assert port_lines(ports, "80") == ["127.0.0.1:32768"]
     assert port_lines(ports, "53/tcp") == []
     assert shown_ports(ports) == "127.0.0.1:32768->80/tcp, [::1]:9000->53/udp"
+
+
+@pytest.mark.parametrize("text", ["TERM", "sigkill", "2", "+9", "007", "RTMIN+3", "sigrtmax-1", "-9", "0", "65", "²",
+                                  "-", "+", "", "SIGNOPE", "99999999999999999999999"])  # fmt: skip
+def test_kill_and_stop_signal_read_signals_alike(text: str) -> None:
+    """`kill -s` and `--stop-signal` are one reading of moby's ParseSignal (Atoi: "+9" is 9), not two."""
+    try:
+        stop = parse_signal(text)
+    except Exception:  # run_flags' own value error: the parser turns it into docker's sentence
+        stop = None
+    try:
+        kill = signal_number(text)
+    except UsageError:
+        kill = None
+    assert (stop is None) == (kill is None)
+    if stop is not None:
+        assert SIGNALS[stop.removeprefix("SIG")] == kill
 
 
 def test_signals_and_since() -> None:
