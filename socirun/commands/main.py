@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "layers at once in standard mode (default 4)")
     pull.add_argument("--chunk-size", default=None, metavar="SIZE",
                       help="bytes per ranged request in parallel mode, e.g. 16MiB or 8MB (default from the host)")
+    pull.add_argument("--discard-unpacked-layers", action=argparse.BooleanOptionalAction, default=None,
+                      help="with --pull-mode parallel-stream: keep no blob of a layer socirun unpacks as its bytes "
+                           "arrive (less CPU and disk; the image cannot be exported, pushed or unpacked again "
+                           "from the store) (default off, or [pull] discard_unpacked_layers)")
     pull.add_argument("--record-events", default=None, metavar="FILE",
                       help="also write every event as JSON lines to FILE (replayable)")
     pull.add_argument("-q", "--quiet", action="store_true", help="same as --progress=quiet")
@@ -95,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="plan for this snapshotter (default: the one `pull` would choose)")
     plan.add_argument("--pull-mode", default=None, metavar="auto|lazy|parallel|parallel-stream|standard",
                       help="plan as `pull --pull-mode` would (default auto, or [pull] mode)")
+    plan.add_argument("--discard-unpacked-layers", action=argparse.BooleanOptionalAction, default=None,
+                      help="plan as `pull --discard-unpacked-layers` would")
     plan.add_argument("--soci-index-digest", default=None, metavar="DIGEST",
                       help="plan with this SOCI index (skips SOCI's discovery), as nerdctl's flag")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")

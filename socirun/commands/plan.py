@@ -27,7 +27,8 @@ async def _plan(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOpt
     platform = parse_platform(args.platform) if args.platform else host_platform()
     # The same inputs a pull of this image would decide from (config holds CONTAINERD_SNAPSHOTTER already).
     setup = pull_setup(config, PullChoices(snapshotter=args.snapshotter or config.snapshotter,
-                                           pull_mode=args.pull_mode))
+                                           pull_mode=args.pull_mode,
+                                           discard_unpacked_layers=args.discard_unpacked_layers))
     address, namespace = resolve_target(glob.address, glob.namespace, config)
     insecure = [*config.insecure_registries, *args.insecure_registry]
     async with await ContainerdClient.connect(address, namespace) as ctd, RegistryClient(

@@ -45,6 +45,7 @@ def _pull_work(args: argparse.Namespace, config: SocirunConfig, glob: GlobalOpti
         max_concurrent_downloads=args.max_concurrent_downloads,
         chunk_size=args.chunk_size,
         soci_index_digest=args.soci_index_digest or "",
+        discard_unpacked_layers=args.discard_unpacked_layers,
     )
     setup = pull_setup(config, choices)
     request = build_pull_request(reference, platform, setup, choices, expanded_from=alias)

@@ -78,7 +78,8 @@ def run_context(opts: RunOptions, config: SocirunConfig, glob: GlobalOptions) ->
     address, namespace = resolve_target(opts.address or glob.address, opts.namespace or glob.namespace, config)
     text, alias = expand_alias(opts.image, config.aliases)
     snapshotter = opts.snapshotter or config.snapshotter or None  # config holds CONTAINERD_SNAPSHOTTER already
-    choices = PullChoices(snapshotter=snapshotter, pull_mode=opts.pull_mode or None)
+    choices = PullChoices(snapshotter=snapshotter, pull_mode=opts.pull_mode or None,
+                          discard_unpacked_layers=opts.discard_unpacked_layers)
     return RunContext(
         address=address,
         namespace=namespace,

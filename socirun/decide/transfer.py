@@ -181,6 +181,9 @@ def transfer_settings_from_config(raw: Mapping[str, Any], base: TransferSettings
         chunk_size = "16MiB"
         window = 16                     # chunks in memory at once
         schedule = "in-order"           # in-order | largest-first | interleave
+        discard_unpacked_layers = false # parallel-stream: keep no blob of a layer unpacked as it arrived
+
+    (`discard_unpacked_layers` is read by `discard_unpacked_layers_for`, with its flag.)
     """
     table = raw.get("pull", {})
     if not isinstance(table, Mapping):
@@ -213,6 +216,18 @@ def config_pull_mode(raw: Mapping[str, Any]) -> str | None:
     if mode not in PULL_MODES:
         raise ConfigError(f'pull.mode = "{mode}" is not one of {", ".join(PULL_MODES)}')
     return str(mode)
+
+
+def discard_unpacked_layers_for(flag: bool | None, raw_config: Mapping[str, Any]) -> bool:
+    """--discard-unpacked-layers (True, or False as `--discard-unpacked-layers=false`), else `[pull]
+    discard_unpacked_layers`, else off: the one reading of the choice, named after containerd's CRI option."""
+    if flag is not None:
+        return flag
+    table = raw_config.get("pull", {})
+    value = table.get("discard_unpacked_layers", False) if isinstance(table, Mapping) else False
+    if not isinstance(value, bool):
+        raise ConfigError(f"pull.discard_unpacked_layers must be true or false, not {value!r}")
+    return value
 
 
 def _positive(value: Any, what: str) -> int:
@@ -252,10 +267,30 @@ class TransferPlan:
     reasons: tuple[str, ...]
     settings: TransferSettings  # parallel mode: connections, chunk size, window, schedule
     standard_downloads: int = DEFAULT_STANDARD_DOWNLOADS  # standard mode: layers at once, one stream each
+    # Asked for: the blob of a layer socirun's applier unpacks as its bytes arrive is not written to containerd's
+    # content store (only parallel-stream into a local snapshotter has such layers; see `discards`).
+    discard_unpacked_layers: bool = False
 
     @property
     def connections(self) -> int:
         return self.settings.max_concurrent_downloads if self.chunked else self.standard_downloads
+
+    def discards(self, snapshotter: str) -> bool:
+        """Whether blobs are left out of the content store in this pull: asked for, and some layer can be
+        unpacked from its bytes (parallel-stream into a local snapshotter); otherwise every blob is stored."""
+        return self.discard_unpacked_layers and self.mode == "parallel-stream" and snapshotter in LOCAL_SNAPSHOTTERS
+
+    def discard_note(self, snapshotter: str) -> str:
+        """What discard_unpacked_layers does in this pull, in a sentence ("" when it was not asked for)."""
+        if not self.discard_unpacked_layers:
+            return ""
+        if self.discards(snapshotter):
+            return ("discard_unpacked_layers: the blob of a layer unpacked as its bytes arrive is not written to "
+                    "containerd's content store, so the image cannot be exported, pushed or unpacked again from "
+                    "this store (a layer containerd unpacks is stored as usual)")
+        where = f"--pull-mode {self.mode}" if self.mode != "parallel-stream" else f"the {snapshotter} snapshotter"
+        return (f"discard_unpacked_layers has no effect with {where}: only --pull-mode parallel-stream into a local "
+                "snapshotter unpacks layers from their bytes, so every blob is stored")
 
     @property
     def chunked(self) -> bool:
@@ -270,11 +305,15 @@ class TransferPlan:
                    f"connections shared by all layers, written in order ({s.schedule})")
         else:
             how = f"socirun downloads each layer in one stream ({self.standard_downloads} at a time)"
+        note = self.discard_note(snapshotter)
+        note = f"; {note}" if note else ""
         if self.mode == "parallel-stream" and snapshotter in LOCAL_SNAPSHOTTERS:
-            return (f"{how}, into containerd's content store and at the same time into socirun's own applier, "
+            into = "only" if self.discards(snapshotter) else "into containerd's content store and at the same time"
+            return (f"{how}, {into} into socirun's own applier, "
                     f"which unpacks each layer into {snapshotter} as its bytes arrive once its parent is "
-                    "committed (a layer whose bytes come earlier is unpacked by containerd from the stored blob)")
-        return f"{how}, and containerd unpacks each layer into {snapshotter} as soon as its parent is ready"
+                    "committed (a layer whose bytes come earlier is unpacked by containerd from the stored blob)"
+                    f"{note}")
+        return f"{how}, and containerd unpacks each layer into {snapshotter} as soon as its parent is ready{note}"
 
 
 def pull_mode_for(flag: str | None, raw_config: Mapping[str, Any]) -> PullMode:
@@ -292,11 +331,13 @@ def plan_transfer(
     host: HostProfile,
     max_concurrent_downloads: int | None = None,
     chunk_size: str | None = None,
+    discard_unpacked_layers: bool = False,
 ) -> TransferPlan:
     """The transfer for a pull asked for with `mode` (already resolved by `pull_mode_for`), the `[pull]` table
-    and the flags, on `host`."""
+    and the flags, on `host`; `discard_unpacked_layers` as resolved by `discard_unpacked_layers_for`."""
     settings = resolve_transfer_settings(cpus=host.cpus, memory_bytes=host.memory_bytes, raw_config=raw_config,
                                          max_concurrent_downloads=max_concurrent_downloads, chunk_size=chunk_size)
     chosen, reasons = choose_overlay_transfer(host, requested=mode, snapshotter=snapshotter,
                                               chunk_size=settings.chunk_size)
-    return TransferPlan(chosen, reasons, settings, max_concurrent_downloads or DEFAULT_STANDARD_DOWNLOADS)
+    return TransferPlan(chosen, reasons, settings, max_concurrent_downloads or DEFAULT_STANDARD_DOWNLOADS,
+                        discard_unpacked_layers)

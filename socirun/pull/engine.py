@@ -5,6 +5,7 @@ Everything a pull creates lives under one lease until the image record reference
 (bounded) and each is applied as soon as it and its parent are ready, so unpacking overlaps the transfers of later
 layers. In parallel-stream mode a layer is unpacked by socirun's own applier from its bytes as they are written to
 the content store, instead of by Diff.Apply once its blob is committed (socirun.pull.stream says which layers).
+With discard_unpacked_layers such a layer's bytes go to socirun's applier only, and its blob is never stored.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from socirun.pull.remote import (
     soci_unpack_key,
     unexpected_deferral,
 )
-from socirun.pull.stream import ApplyState, LayerTap, TapFailedError, stream_live
+from socirun.pull.stream import ApplyState, LayerTap, TapFailedError, discardable_blobs, stream_live
 from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 from socirun.unpack.decompress import UnsupportedLayerError, check_media_type
@@ -115,10 +116,19 @@ class _Pull:
         # its first byte is about to be written.
         self._states: list[ApplyState] = []
         self._taps: dict[str, asyncio.Future[LayerTap | None]] = {}
+        # discard_unpacked_layers: the blobs that may stay out of the store when fed live (set once resolved),
+        # those whose applier gave up (Diff.Apply needs them stored), and those this pull left out.
+        self._discardable: frozenset[str] = frozenset()
+        self._must_store: set[str] = set()
+        self._discarded: set[str] = set()
 
     @property
     def _streaming(self) -> bool:
         return self.request.transfer.mode == "parallel-stream" and self.snapshotter in LOCAL_SNAPSHOTTERS
+
+    @property
+    def _discarding(self) -> bool:
+        return self.request.transfer.discards(self.snapshotter)
 
     # -- content -------------------------------------------------------------------------------------------
 
@@ -153,7 +163,14 @@ class _Pull:
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded"))
 
     async def _write_blob(self, img: ResolvedImage, layer: Descriptor) -> bool:
-        """False when containerd already held the whole blob."""
+        """False when containerd already held the whole blob (or the blob was not stored: it says so itself)."""
+        if layer.digest in self._discardable and await self._nothing_stored(layer):
+            return await self._write_unless_discarded(img, layer)
+        return await self._write_stored(img, layer)
+
+    async def _write_stored(self, img: ResolvedImage, layer: Descriptor) -> bool:
+        """Write the blob into the content store (the layer may be fed live as well); False when containerd
+        already held it."""
         ref = lb.ingest_ref(layer)
         labels = await self._source_label(img, layer.digest)
         self.lease.track_ingest(ref)
@@ -179,25 +196,88 @@ class _Pull:
                     if tap is not None:
                         tap.fail()
                     raise
-            try:
-                await writer.commit(labels)
-            except CommitMismatchError:
-                await self.ctd.abort_ingest(ref)
-                raise DigestMismatchError(
-                    f"layer {layer.digest} from {img.reference.domain}: the bytes received do not match "
-                    "that digest, so the registry's copy is corrupt; nothing was stored for it."
-                ) from None
-            self.lease.track_blob(layer.digest)  # a failure or Ctrl-C from here on keeps it for the rerun
-            self._progress(layer, layer.size, force=True)
+            await self._commit(img, layer, writer, labels)
         finally:
             if self._streaming:
                 self._decide_tap(layer.digest, None)  # no byte written here (or undecided): applied from the store
             await writer.close()
         return True
 
-    async def _copy(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter, offset: int) -> None:
-        """Stream the blob from `offset` into the open ingest; containerd checks the digest at commit."""
-        sink = self._sink(img, layer, writer, offset)
+    async def _commit(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter,
+                      labels: dict[str, str]) -> None:
+        try:
+            await writer.commit(labels)
+        except CommitMismatchError:
+            await self.ctd.abort_ingest(writer.ref)
+            raise DigestMismatchError(
+                f"layer {layer.digest} from {img.reference.domain}: the bytes received do not match "
+                "that digest, so the registry's copy is corrupt; nothing was stored for it."
+            ) from None
+        self.lease.track_blob(layer.digest)  # a failure or Ctrl-C from here on keeps it for the rerun
+        self._progress(layer, layer.size, force=True)
+
+    async def _nothing_stored(self, layer: Descriptor) -> bool:
+        """Neither the blob nor any byte of it is in the store (an ingest with bytes is resumed, and stored)."""
+        if await self.ctd.content_info(layer.digest) is not None:
+            return False
+        status = await self.ctd.ingest_status(lb.ingest_ref(layer))
+        return status is None or status.offset == 0
+
+    async def _write_unless_discarded(self, img: ResolvedImage, layer: Descriptor) -> bool:
+        """discard_unpacked_layers: the blob's bytes go to its applier only when it is fed live, and to
+        containerd's ingest (opened at its first byte) only when they must be stored. True when it stored the
+        blob; False when it left it out (it says so itself)."""
+        writer = _DiscardingWriter(self, img, layer)
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloading"))
+        self._progress(layer, 0, force=True)
+        try:
+            try:
+                await self._copy(img, layer, writer, 0, sink=writer.write)
+                if writer.tap is not None:
+                    await writer.tap.end()
+            except _StoreAgain:
+                pass  # handled below, once this attempt's writer is closed
+            except BaseException:
+                if writer.tap is not None:
+                    writer.tap.fail()
+                raise
+            if writer.lost or (writer.ingest is None and writer.tap is None):
+                # The applier gave up after reading bytes that were not stored (or no byte came at all, for an
+                # empty blob): store the blob from its first byte, for Diff.Apply.
+                return await self._write_stored(img, layer)
+            if writer.ingest is not None:
+                labels = await self._source_label(img, layer.digest)
+                if writer.ingest.already_exists:  # another client stored it meanwhile
+                    await self.ctd.content_update_labels(layer.digest, labels)
+                    self.lease.track_blob(layer.digest)
+                else:
+                    await self._commit(img, layer, writer.ingest, labels)
+                return True
+        finally:
+            self._decide_tap(layer.digest, None)  # no byte came: applied from the store (none is left out then)
+            await writer.close()
+        self._discarded.add(layer.digest)  # it stays so if the applier gives up later: _unpack stores it then
+        self._progress(layer, layer.size, force=True)
+        self.emit(ev.LayerStateChanged(digest=layer.digest, state="downloaded",
+                                       detail="not stored (discard_unpacked_layers)"))
+        return False
+
+    async def _open_ingest(self, layer: Descriptor) -> ContentWriter:
+        """discard_unpacked_layers: the blob's ingest, opened at its first byte to be stored (from offset 0)."""
+        ref = lb.ingest_ref(layer)
+        self.lease.track_ingest(ref)
+        writer = await self.ctd.open_writer(ref, layer.digest, layer.size)
+        if await writer.start() > 0 and not writer.already_exists:
+            await writer.truncate()  # another client began it after our check; our bytes start at 0
+        return writer
+
+    async def _copy(self, img: ResolvedImage, layer: Descriptor, writer: ContentWriter | _DiscardingWriter,
+                    offset: int, *, sink: ChunkWriter | None = None) -> None:
+        """Stream the blob from `offset` into the open ingest (or `sink`); containerd checks the digest at commit
+        (with discard_unpacked_layers, socirun's applier does for the bytes that are not stored)."""
+        if sink is None:
+            assert isinstance(writer, ContentWriter)
+            sink = self._sink(img, layer, writer, offset)
         if self._budget is not None and self._ranges_served:
             try:
                 await self._copy_chunked(img, layer, sink, offset)
@@ -376,6 +456,10 @@ class _Pull:
                 self.emit(ev.LayerClassified(digest=layer.digest, mode="standard",
                                              detail=f"{self.snapshotter} deferred it: socirun downloads it"))
             await self._ensure_download(img, layer, downloads)
+            if layer.digest in self._discarded:
+                # Its applier gave up once every byte had gone to it: Diff.Apply reads the blob, so store it now.
+                self._discarded.discard(layer.digest)
+                await self._write_stored(img, layer)
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
             applied = await self.ctd.diff_apply(layer, mounts)
             if applied.digest != img.diff_ids[index]:
@@ -396,7 +480,8 @@ class _Pull:
 
     async def _layer_done(self, img: ResolvedImage, index: int) -> None:
         layer = img.layers[index]
-        await self.ctd.content_update_labels(layer.digest, {lb.UNCOMPRESSED: img.diff_ids[index]})
+        if layer.digest not in self._discarded:  # a blob left out of the store has no labels to set
+            await self.ctd.content_update_labels(layer.digest, {lb.UNCOMPRESSED: img.diff_ids[index]})
         self._committed(index)
         self._progress(layer, layer.size, force=True, applied=layer.size)
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="done"))
@@ -435,6 +520,7 @@ class _Pull:
             await apply_and_commit(self.ctd, self.snapshotter, key=key, name=chain_id, labels=labels,
                                    mounts=mounts, layer=layer, diff_id=img.diff_ids[index], chunks=tap.chunks())
         except (UnsupportedMountsError, UnsupportedLayerError) as err:
+            self._must_store.add(layer.digest)  # Diff.Apply reads the blob: it is stored even when discarding
             tap.detach()
             self._warn_once(f"--pull-mode parallel-stream: {err}; containerd's Diff.Apply unpacks such layers "
                             "from the stored blob instead")
@@ -479,6 +565,10 @@ class _Pull:
         if req.transfer.mode == "parallel-stream" and not self._streaming:
             self._warn_once(f"--pull-mode parallel-stream streams layers into local snapshotters only; with "
                             f"{self.snapshotter} the layers socirun downloads are unpacked by Diff.Apply")
+        if req.transfer.discard_unpacked_layers and not self._discarding:
+            self._warn_once(req.transfer.discard_note(self.snapshotter))  # every blob is stored: say so, once
+        if self._discarding:
+            self._discardable = discardable_blobs([layer.digest for layer in img.layers])
         for i, layer in enumerate(img.layers):
             self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
                                       size=layer.size, mode=planned_mode(plan, i, present[i], req.transfer.mode)))
@@ -526,6 +616,59 @@ class _Pull:
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed,
                           snapshotter=self.snapshotter)
+
+
+class _StoreAgain(Exception):  # a signal, not an error: the blob is fetched again into the store
+    """discard_unpacked_layers: the applier gave up after reading bytes that were not stored."""
+
+
+class _DiscardingWriter:
+    """discard_unpacked_layers: where one blob's in-order bytes go. Fed live, to its tap only; only stored (the
+    live decision said so at the first byte), to containerd's ingest, opened then. When the applier gives up
+    (Diff.Apply will read the blob) before it read a byte, the bytes go to the ingest from then on; after, the
+    bytes it read are stored nowhere, so the download stops (`_StoreAgain`) and the blob is fetched again.
+    `offset` counts the bytes handed over, as a ContentWriter's does, for a resumed one-stream fallback."""
+
+    def __init__(self, pull: _Pull, img: ResolvedImage, layer: Descriptor) -> None:
+        self._pull = pull
+        self._img = img
+        self._layer = layer
+        self.ref = lb.ingest_ref(layer)
+        self.offset = 0
+        self.ingest: ContentWriter | None = None
+        self.tap: LayerTap | None = None
+        self.lost = False  # bytes the applier read are stored nowhere, and Diff.Apply needs the blob
+        self._decided = False
+        self._fed = 0  # bytes the tap took while the applier was still reading
+
+    async def write(self, data: bytes) -> None:
+        pull, digest = self._pull, self._layer.digest
+        if not self._decided:
+            self._decided = True
+            self.tap = pull._decide_tap(digest, pull._live_tap(self._img, self._layer, resumed=False))
+        self.offset += len(data)
+        if self.tap is not None and self.ingest is None:
+            await self.tap.put(data)  # waits while the applier is behind or not yet at this layer
+            if not self.tap.detached:
+                self._fed += len(data)
+                return
+            if digest not in pull._must_store:
+                return  # another pull committed the layer: nothing needs these bytes
+            if self._fed:
+                self.lost = True
+                raise _StoreAgain
+        if self.ingest is None:
+            self.ingest = await pull._open_ingest(self._layer)
+        if not self.ingest.already_exists:
+            await self.ingest.write(data)
+
+    async def flush(self) -> None:
+        if self.ingest is not None and not self.ingest.already_exists:
+            await self.ingest.flush()
+
+    async def close(self) -> None:
+        if self.ingest is not None:
+            await self.ingest.close()
 
 
 def _schedule_index(img: ResolvedImage, layer: Descriptor) -> int:

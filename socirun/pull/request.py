@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from socirun.config import SocirunConfig
 from socirun.decide.facts import DEFAULT_SNAPSHOTTER, HostProfile, SociConfig, UserChoice
-from socirun.decide.transfer import TransferPlan, plan_transfer, pull_mode_for
+from socirun.decide.transfer import TransferPlan, discard_unpacked_layers_for, plan_transfer, pull_mode_for
 from socirun.host import probe_host
 from socirun.oci import Platform
 from socirun.pull.engine import PullRequest
@@ -26,6 +26,8 @@ class PullChoices:
     max_concurrent_downloads: int | None = None
     chunk_size: str | None = None
     soci_index_digest: str = ""
+    # --discard-unpacked-layers (None: not given, `[pull] discard_unpacked_layers` decides)
+    discard_unpacked_layers: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ def pull_setup(config: SocirunConfig, choices: PullChoices) -> PullSetup:
     transfer = plan_transfer(
         mode=mode, raw_config=config.raw, snapshotter=choices.snapshotter or DEFAULT_SNAPSHOTTER, host=host,
         max_concurrent_downloads=choices.max_concurrent_downloads, chunk_size=choices.chunk_size,
+        discard_unpacked_layers=discard_unpacked_layers_for(choices.discard_unpacked_layers, config.raw),
     )
     soci = load_soci_config(config.soci_config_path, root=config.soci_root)
     return PullSetup(UserChoice(choices.snapshotter, mode), transfer, host, soci, config.soci_log)

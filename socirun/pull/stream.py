@@ -7,6 +7,11 @@ prepared snapshot while it downloads. A layer can only be unpacked once its pare
 layer is fed live is decided when its first byte is about to be written (`stream_live`); a layer that is not fed
 live is only stored, and containerd's Diff.Apply unpacks it from the committed blob when its turn comes, as in
 parallel mode.
+
+With discard_unpacked_layers (containerd's CRI option of that name, SOCI's parallel mode's too) a layer fed live
+goes to its applier only: no Content.Write at all, since the applier checks the blob's digest and the diffID
+itself before it commits the snapshot. `discardable_blobs` says which blobs may be left out; whatever Diff.Apply
+will read (a layer only stored, a blob two layers share, a layer whose applier gave up) is stored as before.
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ def stream_live(index: int, states: Sequence[ApplyState], *, in_order: bool, res
     if all(state == "committed" for state in earlier):
         return True
     return in_order and all(state != "stored" for state in earlier)
+
+
+def discardable_blobs(digests: Sequence[str]) -> frozenset[str]:
+    """The layer blobs (the image's layer digests, in order) a discarding pull may leave out of the content store
+    when they are fed live: those the image uses once. A blob two layers share is read live by the first only;
+    the second is unpacked by Diff.Apply from the stored blob, so it is always stored."""
+    return frozenset(d for d in digests if digests.count(d) == 1)
 
 
 class TapFailedError(Exception):

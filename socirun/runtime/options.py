@@ -164,6 +164,7 @@ class RunOptions:
     progress: str = ""
     record_events: str = ""  # socirun's own: the event stream also written to this file (JSON lines)
     pull_mode: str = ""
+    discard_unpacked_layers: bool | None = None  # None: not given ([pull] discard_unpacked_layers decides)
     address: str = ""
     namespace: str = ""
     data_root: str = ""

@@ -145,10 +145,10 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def _zstd_image_layout(root: Path) -> tuple[Path, list[str]]:
+def _zstd_image_layout(root: Path, zstd_text: bytes = b"from the zstd layer\n" * 1000) -> tuple[Path, list[str]]:
     """A two-layer Docker image whose second layer is zstd-compressed under the plain Docker tar type, which
     containerd sniffs and unpacks but socirun's applier (no zstd library) can only discover once bytes arrive.
-    Returns the layout and the layers' diffIDs."""
+    The second layer holds b.txt with `zstd_text`. Returns the layout and the layers' diffIDs."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -157,7 +157,7 @@ def _zstd_image_layout(root: Path) -> tuple[Path, list[str]]:
         (blobs / digest).write_bytes(data)
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
-    tars = [_tar({"a.txt": b"from the gzip layer\n"}), _tar({"b.txt": b"from the zstd layer\n" * 1000})]
+    tars = [_tar({"a.txt": b"from the gzip layer\n"}), _tar({"b.txt": zstd_text})]
     compressed = [gzip.compress(tars[0], mtime=0),
                   subprocess.run(["zstd", "-q", "-c"], input=tars[1], capture_output=True, check=True).stdout]
     diff_ids = [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]

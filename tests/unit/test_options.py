@@ -121,6 +121,8 @@ SUPPORTED: list[tuple[list[str], str, Any]] = [
     (["--progress", "json"], "progress", "json"),
     (["--record-events", "/tmp/run.jsonl"], "record_events", "/tmp/run.jsonl"),
     (["--pull-mode", "lazy"], "pull_mode", "lazy"),
+    (["--discard-unpacked-layers"], "discard_unpacked_layers", True),
+    (["--discard-unpacked-layers=false"], "discard_unpacked_layers", False),
     (["--address", "/run/c.sock"], "address", "/run/c.sock"),
     (["--namespace", "k8s.io"], "namespace", "k8s.io"),
     (["--data-root", "/tmp/x"], "data_root", "/tmp/x"),
