@@ -14,7 +14,6 @@ blocking file I/O: call them from a worker thread when an event loop must stay r
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
 
 from socirun.errors import DigestMismatchError, PullError
@@ -71,7 +70,7 @@ class LayerApplier:
         try:
             for plain in self._decompress.feed(data):
                 self._push(plain)
-        except (OSError, ValueError, zlib.error, TooManyLinksError, LayerFormatError, TarFormatError) as err:
+        except (OSError, ValueError, TooManyLinksError, LayerFormatError, TarFormatError) as err:
             raise self._fail(err) from err
 
     def finish(self, diff_id: str = "") -> Applied:
@@ -84,7 +83,7 @@ class LayerApplier:
                 self._push(plain)
             self._tar.finish()
             self._writer.finish()
-        except (OSError, ValueError, zlib.error) as err:
+        except (OSError, ValueError) as err:  # the decompressor's GzipFormatError is a ValueError
             raise self._fail(err) from err
         finally:
             self._writer.close()

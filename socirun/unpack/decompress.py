@@ -2,20 +2,29 @@
 
 containerd (images.DiffCompression, diff/stream.go) reads an OCI `…tar` layer as it is, refuses media types it does
 not know, and for the gzip, zstd and Docker types sniffs the first bytes (compression.DecompressStream): gzip and
-zstd by their magic numbers, anything else as plain tar. gzip is zlib's, multi-member like Go's reader. zstd needs a
-library that is not installed here, so zstd layers are refused with a sentence (the caller falls back to Diff.Apply).
+zstd by their magic numbers, anything else as plain tar. gzip is multi-member like Go's reader, and inflated by
+ISA-L (python-isal), which takes about half the CPU of zlib's inflate: on a small host the pull is CPU-bound. zstd
+needs a library that is not installed here, so zstd layers are refused with a sentence (the caller falls back to
+Diff.Apply).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
+from typing import cast
+
+from isal import isal_zlib
 
 from socirun.oci import DOCKER_LAYER_FOREIGN, DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 OUTPUT_PIECE = 4 << 20  # decompressed bytes handed on at a time: a highly compressible chunk stays bounded in memory
+# Header flags (RFC 1952, 2.3.1) and Go's limit on a header's name and comment (its reader's 512-byte buffer).
+_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 0x02, 0x04, 0x08, 0x10
+MAX_HEADER_STRING = 512
+# isal's stubs declare its error as an instance; it is the exception class isal raises for bad data.
+_IsalError = cast("type[Exception]", isal_zlib.error)
 
 _OCI_NONDIST = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 _DOCKER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
@@ -41,6 +50,40 @@ def check_media_type(media_type: str) -> None:
         raise UnsupportedLayerError(f"the streaming applier does not know the layer media type {media_type!r}")
 
 
+class GzipFormatError(ValueError):
+    """The bytes are not a (complete, intact) gzip stream."""
+
+
+def gzip_header_size(head: bytes) -> int | None:
+    """The length of the gzip member header that `head` starts with, None while `head` holds only part of it;
+    GzipFormatError when `head` cannot start a member (Go's ErrHeader: no gzip magic, or a name or comment longer
+    than 511 bytes). The header's checksum and the rest are checked by the inflater."""
+    magic = min(len(head), len(GZIP_MAGIC))
+    if head[:magic] != GZIP_MAGIC[:magic]:
+        raise GzipFormatError("invalid gzip header: another member or the end of the stream was expected")
+    if len(head) < 10:
+        return None
+    flags, pos = head[3], 10
+    if flags & _FEXTRA:
+        if len(head) < pos + 2:
+            return None
+        pos += 2 + int.from_bytes(head[pos:pos + 2], "little")
+    for flag, what in ((_FNAME, "name"), (_FCOMMENT, "comment")):
+        if flags & flag:
+            if len(head) < pos:
+                return None
+            end = head.find(b"\0", pos, pos + MAX_HEADER_STRING)
+            if end < 0:
+                if len(head) >= pos + MAX_HEADER_STRING:
+                    raise GzipFormatError(
+                        f"invalid gzip header: its {what} is longer than {MAX_HEADER_STRING - 1} bytes")
+                return None
+            pos = end + 1
+    if flags & _FHCRC:
+        pos += 2
+    return pos if len(head) >= pos else None
+
+
 class Decompressor:
     """Compressed bytes in, in order; the uncompressed stream out, in bounded pieces."""
 
@@ -49,8 +92,9 @@ class Decompressor:
         self._sniff = media_type in _SNIFFED
         self._head = b""  # the first bytes while there are too few to sniff
         self._gzip: bool | None = None if self._sniff else False
-        self._inflate: zlib._Decompress | None = None
+        self._inflate: isal_zlib.Decompress | None = None
         self._member_done = False  # the last gzip member ended; what follows must be another member
+        self._member_head = b""  # the start of the next member while its header is incomplete
 
     def _decide(self, head: bytes) -> None:
         if head.startswith(GZIP_MAGIC):
@@ -77,34 +121,49 @@ class Decompressor:
         yield from self._inflate_all(data)
 
     def _inflate_all(self, data: bytes) -> Iterator[bytes]:
-        while data:
-            if self._inflate is None or self._member_done:
-                self._inflate = zlib.decompressobj(wbits=31)
-                self._member_done = False
-            out = self._inflate.decompress(data, OUTPUT_PIECE)
-            if out:
-                yield out
-            while self._inflate.unconsumed_tail:
-                out = self._inflate.decompress(self._inflate.unconsumed_tail, OUTPUT_PIECE)
+        try:
+            while data:
+                if self._inflate is None or self._member_done:
+                    # isal mis-parses a header that arrives in pieces when it has a header CRC or several optional
+                    # fields (python-isal 1.7.2): a new member is handed over only once its header is whole.
+                    head = self._member_head + data
+                    if gzip_header_size(head) is None:
+                        self._member_head = head
+                        return
+                    data, self._member_head = head, b""
+                    self._inflate = isal_zlib.decompressobj(wbits=31)
+                    self._member_done = False
+                out = self._inflate.decompress(data, OUTPUT_PIECE)
                 if out:
                     yield out
-            if self._inflate.eof:
-                self._member_done = True
-                data = self._inflate.unused_data  # another gzip member follows (Go's reader is multistream)
-            else:
-                data = b""
+                while self._inflate.unconsumed_tail:
+                    out = self._inflate.decompress(self._inflate.unconsumed_tail, OUTPUT_PIECE)
+                    if out:
+                        yield out
+                if self._inflate.eof:
+                    self._member_done = True
+                    data = self._inflate.unused_data  # another gzip member follows (Go's reader is multistream)
+                else:
+                    data = b""
+        except _IsalError as err:
+            raise GzipFormatError(f"invalid gzip data: {err}") from None
 
     def finish(self) -> Iterator[bytes]:
-        """The rest; ValueError when the compressed stream is cut short."""
+        """The rest; ValueError (GzipFormatError for gzip) when the compressed stream is cut short."""
         if self._gzip is None:
             head, self._head = self._head, b""
             self._decide(head)
             yield from self.feed(head)
         if self._gzip:
-            if self._inflate is None:
-                raise ValueError("the gzip stream is empty")
-            rest = self._inflate.flush()
+            if self._inflate is None and not self._member_head:
+                raise GzipFormatError("the gzip stream is empty")
+            if self._inflate is None or self._member_head:
+                raise GzipFormatError("the gzip stream ends inside a member's header")
+            try:
+                rest = self._inflate.flush()
+            except _IsalError as err:
+                raise GzipFormatError(f"invalid gzip data: {err}") from None
             if rest:
                 yield rest
             if not self._inflate.eof:
-                raise ValueError("the gzip stream ends before its last member does")
+                raise GzipFormatError("the gzip stream ends before its last member does")

@@ -110,6 +110,13 @@ class LayerWriter:
     _info: tarfile.TarInfo | None = None
     _path: str = ""
     _fd: int = -1  # the regular file being written, or -1
+    # Memos that spare each entry a walk of its parent path (an lstat per component) and the lstat of its parent:
+    # a directory part of an entry name -> its resolved parent, and the paths known to be directories. Only a
+    # symlink appearing or going away changes how a path resolves, and only a removal makes a directory go away,
+    # so both are dropped (`_forget`) whenever this writer creates a symlink or a hardlink (which may be one to a
+    # symlink) or removes anything; between such entries, which most layers hardly have, they stay valid.
+    _resolved: dict[str, str] = field(default_factory=dict)
+    _known_dirs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.root = go_clean(str(self.target.path))
@@ -120,7 +127,7 @@ class LayerWriter:
         self._info, self._path = None, ""
         name = go_clean(info.name)
         directory, base = go_split(name)
-        parent = root_path(self.root, directory)
+        parent = self._root_path(directory)
         path = go_join(parent, go_join("/", base))
         if path == self.root:
             return  # an entry for the root itself: containerd ignores it
@@ -137,6 +144,7 @@ class LayerWriter:
         with contextlib.suppress(FileNotFoundError):
             existing = os.lstat(path)
             if not (stat.S_ISDIR(existing.st_mode) and info.type == tarfile.DIRTYPE):
+                self._forget()
                 remove_all(path)
         if info.type == tarfile.XGLTYPE:
             return  # a PAX global header: containerd removes what was at its path and creates nothing
@@ -178,6 +186,20 @@ class LayerWriter:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
+    # -- path memos ----------------------------------------------------------------------------------------
+
+    def _root_path(self, directory: str) -> str:
+        """root_path(self.root, directory), memoized until the next `_forget`."""
+        resolved = self._resolved.get(directory)
+        if resolved is None:
+            resolved = self._resolved[directory] = root_path(self.root, directory)
+        return resolved
+
+    def _forget(self) -> None:
+        """A symlink may appear or go away, or a directory go away: what the memos say may no longer hold."""
+        self._resolved.clear()
+        self._known_dirs.clear()
+
     # -- entries -------------------------------------------------------------------------------------------
 
     def _create(self, info: tarfile.TarInfo, path: str) -> None:
@@ -191,21 +213,24 @@ class LayerWriter:
             if not is_dir:
                 os.mkdir(path, mode)
                 os.chmod(path, mode)  # the umask must not narrow the archive's mode
+            self._known_dirs.add(path)
         elif kind in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            # The path was removed above; O_EXCL|O_NOFOLLOW make sure nothing else is written through.
+            # The path was removed above; O_EXCL|O_NOFOLLOW make sure nothing else is written through. The umask
+            # may narrow the mode here: `_metadata` sets the archive's mode once the data is written.
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-            os.chmod(path, mode)
         elif kind in _NODE_KIND:
             os.mknod(path, mode | _NODE_KIND[kind], os.makedev(info.devmajor, info.devminor))
         elif kind == tarfile.LNKTYPE:
+            self._forget()  # the link may be one to a symlink: a new symlink
             os.link(self._hardlink_target(info.linkname), path, follow_symlinks=False)
         elif kind == tarfile.SYMTYPE:
+            self._forget()
             os.symlink(info.linkname, path)
 
     def _hardlink_target(self, linkname: str) -> str:
         """The link's target inside the root (containerd's hardlinkRootPath): never a file outside it."""
         directory, base = go_split(linkname)
-        target = go_join(root_path(self.root, directory), base)
+        target = go_join(self._root_path(directory), base)
         return target if target.startswith(self.root) else self.root
 
     def _metadata(self, info: tarfile.TarInfo, path: str) -> None:
@@ -215,8 +240,8 @@ class LayerWriter:
         for key, value in info.pax_headers.items():
             if key.startswith(XATTR_PREFIX):
                 self._setxattr(path, key[len(XATTR_PREFIX):], value.encode("utf-8", "surrogateescape"))
-        st = os.lstat(path)
-        if not stat.S_ISLNK(st.st_mode):
+        # containerd's createTarFile: no chmod for a symlink, nor for a hardlink to one (chmod would follow it).
+        if info.type != tarfile.SYMTYPE and not (info.type == tarfile.LNKTYPE and stat.S_ISLNK(os.lstat(path).st_mode)):
             os.chmod(path, info.mode & 0o7777)
         atime, mtime = entry_times(info)
         os.utime(path, ns=(atime, mtime), follow_symlinks=False)
@@ -241,8 +266,11 @@ class LayerWriter:
     def _mkparent(self, path: str) -> None:
         """Create `path` and its missing parents (0755), each new one taking owner, mode, times and non-trusted
         xattrs from the topmost lower layer that has it as a directory (containerd's mkparent)."""
+        if path in self._known_dirs:
+            return
         try:
             if stat.S_ISDIR(os.lstat(path).st_mode):
+                self._known_dirs.add(path)
                 return
             raise NotADirectoryError(errno.ENOTDIR, "a parent in the layer is not a directory", path)
         except FileNotFoundError:
@@ -255,8 +283,10 @@ class LayerWriter:
             os.chmod(path, 0o755)
         except OSError:
             if stat.S_ISDIR(os.lstat(path).st_mode):
+                self._known_dirs.add(path)
                 return
             raise
+        self._known_dirs.add(path)
         for lower in self.target.parents:
             below = root_path(str(lower), path[len(self.root):])
             try:
@@ -274,6 +304,7 @@ class LayerWriter:
             os.setxattr(directory, OVERLAY_OPAQUE_XATTR, b"y")
             return
         os.lstat(directory)  # a marker in a directory that is not there fails, as in containerd
+        self._forget()
         self._remove_not_unpacked(directory)
 
     def _remove_not_unpacked(self, directory: str) -> None:
@@ -294,6 +325,7 @@ class LayerWriter:
             os.mknod(deleted, stat.S_IFCHR, 0)
             os.chown(deleted, info.uid, info.gid)
             return
+        self._forget()
         remove_all(deleted)
 
 
