@@ -12,7 +12,9 @@ fetch of containerd 2.1+) and max_concurrent_unpacks (--ctr2-unpacks, default 4)
     standard           `socirun pull --pull-mode standard` on 1.6
     parallel           `socirun pull --pull-mode parallel` on 1.6
     parallel-stream    `socirun pull --pull-mode parallel-stream` on 1.6 (layers unpacked as their bytes arrive)
+    stream-discard     the same with --discard-unpacked-layers (streamed layers' blobs are not stored)
     parallel-2.x       `socirun pull --pull-mode parallel` on 2.x
+    stream-discard-2.x `socirun pull --pull-mode parallel-stream --discard-unpacked-layers` on 2.x
 
 The sample (default: a busybox base plus data layers of 150, 900, 300, 50, 400, 200 and 100 MB uncompressed,
 about 1.1 GB compressed over 8 layers, the largest 43% of the image) is pushed once, to the 1.6 sandbox's
@@ -38,7 +40,7 @@ host their sum over the cores, not the network, is what bounds the pull.
 The last three lines are exactly `parallel/ctr-1.6 R`, `parallel/ctr-2.x-parallel R`, `parallel/limit R`:
 socirun's `--pull-mode parallel` (median) over the same containerd's ctr (1.6: `parallel` over `ctr-1.6`; 2.x:
 `parallel-2.x` over `ctr-2.x-parallel`), and 1.6's `parallel` over 1.6's limit. The lines above them give the
-same ratios for parallel-stream and for 2.x's limit.
+same ratios for parallel-stream, stream-discard (both containerds) and for 2.x's limit.
 
     python bench/parallel_vs_ctr.py [--rounds 3] [--rate 25MB] [--layers 150,900,300,50,400,200,100]
 """
@@ -70,9 +72,19 @@ MB = 1_000_000
 MIB = 1 << 20
 REPO = "bench/parallel"
 CTRS = ("ctr-1.6", "ctr-2.x-parallel")
-SOCIRUN_MODES = {"standard": "1.6", "parallel": "1.6", "parallel-stream": "1.6", "parallel-2.x": "2.x"}
+SOCIRUN_MODES = {"standard": "1.6", "parallel": "1.6", "parallel-stream": "1.6", "stream-discard": "1.6",
+                 "parallel-2.x": "2.x", "stream-discard-2.x": "2.x"}
+# socirun's flags per puller, after `pull --progress quiet`.
+SOCIRUN_FLAGS = {
+    "standard": ["--pull-mode", "standard"],
+    "parallel": ["--pull-mode", "parallel"],
+    "parallel-stream": ["--pull-mode", "parallel-stream"],
+    "stream-discard": ["--pull-mode", "parallel-stream", "--discard-unpacked-layers"],
+    "parallel-2.x": ["--pull-mode", "parallel"],
+    "stream-discard-2.x": ["--pull-mode", "parallel-stream", "--discard-unpacked-layers"],
+}
 PULLERS = (*CTRS, *SOCIRUN_MODES)
-UNTHROTTLED = (*CTRS, "parallel", "parallel-stream", "parallel-2.x")
+UNTHROTTLED = (*CTRS, "parallel", "parallel-stream", "stream-discard", "parallel-2.x", "stream-discard-2.x")
 
 
 @dataclass
@@ -245,9 +257,8 @@ def bench(boxes: dict[str, Sandbox], args: argparse.Namespace) -> None:
                 target = targets["1.6" if name == "ctr-1.6" else "2.x"]
                 return target, [target.ctr, "-a", target.address, "-n", NAMESPACE, "images", "pull", "--plain-http",
                                 image]
-            mode = name.removesuffix("-2.x")
             return targets[SOCIRUN_MODES[name]], [sys.executable, "-m", "socirun", "pull", "--progress", "quiet",
-                                                  "--pull-mode", mode, image]
+                                                  *SOCIRUN_FLAGS[name], image]
 
         def cold() -> None:
             for target in targets.values():
@@ -267,7 +278,7 @@ def bench(boxes: dict[str, Sandbox], args: argparse.Namespace) -> None:
                 result = run(name, throttled)
                 runs[name].append(result)
                 rss = f", peak RSS {result.peak_rss / MB:.0f} MB" if name not in CTRS else ""
-                print(f"  round {round_no + 1}: {name:16s} {result.seconds:7.2f} s{rss}", flush=True)
+                print(f"  round {round_no + 1}: {name:18s} {result.seconds:7.2f} s{rss}", flush=True)
 
         # The machine's limit: fetch with unlimited connections through the same proxy, and apply alone.
         cold()
@@ -309,7 +320,7 @@ def bench(boxes: dict[str, Sandbox], args: argparse.Namespace) -> None:
             for name in UNTHROTTLED[shift:] + UNTHROTTLED[:shift]:
                 result = run(name, ref, watched=False)
                 unthrottled[name].append(result)
-                print(f"  unthrottled round {round_no + 1}: {name:16s} {result.seconds:7.2f} s", flush=True)
+                print(f"  unthrottled round {round_no + 1}: {name:18s} {result.seconds:7.2f} s", flush=True)
         cold()
     finally:
         proxy.stop()
@@ -327,19 +338,22 @@ def bench(boxes: dict[str, Sandbox], args: argparse.Namespace) -> None:
         fastest = min(runs[name], key=lambda r: r.seconds)
         parts = {("ctr" if name in CTRS else "socirun"): fastest.cpu, **fastest.others_cpu}
         used = sum(parts.values())
-        print(f"  {name:16s} {fastest.seconds:7.2f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+        print(f"  {name:18s} {fastest.seconds:7.2f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
               + f"; {used:.1f} in all = {used / cores:.2f} s of all cores")
     print("containerd applying alone used " + ", ".join(
         f"{label} {apply_runs[label].others_cpu.get('containerd', 0.0):.1f}" for label in apply_runs))
-    print("median unthrottled: " + ", ".join(f"{name} {med(unthrottled[name]):.2f} s" for name in UNTHROTTLED))
-
-    for name in ("parallel", "parallel-stream", "parallel-2.x"):
-        for ctr_name in CTRS:
-            print(f"unthrottled {name}/{ctr_name} {med(unthrottled[name]) / med(unthrottled[ctr_name]):.3f}")
+    if args.unthrottled_rounds > 0:
+        print("median unthrottled: " + ", ".join(f"{name} {med(unthrottled[name]):.2f} s" for name in UNTHROTTLED))
+        for name in ("parallel", "parallel-stream", "stream-discard", "parallel-2.x", "stream-discard-2.x"):
+            for ctr_name in CTRS:
+                print(f"unthrottled {name}/{ctr_name} {med(unthrottled[name]) / med(unthrottled[ctr_name]):.3f}")
     print(f"parallel/standard {med(runs['parallel']) / med(runs['standard']):.3f}")
-    print(f"parallel-stream/ctr-1.6 {med(runs['parallel-stream']) / med(runs['ctr-1.6']):.3f}")
-    print(f"parallel-stream/limit {med(runs['parallel-stream']) / limits['1.6']:.3f}")
+    for name in ("parallel-stream", "stream-discard"):
+        print(f"{name}/ctr-1.6 {med(runs[name]) / med(runs['ctr-1.6']):.3f}")
+        print(f"{name}/limit {med(runs[name]) / limits['1.6']:.3f}")
     print(f"parallel-2.x/limit-2.x {med(runs['parallel-2.x']) / limits['2.x']:.3f}")
+    print(f"stream-discard-2.x/ctr-2.x-parallel {med(runs['stream-discard-2.x']) / med(runs['ctr-2.x-parallel']):.3f}")
+    print(f"stream-discard-2.x/limit-2.x {med(runs['stream-discard-2.x']) / limits['2.x']:.3f}")
     print(f"parallel/ctr-1.6 {med(runs['parallel']) / med(runs['ctr-1.6']):.3f}")
     print(f"parallel/ctr-2.x-parallel {med(runs['parallel-2.x']) / med(runs['ctr-2.x-parallel']):.3f}")
     print(f"parallel/limit {med(runs['parallel']) / limits['1.6']:.3f}")

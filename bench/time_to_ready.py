@@ -43,6 +43,7 @@ CTR_CONTAINER = "bench-ready-ctr"
 SOCIRUN_CONTAINER = "bench-ready"
 READY_TIMEOUT_S = 1800
 PROBE_EVERY_S = 0.05
+LIST_IN_CONTAINER = "/bench-read-list"
 
 
 def free_port() -> int:
@@ -78,12 +79,13 @@ def socirun_ready(cmd: list[str], env: dict[str, str]) -> tuple[float, int | Non
     return elapsed, None if fetched is None else int(fetched)
 
 
-def ctr_ready(address: str, ref: str, port: int, script: str) -> float:
+def ctr_ready(address: str, ref: str, port: int, script: str, read_list: Path) -> float:
     """Seconds from `ctr images pull` until the server in `ctr run -d --net-host` answers on `port`."""
     ctr = [str(containerd2_dir() / "ctr"), "-a", address, "-n", "default"]
     start = time.monotonic()
     soci_bench.ctr2(address, "images", "pull", "--plain-http", ref)
-    run = subprocess.run([*ctr, "run", "-d", "--net-host", ref, CTR_CONTAINER, "sh", "-c", script],
+    mount = f"type=bind,src={read_list},dst={LIST_IN_CONTAINER},options=rbind:ro"
+    run = subprocess.run([*ctr, "run", "-d", "--net-host", "--mount", mount, ref, CTR_CONTAINER, "sh", "-c", script],
                          capture_output=True, text=True, check=False)
     if run.returncode != 0:
         raise SystemExit(f"`ctr run` failed: {run.stderr.strip()[-1000:]}")
@@ -122,7 +124,12 @@ def main() -> None:
     port = free_port()
     print(f"the server reads {len(reads)} files, {read_bytes / MB:.1f} MB "
           f"({100 * read_bytes / image.total_size:.1f}% of the compressed image), then listens on 127.0.0.1:{port}")
-    script = f"cat {' '.join(f.path for f in reads)} > /dev/null && exec httpd -f -p 127.0.0.1:{port} -h /tmp"
+    # The list goes in as a read-only bind-mounted file: thousands of paths do not fit one argument (the kernel's
+    # 128 KiB MAX_ARG_STRLEN).
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    read_list = Path(args.dir) / "read-list"
+    read_list.write_text("".join(f"{f.path}\n" for f in reads))
+    script = f"xargs cat < {LIST_IN_CONTAINER} > /dev/null && exec httpd -f -p 127.0.0.1:{port} -h /tmp"
 
     with soci_bench.soci_sandbox(args.dir, NAME, layers, SEED, args.rate, keep=args.keep) as bench:
         box, info, settings = bench.box, bench.info, bench.settings
@@ -130,7 +137,8 @@ def main() -> None:
         env = dict(box_env(box, info), SOCIRUN_DATA_ROOT=str(Path(args.dir) / "socirun-data"))
         socirun = [sys.executable, "-m", "socirun"]
         run = [*socirun, "run", "-d", "--name", SOCIRUN_CONTAINER, "--net", "host", "--progress", "json",
-               "--ready-port", str(port), "--ready-timeout", f"{READY_TIMEOUT_S}s"]
+               "--ready-port", str(port), "--ready-timeout", f"{READY_TIMEOUT_S}s",
+               "-v", f"{read_list}:{LIST_IN_CONTAINER}:ro"]
         commands = {
             "lazy": [*run, lazy_ref, "sh", "-c", script],
             "parallel": [*run, "--snapshotter", "overlayfs", "--pull-mode", "parallel", plain_ref, "sh", "-c",
@@ -148,7 +156,7 @@ def main() -> None:
                 extra = ""
                 try:
                     if name == "ctr":
-                        seconds = ctr_ready(info.containerd_address, plain_ref, port, script)
+                        seconds = ctr_ready(info.containerd_address, plain_ref, port, script, read_list)
                     else:
                         seconds, lazy_bytes = socirun_ready(commands[name], env)
                         if name == "lazy":
