@@ -4,14 +4,18 @@ pull`, the same >= 1 GB image, the same cap, from an empty store, on the real so
 - soci-parallel:    `socirun pull IMAGE` with [pull_modes.parallel_pull_unpack] on, with the seed's settings
                     (20 downloads per image, 16mb chunks, 10 unpacks, discard unpacked layers): socirun only
                     calls Prepare; SOCI downloads and unpacks every layer itself;
-- socirun-parallel: `socirun pull --snapshotter overlayfs --pull-mode parallel IMAGE` (SOCI not involved);
+- socirun-parallel: `socirun pull --snapshotter overlayfs --pull-mode parallel-stream --discard-unpacked-layers
+                    IMAGE` (SOCI not involved): socirun's parallel download with its own applier, blobs of the
+                    streamed layers not stored -- the like of SOCI's mode, which discards unpacked layers too;
+- socirun-parallel-mode: `socirun pull --snapshotter overlayfs --pull-mode parallel IMAGE` (the blobs stored,
+                    containerd's Diff.Apply unpacks them);
 - ctr:              `ctr images pull IMAGE` (containerd 2.x's transfer service, its defaults).
 
 The registry is behind a cap of --rate per connection (default 25 MB/s) and no total cap. Every run starts
-cold (images removed, content and snapshots gone, SOCI restarted with the settings of the next run); the three
+cold (images removed, content and snapshots gone, SOCI restarted with the settings of the next run); the four
 alternate for --rounds rounds (at least 3). Prints every run, the medians with the CPU seconds each component
-used in its median run (what bounds a pull on a small host), and as its last line exactly
-`socirun-parallel/soci-parallel R`.
+used in its median run (what bounds a pull on a small host), `socirun-parallel-mode/soci-parallel R`, and as its
+last line exactly `socirun-parallel/soci-parallel R`.
 
     python bench/soci_parallel.py [--layers 150,900,300,50,400,200,100] [--rounds 3] [--rate 25MB]
 """
@@ -86,7 +90,9 @@ def main() -> None:
         pull = [sys.executable, "-m", "socirun", "pull", "--progress", "quiet"]
         commands = {
             "soci-parallel": ([*pull, "--snapshotter", "soci", capped], SOCI_PARALLEL),
-            "socirun-parallel": ([*pull, "--snapshotter", "overlayfs", "--pull-mode", "parallel", capped], LAZY),
+            "socirun-parallel": ([*pull, "--snapshotter", "overlayfs", "--pull-mode", "parallel-stream",
+                                  "--discard-unpacked-layers", capped], LAZY),
+            "socirun-parallel-mode": ([*pull, "--snapshotter", "overlayfs", "--pull-mode", "parallel", capped], LAZY),
             "ctr": ([str(containerd2_dir() / "ctr"), "-a", info.containerd_address, "-n", "default",
                      "images", "pull", "--plain-http", capped], LAZY),
         }
@@ -94,7 +100,8 @@ def main() -> None:
         names = list(commands)
         print(f"cap {args.rate}/s per connection, no total cap; {args.rounds} rounds, alternating")
         for round_no in range(args.rounds):
-            for name in names[round_no % 3:] + names[:round_no % 3]:
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
                 cmd, settings = commands[name]
                 soci_bench.cold(box, info, [capped], settings)
                 status = box.status()
@@ -102,7 +109,7 @@ def main() -> None:
                                         "registry": info.registry_pid, "proxy": proxy.proc.pid})
                 seconds, cpu = timed(cmd, env, watch)
                 runs[name].append((seconds, cpu))
-                print(f"  round {round_no + 1}: {name:16s} {seconds:7.2f} s "
+                print(f"  round {round_no + 1}: {name:21s} {seconds:7.2f} s "
                       f"({image.total_size / MB / seconds:.0f} MB/s)", flush=True)
         soci_bench.cold(box, info, [capped], LAZY)
     finally:
@@ -121,6 +128,7 @@ def main() -> None:
         parts = ", ".join(f"{part} {used:.1f}" for part, used in cpu.items())
         print(f"| {name} | {medians[name]:.2f} s | {image.total_size / MB / medians[name]:.0f} | {parts}; "
               f"{sum(cpu.values()) / seconds / cores:.0%} of {cores} cores |")
+    print(f"socirun-parallel-mode/soci-parallel {medians['socirun-parallel-mode'] / medians['soci-parallel']:.3f}")
     print(f"socirun-parallel/ctr {medians['socirun-parallel'] / medians['ctr']:.3f}")
     print(f"socirun-parallel/soci-parallel {medians['socirun-parallel'] / medians['soci-parallel']:.3f}")
 

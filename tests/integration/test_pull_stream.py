@@ -17,6 +17,8 @@ import tarfile
 import uuid
 from pathlib import Path
 
+import pytest
+
 from socirun.containerd.client import ContainerdClient
 from socirun.oci import DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, chain_ids
 from socirun.sandbox.push import push_layout
@@ -28,6 +30,15 @@ from tests.support.cli_result import CliResult
 from tests.support.sandbox import registry_blob_path
 
 STREAM = ("--pull-mode", "parallel-stream", "--max-concurrent-downloads", "4", "--chunk-size", "1MiB")
+DISCARD = (*STREAM, "--discard-unpacked-layers")
+
+
+def _content(ctr: Ctr, namespace: str) -> set[str]:
+    return set(ctr("content", "ls", "-q", namespace=namespace).stdout.split())
+
+
+def _ingests(ctr: Ctr, namespace: str) -> list[str]:
+    return ctr("content", "active", namespace=namespace).stdout.splitlines()[1:]
 
 
 def _socirun(sandbox: SandboxInfo, namespace: str, *args: str, data_root: Path | None = None,
@@ -111,25 +122,30 @@ def test_parallel_stream_pull_matches_a_standard_pull_and_runs(
     assert SAMPLE_TEXT in ran.stdout
 
 
-def test_parallel_stream_corrupt_layer_commits_nothing(sandbox: SandboxInfo, ctr: Ctr) -> None:
-    ref = push_sample(sandbox.registry_host, "stream/corrupt", "v1", [4, 2], seed=1502)
-    manifest, _chain = image_chain(sandbox.registry_host, "stream/corrupt", "v1")
-    bad = manifest["layers"][0]["digest"]  # the head layer: socirun's applier unpacks it live
-    hexd = bad.split(":")[1]
-    blob = registry_blob_path(sandbox.dir, f"sha256:{hexd}")
+@pytest.mark.parametrize("flags", [STREAM, DISCARD], ids=["stored", "discarded"])
+def test_parallel_stream_corrupt_layer_commits_nothing(sandbox: SandboxInfo, ctr: Ctr, flags: tuple[str, ...]) -> None:
+    """The head layer is fed live, so socirun's applier checks it (under discard, only the applier does)."""
+    seed = 1502 if flags == STREAM else 1512
+    repo = "stream/corrupt" if flags == STREAM else "discard/corrupt"
+    ref = push_sample(sandbox.registry_host, repo, "v1", [4, 2], seed=seed)
+    manifest, _chain = image_chain(sandbox.registry_host, repo, "v1")
+    bad = manifest["layers"][0]["digest"]
+    blob = registry_blob_path(sandbox.dir, bad)
     data = bytearray(blob.read_bytes())
     data[len(data) - 20] ^= 0xFF  # in gzip's trailer region: the archive may still parse, the digest cannot match
     blob.write_bytes(bytes(data))
     namespace = f"stream-bad-{uuid.uuid4().hex[:6]}"
 
-    result = _socirun(sandbox, namespace, "pull", "--progress", "plain", *STREAM, ref)
+    result = _socirun(sandbox, namespace, "pull", "--progress", "plain", *flags, ref)
     assert result.code == 125, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("socirun: ") and bad in last, last
     assert "Traceback" not in result.stderr
     keys = [line.split()[0] for line in ctr("snapshots", "ls", namespace=namespace).stdout.splitlines()[1:]]
     assert keys == [], keys  # nothing committed, no active snapshot left behind
-    assert bad not in ctr("content", "ls", "-q", namespace=namespace).stdout.split()
+    assert bad not in _content(ctr, namespace)
+    assert not any(bad.split(":")[1] in row for row in _ingests(ctr, namespace))
+    assert ctr("images", "ls", "-q", namespace=namespace).stdout.split() == []
     for row in ctr("leases", "ls", namespace=namespace).stdout.splitlines()[1:]:
         assert "io.socirun/purpose=resume" in row, row
         ctr("leases", "delete", "--sync", row.split()[0], namespace=namespace)
