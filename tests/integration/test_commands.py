@@ -21,6 +21,7 @@ import pytest
 from socirun.sandbox.components import ctr_beside
 from socirun.sandbox.sandbox import SandboxInfo
 from tests.support.leaks import count_leaks
+from tests.support.socirun_env import socirun_vars, write_bridge_config
 from tests.support.waiting import get_index, wait_until
 
 _SLOT = os.getpid() % 200
@@ -50,15 +51,9 @@ class Env:
 @pytest.fixture(scope="module")
 def env(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     home = tmp_path_factory.mktemp("cmdcfg")
-    (home / "socirun").mkdir()
-    (home / "socirun" / "config.toml").write_text(
-        f'progress = "plain"\n[network]\nname = "{NETWORK}"\nbridge = "{BRIDGE}"\nsubnet = "{SUBNET}"\n'
-    )
+    write_bridge_config(home, network=NETWORK, bridge=BRIDGE, subnet=SUBNET)
     data_root = tmp_path_factory.mktemp("cmddata")
-    vars = dict(os.environ)
-    vars.update({"CONTAINERD_ADDRESS": sandbox.containerd_address, "CONTAINERD_NAMESPACE": "default",
-                 "SOCIRUN_DATA_ROOT": str(data_root), "XDG_CONFIG_HOME": str(home)})  # fmt: skip
-    vars.pop("SOCIRUN_PROGRESS", None)
+    vars = socirun_vars(sandbox.containerd_address, data_root, home)
     # The ctr of the sandbox's own containerd (2.x's for the built one).
     yield Env(vars, data_root, sandbox.containerd_address, ctr_beside(sandbox.containerd_binary))
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)

@@ -27,6 +27,7 @@ import pytest
 
 from socirun.runtime.cni import netns_name
 from socirun.sandbox.sandbox import SandboxInfo
+from tests.support.socirun_env import socirun_vars, write_bridge_config
 from tests.support.waiting import wait_until
 
 _SLOT = os.getpid() % 200
@@ -58,16 +59,9 @@ class Env:
 @pytest.fixture(scope="module")
 def env(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     home = tmp_path_factory.mktemp("runcfg")
-    (home / "socirun").mkdir()
-    (home / "socirun" / "config.toml").write_text(
-        f'progress = "plain"\n[network]\nname = "{NETWORK}"\nbridge = "{BRIDGE}"\nsubnet = "{SUBNET}"\n'
-    )
+    write_bridge_config(home, network=NETWORK, bridge=BRIDGE, subnet=SUBNET)
     data_root = tmp_path_factory.mktemp("rundata")
-    vars = dict(os.environ)
-    vars.update({"CONTAINERD_ADDRESS": sandbox.containerd_address, "CONTAINERD_NAMESPACE": "default",
-                 "SOCIRUN_DATA_ROOT": str(data_root), "XDG_CONFIG_HOME": str(home)})  # fmt: skip
-    vars.pop("SOCIRUN_PROGRESS", None)
-    yield Env(vars, data_root)
+    yield Env(socirun_vars(sandbox.containerd_address, data_root, home), data_root)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
 
 

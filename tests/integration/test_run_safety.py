@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from socirun.sandbox.sandbox import SandboxInfo
+from tests.support.socirun_env import socirun_vars
 from tests.support.waiting import wait_until
 
 CtrRunner = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -50,11 +51,7 @@ def env(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Itera
     home = tmp_path_factory.mktemp("safetycfg")
     # Not created beforehand: socirun makes it, with its own modes.
     data_root = tmp_path_factory.mktemp("safetydata") / "root"
-    vars = dict(os.environ)
-    vars.update({"CONTAINERD_ADDRESS": sandbox.containerd_address, "CONTAINERD_NAMESPACE": "default",
-                 "SOCIRUN_DATA_ROOT": str(data_root), "XDG_CONFIG_HOME": str(home)})  # fmt: skip
-    vars.pop("SOCIRUN_PROGRESS", None)
-    yield Env(vars, data_root)
+    yield Env(socirun_vars(sandbox.containerd_address, data_root, home), data_root)
 
 
 @pytest.fixture(scope="module")

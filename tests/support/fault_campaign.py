@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from socirun.oci import chain_ids
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.leaks import Leaks, count_leaks, drop_resume_leases, leases, resume_leases
 from tests.support.sandbox import registry_json
+from tests.support.socirun_env import socirun_vars
 
 PULL_MODES = ("standard", "parallel")
 # The fault matrix: name -> (fault or None, TLS variant). "tls-insecure": the registry is an --insecure-registry,
@@ -154,10 +154,7 @@ class Campaign:
         return [*argv, self.ref]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, CONTAINERD_ADDRESS=self.address, CONTAINERD_NAMESPACE=self.namespace,
-                   SOCIRUN_DATA_ROOT=str(self.data_root), XDG_CONFIG_HOME=str(self.workdir / "config"))  # fmt: skip
-        env.pop("SOCIRUN_PROGRESS", None)
-        return env
+        return socirun_vars(self.address, self.data_root, self.workdir / "config", namespace=self.namespace)
 
     def pull(self, mode: str, tls: str = "", timeout: float = 400) -> tuple[int, str, float]:
         start = time.monotonic()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tests.support.leaks import Leaks, count_leaks
+from tests.support.socirun_env import socirun_vars, write_bridge_config
 
 # containerd's GC runs a moment after a lease is deleted (its scheduler, not the Delete call): counts settle.
 SETTLE_S = 10.0
@@ -67,14 +68,10 @@ def make_target(address: str, work: Path, *, ctr: str = "ctr", slot: int | None 
     slot = os.getpid() % 200 if slot is None else slot
     bridge, subnet = f"srkill{slot}", f"10.214.{slot + 20}.0/24"
     home = work / "config"
-    (home / "socirun").mkdir(parents=True, exist_ok=True)
-    (home / "socirun" / "config.toml").write_text(
-        f'progress = "plain"\n[network]\nname = "socirun-kill"\nbridge = "{bridge}"\nsubnet = "{subnet}"\n')
+    write_bridge_config(home, network="socirun-kill", bridge=bridge, subnet=subnet)
     data_root = work / "data"
     data_root.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOCIRUN_", "CONTAINERD_"))}
-    env |= {"CONTAINERD_ADDRESS": address, "CONTAINERD_NAMESPACE": "default", "SOCIRUN_DATA_ROOT": str(data_root),
-            "XDG_CONFIG_HOME": str(home)} | (extra_env or {})  # fmt: skip
+    env = socirun_vars(address, data_root, home, extra=extra_env)
     return Target(env, address, data_root, ctr, bridge, snapshotters)
 
 
