@@ -40,7 +40,14 @@ from socirun.pull.remote import (
     soci_unpack_key,
     unexpected_deferral,
 )
-from socirun.pull.stream import ApplyState, LayerTap, TapFailedError, discardable_blobs, stream_live
+from socirun.pull.stream import (
+    ApplyState,
+    LayerTap,
+    TapFailedError,
+    discardable_blobs,
+    stream_live,
+    streaming_window,
+)
 from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 from socirun.unpack.decompress import UnsupportedLayerError, check_media_type
@@ -104,7 +111,7 @@ class _Pull:
         self._budget: TransferBudget | None = None
         self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
         if transfer.chunked:
-            self._budget = TransferBudget(connections=connections, window=transfer.settings.window,
+            self._budget = TransferBudget(connections=connections, window=self._window(connections),
                                           chunk_size=transfer.settings.chunk_size, schedule=transfer.settings.schedule)
         # In parallel mode the budget bounds connections and memory; a layer limit as well could hold back the
         # very layer the schedule waits for, so every layer may open its ingest at once.
@@ -125,6 +132,10 @@ class _Pull:
     @property
     def _streaming(self) -> bool:
         return self.request.transfer.mode == "parallel-stream" and self.snapshotter in LOCAL_SNAPSHOTTERS
+
+    def _window(self, connections: int) -> int:
+        window = self.request.transfer.settings.window
+        return streaming_window(window, connections) if self._streaming else window
 
     @property
     def _discarding(self) -> bool:

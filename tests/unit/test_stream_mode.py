@@ -9,7 +9,7 @@ import pytest
 from socirun.decide.facts import PULL_MODES, HostProfile, PlanFacts, UserChoice
 from socirun.decide.plan import decide
 from socirun.decide.transfer import choose_overlay_transfer, plan_transfer
-from socirun.pull.stream import ApplyState, LayerTap, TapFailedError, stream_live
+from socirun.pull.stream import TAP_DEPTH, ApplyState, LayerTap, TapFailedError, stream_live, streaming_window
 
 HOST = HostProfile(cpus=8, memory_bytes=32 << 30, nic_speed_mbps=None, nic_name="", free_disk_bytes=None,
                    disk_path="/")
@@ -131,3 +131,11 @@ def test_asking_for_parallel_stream_downloads_with_socirun_even_with_a_soci_inde
     assert {layer.mode for layer in plan.layers} == {"standard"}
     assert any("--pull-mode parallel-stream was chosen" in r for r in plan.reasons)
     assert any("socirun's own applier" in r for r in plan.reasons)
+
+
+def test_a_streaming_pull_counts_the_appliers_chunks_against_the_window() -> None:
+    """The tap's queued chunks and the one the applier reads are held beyond the download's window: the window
+    gives them up, so the memory bound is the configured one (16 × 8 MiB on a 2-CPU host)."""
+    assert streaming_window(16, 8) == 16 - TAP_DEPTH - 1
+    assert streaming_window(16, 8) + TAP_DEPTH + 1 == 16
+    assert streaming_window(8, 8) == 8  # never below one chunk per connection
