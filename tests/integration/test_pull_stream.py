@@ -164,8 +164,12 @@ def _tar(files: dict[str, bytes]) -> bytes:
 def _zstd_image_layout(root: Path, zstd_text: bytes = b"from the zstd layer\n" * 1000) -> tuple[Path, list[str]]:
     """A two-layer Docker image whose second layer is zstd-compressed under the plain Docker tar type, which
     containerd sniffs and unpacks but socirun's applier (no zstd library) can only discover once bytes arrive.
-    The second layer holds b.txt with `zstd_text`. Returns the layout and the layers' diffIDs."""
+    The second layer holds b.txt with `zstd_text`. Returns the layout and the layers' diffIDs.
+
+    Each call's layers are new blobs (an id.txt of their own in each): a blob another test already stored, in any
+    namespace, is not downloaded again, so it would never reach the applier and the test would not see it."""
     blobs = root / "blobs" / "sha256"
+    token = uuid.uuid4().hex.encode()
     blobs.mkdir(parents=True)
 
     def put(data: bytes) -> dict[str, object]:
@@ -173,7 +177,7 @@ def _zstd_image_layout(root: Path, zstd_text: bytes = b"from the zstd layer\n" *
         (blobs / digest).write_bytes(data)
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
-    tars = [_tar({"a.txt": b"from the gzip layer\n"}), _tar({"b.txt": zstd_text})]
+    tars = [_tar({"a.txt": b"from the gzip layer\n", "id.txt": token}), _tar({"b.txt": zstd_text, "id.txt": token})]
     compressed = [gzip.compress(tars[0], mtime=0),
                   subprocess.run(["zstd", "-q", "-c"], input=tars[1], capture_output=True, check=True).stdout]
     diff_ids = [f"sha256:{hashlib.sha256(t).hexdigest()}" for t in tars]
