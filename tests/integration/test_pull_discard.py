@@ -18,7 +18,7 @@ from socirun.oci import chain_ids
 from socirun.sandbox.push import push_layout
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
-from tests.integration.test_parallel_pull import SAMPLE_TEXT, Ctr, image_chain, registry_json
+from tests.integration.test_parallel_pull import SAMPLE_TEXT, Ctr, image_chain
 from tests.integration.test_pull_stream import (
     DISCARD,
     _content,
@@ -26,6 +26,7 @@ from tests.integration.test_pull_stream import (
     _layer_dirs,
     _socirun,
     _zstd_image_layout,
+    five_layer_sample,
 )
 from tests.integration.test_unpack_differential import assert_same_tree
 
@@ -35,11 +36,7 @@ from tests.integration.test_unpack_differential import assert_same_tree
 def test_discarding_pull_commits_every_layer_stores_no_layer_blob_and_the_image_runs(
     sandbox: SandboxInfo, ctr: Ctr, tmp_path: Path
 ) -> None:
-    ref = push_sample(sandbox.registry_host, "discard/valid", "v1", [3, 6, 1, 4, 0.2], seed=1511)
-    manifest, chain = image_chain(sandbox.registry_host, "discard/valid", "v1")
-    config = registry_json(sandbox.registry_host, f"discard/valid/blobs/{manifest['config']['digest']}",
-                           accept="*/*")
-    assert chain == chain_ids(config["rootfs"]["diff_ids"]) and len(chain) >= 5
+    ref, manifest, chain, _diff_ids = five_layer_sample(sandbox, "discard/valid", seed=1511)
     discarded, standard = f"discard-{uuid.uuid4().hex[:6]}", f"standard-{uuid.uuid4().hex[:6]}"
 
     result = _socirun(sandbox, discarded, "pull", "--progress", "json", *DISCARD, ref)

@@ -16,6 +16,7 @@ import sys
 import tarfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,15 +78,21 @@ async def _layer_dirs(address: str, namespace: str, chain: list[str]) -> tuple[l
     return dirs, parents, labels
 
 
+def five_layer_sample(sandbox: SandboxInfo, repo: str, *, seed: int
+                      ) -> tuple[str, dict[str, Any], list[str], list[str]]:  # fmt: skip
+    """A sample of five layers pushed as `repo`:v1: its reference, manifest, chain IDs and diffIDs."""
+    ref = push_sample(sandbox.registry_host, repo, "v1", [3, 6, 1, 4, 0.2], seed=seed)
+    manifest, chain = image_chain(sandbox.registry_host, repo, "v1")
+    config = registry_json(sandbox.registry_host, f"{repo}/blobs/{manifest['config']['digest']}", accept="*/*")
+    diff_ids = list(config["rootfs"]["diff_ids"])
+    assert chain == chain_ids(diff_ids) and len(chain) >= 5
+    return ref, manifest, chain, diff_ids
+
+
 def test_parallel_stream_pull_matches_a_standard_pull_and_runs(
     sandbox: SandboxInfo, ctr: Ctr, tmp_path: Path
 ) -> None:
-    ref = push_sample(sandbox.registry_host, "stream/valid", "v1", [3, 6, 1, 4, 0.2], seed=1501)
-    manifest, chain = image_chain(sandbox.registry_host, "stream/valid", "v1")
-    config = registry_json(sandbox.registry_host, f"stream/valid/blobs/{manifest['config']['digest']}",
-                           accept="*/*")
-    diff_ids = config["rootfs"]["diff_ids"]
-    assert chain == chain_ids(diff_ids) and len(chain) >= 5
+    ref, manifest, chain, diff_ids = five_layer_sample(sandbox, "stream/valid", seed=1501)
     streamed, standard = f"stream-{uuid.uuid4().hex[:6]}", f"standard-{uuid.uuid4().hex[:6]}"
 
     # The parallel-stream pull first, so its blobs are fetched (not found in the store another namespace made).
