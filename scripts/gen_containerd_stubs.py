@@ -66,6 +66,15 @@ _OPTION_STMT = re.compile(r"^\s*option\s+\((?:gogoproto|containerd\.plugin)\.[^;
 _FIELD_OPTS = re.compile(r"\s*\[\s*\(gogoproto\.[^\]]*\]")
 _API_IMPORT = re.compile(r'"github\.com/containerd/containerd/api/')
 
+# Fields of newer containerd APIs that socirun sends, added to the 1.6 protos: (proto, message, field line).
+# containerd 1.6 skips a field it does not know (proto3 keeps it as an unknown field), so a client sends one only
+# where the server is known to read it. CommitSnapshotRequest.parent is field 5 in containerd's API module v1.9
+# and later (containerd 2.x): the parent given at Commit to a snapshot prepared without one, for snapshotters
+# that advertise the "rebase" capability (core/unpack/unpacker.go, parallel unpack).
+NEWER_FIELDS = (
+    ("api/services/snapshots/v1/snapshots.proto", "CommitSnapshotRequest", "string parent = 5;"),
+)
+
 
 def transform(text: str) -> str:
     text = _WEAK_IMPORT.sub("", text)
@@ -74,6 +83,19 @@ def transform(text: str) -> str:
     text = _API_IMPORT.sub(f'"{PKG_REL.as_posix()}/', text)
     if "gogoproto" in text or "containerd.plugin" in text:
         raise SystemExit("a gogoproto/containerd.plugin option survived the transform; extend the regexes")
+    return text
+
+
+def add_newer_fields(src_rel: str, text: str) -> str:
+    """Append NEWER_FIELDS' lines to their messages (before the message's closing brace)."""
+    for proto, message, line in NEWER_FIELDS:
+        if proto != src_rel:
+            continue
+        found = re.search(r"^message " + message + r" \{\n(?:.*\n)*?\}\n", text, re.M)
+        if found is None:
+            raise SystemExit(f"message {message} not found in {proto}")
+        body = found.group(0)
+        text = text.replace(body, body[:-2] + f"\n  {line}  // added: newer containerd API, see NEWER_FIELDS\n}}\n")
     return text
 
 
@@ -130,7 +152,7 @@ def main() -> int:
         for src_rel, dst_rel in files.items():
             dst = stage / PKG_REL / dst_rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(transform((args.src / src_rel).read_text()))
+            dst.write_text(add_newer_fields(src_rel, transform((args.src / src_rel).read_text())))
         protos = [(PKG_REL / dst_rel).as_posix() for dst_rel in files.values()]
         cmd = [
             "grpc_tools.protoc",

@@ -574,10 +574,13 @@ class ContainerdClient:
         resp = await self.call("Snapshots.View", self._snapshots.View, request)
         return [Mount.from_proto(m) for m in resp.mounts]
 
-    async def snapshot_commit(self, snapshotter: str, name: str, key: str, labels: Mapping[str, str]) -> None:
-        """Snapshots.Commit active `key` as `name`. AlreadyExistsError when `name` exists."""
+    async def snapshot_commit(self, snapshotter: str, name: str, key: str, labels: Mapping[str, str],
+                              parent: str = "") -> None:
+        """Snapshots.Commit active `key` as `name`. AlreadyExistsError when `name` exists. `parent`: the parent
+        of a snapshot prepared without one (only for a snapshotter with the "rebase" capability: containerd 1.6
+        ignores the field, and the layer would be committed without its parent)."""
         request = snapshots_pb2.CommitSnapshotRequest(
-            snapshotter=snapshotter, name=name, key=key, labels=dict(labels)
+            snapshotter=snapshotter, name=name, key=key, labels=dict(labels), parent=parent
         )
         await self.call("Snapshots.Commit", self._snapshots.Commit, request)
 
@@ -668,6 +671,11 @@ class ContainerdClient:
         request = introspection_pb2.PluginsRequest(filters=list(filters))
         resp = await self.call("Introspection.Plugins", self._introspection.Plugins, request)
         return [PluginInfo.from_proto(p) for p in resp.plugins]
+
+    async def snapshotter_capabilities(self, snapshotter: str) -> tuple[str, ...]:
+        """The capabilities snapshotter plugin `snapshotter` advertises (none when it is not loaded)."""
+        plugins = await self.plugins([f"type=={SNAPSHOTTER_PLUGIN_TYPE},id=={snapshotter}"])
+        return next((p.capabilities for p in plugins if p.ok), ())
 
     async def snapshotters(self) -> list[PluginInfo]:
         """Every snapshotter plugin (ok or not). A proxy plugin is ok even if its socket is dead: containerd dials

@@ -99,6 +99,9 @@ class PluginInfo:
     ok: bool
     error: str  # init_err.message when not ok (contains "skip plugin" for plugins skipped on purpose)
     exports: dict[str, str] = field(hash=False)
+    # What the plugin says it can do, e.g. overlayfs' "rebase" in containerd 2.x (a snapshot prepared without a
+    # parent may be given one at Commit); containerd 1.6's snapshotters advertise none.
+    capabilities: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, plugin: Any) -> PluginInfo:
@@ -109,6 +112,7 @@ class PluginInfo:
             ok=not failed,
             error=str(plugin.init_err.message) if failed else "",
             exports=labels_from_proto(plugin.exports),
+            capabilities=tuple(str(c) for c in plugin.capabilities),
         )
 
 

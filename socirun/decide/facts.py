@@ -114,6 +114,8 @@ class SnapshotterFacts:
     soci_alive: bool = False  # a deadline-bound Snapshots.List answered
     soci_problem: str = ""  # the probe's error, or the plugin's init error
     soci_address: str = ""  # the proxy plugin's `address` export
+    # Per loaded snapshotter, the capabilities it advertises (containerd 2.x overlayfs: "rebase"; 1.6: none).
+    capabilities: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

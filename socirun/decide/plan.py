@@ -58,6 +58,9 @@ class Plan:
     index: SociIndex | None = None
     transfer: TransferPlan | None = None  # set when socirun downloads any layer (facts.transfer)
     blocker: str = ""  # the pull cannot work as asked (e.g. --snapshotter soci while soci is dead)
+    # Layers unpacked at once (TransferPlan.unpacks_at_once for this snapshotter's capabilities); 0: each on its
+    # committed parent, one after another.
+    unpacks: int = 0
 
     def layer_mode(self, digest: str) -> LayerMode | None:
         for layer in self.layers:
@@ -73,6 +76,7 @@ class Plan:
             "warnings": list(self.warnings),
             "fixes": list(self.fixes),
             "blocker": self.blocker,
+            "unpacks_at_once": self.unpacks,
             "index": None if self.index is None else {
                 "kind": self.index.kind, "digest": self.index.digest, "found_via": self.index.found_via,
                 "ztoc_layers": sorted(self.index.ztoc_layers)},
@@ -251,8 +255,10 @@ def decide(facts: PlanFacts) -> Plan:
         layers = planned if planned is not None else _uniform(image, snapshotter, "standard", why_layers)
         downloads = any(layer.mode == "standard" for layer in layers)  # socirun downloads some layer itself
         transfer = facts.transfer if downloads else None
+        unpacks = 0
         if transfer is not None:
-            reasons.extend((*transfer.reasons, transfer.how(snapshotter)))
+            unpacks = transfer.unpacks_at_once(snapshotter, sn.capabilities.get(snapshotter, ()))
+            reasons.extend((*transfer.reasons, transfer.how(snapshotter, unpacks)))
         # The mode is the transfer's even when every layer is already here (nothing to download this time).
         mode: PlanMode = "parallel" if facts.transfer is not None and facts.transfer.chunked else "standard"
         _disk_warning(facts, layers, warnings)
@@ -261,7 +267,7 @@ def decide(facts: PlanFacts) -> Plan:
             blocker = (f"containerd has no working snapshotter called {snapshotter} (it has: "
                        f"{', '.join(sn.available) or 'none'})")
         return Plan(snapshotter, mode, tuple(layers), tuple(reasons), tuple(warnings), tuple(fixes),
-                    None, transfer, blocker)
+                    None, transfer, blocker, unpacks)
 
     def soci_state() -> str:
         if not sn.soci_registered:

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, Protocol, get_args
 
@@ -30,6 +30,9 @@ from socirun.errors import ConfigError, UsageError
 OverlayTransfer = Literal["parallel", "parallel-stream", "standard"]
 # The transfers that download ranged chunks over several connections (parallel-stream also unpacks as it goes).
 CHUNKED_TRANSFERS: tuple[str, ...] = ("parallel", "parallel-stream")
+# The snapshotter capability containerd 2.x's overlayfs advertises (Introspection.Plugins): a snapshot prepared
+# without a parent may be given one at Commit (CommitSnapshotRequest.parent).
+REBASE_CAPABILITY = "rebase"
 # The order in which a parallel pull's chunks are asked for (socirun.pull.chunked follows it).
 Schedule = Literal["in-order", "largest-first", "interleave"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -48,6 +51,10 @@ class TransferSettings:
     chunk_size: int  # bytes per ranged request
     window: int  # chunks held in memory at once; memory bound = window × chunk_size
     schedule: Schedule = "in-order"
+    # Layers unpacked at once where the snapshotter can rebase (containerd 2.x overlayfs: a layer is prepared
+    # without its parent and given it at Commit); elsewhere, or with 0 (containerd's own meaning of its
+    # max_concurrent_unpacks = 0), a layer waits for its parent, one at a time.
+    max_concurrent_unpacks: int = 1
 
     @property
     def memory_bound(self) -> int:
@@ -68,7 +75,9 @@ def default_transfer_settings(cpus: int, memory_bytes: int | None = None) -> Tra
     small = cpus <= 2 or (memory_bytes is not None and memory_bytes < 8 * GIB)
     chunk = 8 * MIB if small else 16 * MIB
     # Twice the connections keeps every connection busy while the next chunk in order is still arriving.
-    return TransferSettings(max_concurrent_downloads=connections, chunk_size=chunk, window=2 * connections)
+    # Unpacking is CPU work (decompression, hashing, file creation): one layer per CPU, up to four.
+    return TransferSettings(max_concurrent_downloads=connections, chunk_size=chunk, window=2 * connections,
+                            max_concurrent_unpacks=min(cpus, 4))
 
 
 class LayerLike(Protocol):
@@ -181,6 +190,8 @@ def transfer_settings_from_config(raw: Mapping[str, Any], base: TransferSettings
         chunk_size = "16MiB"
         window = 16                     # chunks in memory at once
         schedule = "in-order"           # in-order | largest-first | interleave
+        max_concurrent_unpacks = 2      # layers unpacked at once where the snapshotter can rebase; 0: one
+                                        # after another, each on its committed parent
         discard_unpacked_layers = false # parallel-stream: keep no blob of a layer unpacked as it arrived
 
     (`discard_unpacked_layers` is read by `discard_unpacked_layers_for`, with its flag.)
@@ -199,6 +210,9 @@ def transfer_settings_from_config(raw: Mapping[str, Any], base: TransferSettings
                                                                      "pull.chunk_size"))
         if "window" in table:
             settings = replace(settings, window=_positive(table["window"], "pull.window"))
+        if "max_concurrent_unpacks" in table:
+            settings = replace(settings, max_concurrent_unpacks=_whole(table["max_concurrent_unpacks"],
+                                                                       "pull.max_concurrent_unpacks", minimum=0))
     except UsageError as err:
         raise ConfigError(err.message) from None
     if "schedule" in table:
@@ -231,8 +245,12 @@ def discard_unpacked_layers_for(flag: bool | None, raw_config: Mapping[str, Any]
 
 
 def _positive(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a whole number of at least 1, not {value!r}")
+    return _whole(value, what, minimum=1)
+
+
+def _whole(value: Any, what: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be a whole number of at least {minimum}, not {value!r}")
     return value
 
 
@@ -292,13 +310,22 @@ class TransferPlan:
         return (f"discard_unpacked_layers has no effect with {where}: only --pull-mode parallel-stream into a local "
                 "snapshotter unpacks layers from their bytes, so every blob is stored")
 
+    def unpacks_at_once(self, snapshotter: str, capabilities: Collection[str]) -> int:
+        """Layers unpacked at once in this pull: `max_concurrent_unpacks` where the local snapshotter advertises
+        the "rebase" capability (containerd 2.x overlayfs: each layer is prepared without its parent and given
+        it at Commit, in chain order, as containerd 2.x's own unpacker does); 0 where a layer must be prepared
+        on its committed parent (containerd 1.6, every other snapshotter, remote snapshotters)."""
+        if snapshotter not in LOCAL_SNAPSHOTTERS or REBASE_CAPABILITY not in capabilities:
+            return 0  # max_concurrent_unpacks = 0 gives 0 as well
+        return self.settings.max_concurrent_unpacks
+
     @property
     def chunked(self) -> bool:
         """Ranged chunks over shared connections (parallel and parallel-stream)."""
         return self.mode in CHUNKED_TRANSFERS
 
-    def how(self, snapshotter: str) -> str:
-        """The sentence that says what the engine does with these settings."""
+    def how(self, snapshotter: str, unpacks: int = 0) -> str:
+        """The sentence that says what the engine does with these settings; `unpacks` as `unpacks_at_once`."""
         if self.chunked:
             s = self.settings
             how = (f"socirun downloads ranged chunks of {iec_size(s.chunk_size)} over {s.max_concurrent_downloads} "
@@ -307,12 +334,20 @@ class TransferPlan:
             how = f"socirun downloads each layer in one stream ({self.standard_downloads} at a time)"
         note = self.discard_note(snapshotter)
         note = f"; {note}" if note else ""
+        at_once = (f"up to {unpacks} layer{'s' if unpacks > 1 else ''} at once, each prepared without its parent "
+                   f"and committed in chain order with it ({snapshotter} can rebase, as containerd 2.x unpacks)")
         if self.mode == "parallel-stream" and snapshotter in LOCAL_SNAPSHOTTERS:
             into = "only" if self.discards(snapshotter) else "into containerd's content store and at the same time"
+            if unpacks > 0:
+                return (f"{how}, {into} into socirun's own applier, which unpacks the layers into {snapshotter} as "
+                        f"their bytes arrive, {at_once}{note}")
             return (f"{how}, {into} into socirun's own applier, "
                     f"which unpacks each layer into {snapshotter} as its bytes arrive once its parent is "
                     "committed (a layer whose bytes come earlier is unpacked by containerd from the stored blob)"
                     f"{note}")
+        if unpacks > 0:
+            return (f"{how}, and containerd unpacks the layers into {snapshotter} as their blobs come in, "
+                    f"{at_once}{note}")
         return f"{how}, and containerd unpacks each layer into {snapshotter} as soon as its parent is ready{note}"
 
 

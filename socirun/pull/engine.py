@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ from socirun.reference import ImageReference
 from socirun.registry.client import RangeNotSupportedError, RegistryClient, ResolvedImage
 from socirun.unpack.decompress import UnsupportedLayerError, check_media_type
 from socirun.unpack.snapshot import apply_and_commit
-from socirun.unpack.target import UnsupportedMountsError
+from socirun.unpack.target import UnsupportedMountsError, bind_to_overlay
 
 PROGRESS_INTERVAL_S = 0.1
 
@@ -128,6 +128,9 @@ class _Pull:
         self._discardable: frozenset[str] = frozenset()
         self._must_store: set[str] = set()
         self._discarded: set[str] = set()
+        # Layers unpacked at once where the snapshotter can rebase (decided once the snapshotter is known, by
+        # TransferPlan.unpacks_at_once); 0: each layer is prepared on its committed parent, one after another.
+        self._unpacks = 0
 
     @property
     def _streaming(self) -> bool:
@@ -339,7 +342,8 @@ class _Pull:
         except UnsupportedLayerError:
             supported = False
         in_order = self._budget is None or self._budget.schedule == "in-order"
-        if not stream_live(index, self._states, in_order=in_order, resumed=resumed, supported=supported):
+        if not stream_live(index, self._states, in_order=in_order, resumed=resumed, supported=supported,
+                           rebase=self._unpacks > 0):
             self._states[index] = "stored"
             return None
         self._states[index] = "live"
@@ -520,7 +524,8 @@ class _Pull:
 
     async def _apply_live(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
                           labels: dict[str, str], chain_id: str, tap: LayerTap,
-                          downloads: dict[str, asyncio.Task[None]]) -> bool:
+                          downloads: dict[str, asyncio.Task[None]], parent: str = "",
+                          before_commit: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Unpack the layer from its tap and commit it (True); False when socirun's applier cannot write into
         these mounts or this layer, so Diff.Apply must (said once in a warning). Any other failure removes the
         snapshot (apply_and_commit) and raises; the blob stays in the store under the pull's lease."""
@@ -529,7 +534,8 @@ class _Pull:
         self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking", detail="as its bytes arrive"))
         try:
             await apply_and_commit(self.ctd, self.snapshotter, key=key, name=chain_id, labels=labels,
-                                   mounts=mounts, layer=layer, diff_id=img.diff_ids[index], chunks=tap.chunks())
+                                   mounts=mounts, layer=layer, diff_id=img.diff_ids[index], chunks=tap.chunks(),
+                                   parent=parent, before_commit=before_commit)
         except (UnsupportedMountsError, UnsupportedLayerError) as err:
             self._must_store.add(layer.digest)  # Diff.Apply reads the blob: it is stored even when discarding
             tap.detach()
@@ -548,6 +554,128 @@ class _Pull:
             downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
         await downloads[layer.digest]
 
+    # -- parallel unpack (snapshotters that can rebase) -----------------------------------------------------
+
+    async def _unpack_layers(self, img: ResolvedImage, chain: list[str], present: list[bool],
+                             downloads: dict[str, asyncio.Task[None]]) -> None:
+        """Every layer not present, unpacked and committed in chain order: one after another on its committed
+        parent, or, where the snapshotter can rebase, up to `_unpacks` at once (containerd 2.x's unpacker does
+        the same, core/unpack/unpacker.go): each prepared without a parent, unpacked as soon as its bytes are
+        there, and committed, with its parent, once the layer below is committed.
+
+        The unpack slots go to layers fed live in layer order (this loop), which the in-order schedule needs to
+        keep its progress argument (socirun.pull.stream.stream_live); a stored layer takes one inside its task,
+        once its blob is in."""
+        if self._unpacks <= 0:
+            for i in range(len(img.layers)):
+                if not present[i]:
+                    await self._unpack(img, i, chain, downloads)
+            return
+        slots = asyncio.Semaphore(self._unpacks)
+        handed: set[str] = set()  # blobs whose tap went to a layer (a second layer with it reads the store)
+        try:
+            async with asyncio.TaskGroup() as group:
+                below: asyncio.Task[None] | None = None
+                for i, layer in enumerate(img.layers):
+                    if present[i]:
+                        continue
+                    tap = await self._tap_decided(img, layer, downloads) if self._streaming else None
+                    if tap is not None and layer.digest in handed:
+                        tap = None
+                    if tap is not None:
+                        handed.add(layer.digest)
+                        await slots.acquire()  # released by the layer's task
+                    below = group.create_task(self._unpack_rebased(img, i, chain, downloads, tap, slots, below))
+        except BaseExceptionGroup as errors:
+            # The first failure; the layers above it failed with it (they wait for it) or were cancelled.
+            raise errors.exceptions[0] from None
+
+    async def _tap_decided(self, img: ResolvedImage, layer: Descriptor,
+                           downloads: dict[str, asyncio.Task[None]]) -> LayerTap | None:
+        """The layer's tap as soon as its download decides (None: only stored), without waiting for the blob."""
+        if layer.digest not in downloads:
+            downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
+        decision = self._tap_future(layer.digest)
+        waiters: set[asyncio.Future[Any]] = {downloads[layer.digest], decision}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        tap = decision.result() if decision.done() else None
+        return None if tap is None or tap.taken else tap
+
+    async def _unpack_rebased(self, img: ResolvedImage, index: int, chain: list[str],
+                              downloads: dict[str, asyncio.Task[None]], tap: LayerTap | None,
+                              slots: asyncio.Semaphore, below: asyncio.Task[None] | None) -> None:
+        """One layer of a parallel unpack. `tap`: fed live, and its unpack slot is already held; None: unpacked
+        by Diff.Apply once its blob is stored. `below`: the task of the layer under it (None: the layer under it
+        was committed before the pull, or this is the first layer)."""
+        layer, chain_id = img.layers[index], chain[index]
+        parent = chain[index - 1] if index else ""
+        labels = {lb.SNAPSHOT_REF: chain_id}
+        holding = tap is not None
+
+        async def turn_to_commit() -> None:
+            nonlocal holding
+            if holding:
+                holding = False
+                slots.release()
+            if below is not None:
+                await below  # its failure is this layer's too: nothing above a missing layer is committed
+
+        try:
+            if tap is None:
+                await self._ensure_download(img, layer, downloads)
+                await slots.acquire()
+                holding = True
+            key, mounts = await self._prepare(img, "", labels, chain_id)
+            if mounts is not None and tap is not None:
+                target = mounts if index == 0 else bind_to_overlay(mounts)
+                if await self._apply_live(img, index, key, target, labels, chain_id, tap, downloads,
+                                          parent=parent, before_commit=turn_to_commit):
+                    await self._layer_done(img, index)
+                    return
+                if await self.ctd.snapshot_stat(self.snapshotter, key) is None:
+                    key, mounts = await self._prepare(img, "", labels, chain_id)
+            if mounts is None:  # another pull committed this layer
+                if tap is not None:
+                    tap.detach()
+                await turn_to_commit()
+                self._committed(index)
+                self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists", detail="snapshot present"))
+                return
+            await self._apply_stored(img, index, key, mounts, labels, chain_id, downloads,
+                                     parent=parent, before_commit=turn_to_commit)
+        finally:
+            if holding:
+                slots.release()
+
+    async def _apply_stored(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
+                            labels: dict[str, str], chain_id: str, downloads: dict[str, asyncio.Task[None]],
+                            *, parent: str, before_commit: Callable[[], Awaitable[None]]) -> None:
+        """Diff.Apply of a stored blob into a snapshot prepared without its parent, then Commit with it."""
+        layer = img.layers[index]
+        committed = False
+        try:
+            await self._ensure_download(img, layer, downloads)
+            if layer.digest in self._discarded:
+                self._discarded.discard(layer.digest)  # its applier gave up: Diff.Apply reads the blob
+                await self._write_stored(img, layer)
+            self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
+            applied = await self.ctd.diff_apply(layer, mounts if index == 0 else bind_to_overlay(mounts))
+            if applied.digest != img.diff_ids[index]:
+                raise DigestMismatchError(
+                    f"layer {layer.digest} unpacked to {applied.digest}, but the image config says "
+                    f"{img.diff_ids[index]}; the image is inconsistent."
+                )
+            await before_commit()
+            try:
+                await self.ctd.snapshot_commit(self.snapshotter, chain_id, key, labels, parent)
+                committed = True
+            except AlreadyExistsError:
+                pass  # a concurrent pull committed the same chainID: the layer is there all the same
+        finally:
+            if not committed:
+                await _shielded(self.ctd.snapshot_remove(self.snapshotter, key))
+        await self._layer_done(img, index)
+
     # -- the whole pull ------------------------------------------------------------------------------------
 
     async def run(self) -> PullResult:
@@ -562,10 +690,14 @@ class _Pull:
         plan = await req.planner(self.ctd, self.registry, img) if req.planner is not None else None
         self.plan = plan
         if plan is None:
+            if self.snapshotter in LOCAL_SNAPSHOTTERS:
+                capabilities = await self.ctd.snapshotter_capabilities(self.snapshotter)
+                self._unpacks = req.transfer.unpacks_at_once(self.snapshotter, capabilities)
             self.emit(ev.PlanMade(mode=req.transfer.mode, snapshotter=self.snapshotter,
-                                  reasons=(*req.transfer.reasons, req.transfer.how(self.snapshotter))))
+                                  reasons=(*req.transfer.reasons, req.transfer.how(self.snapshotter, self._unpacks))))
         else:
             self.snapshotter = plan.snapshotter
+            self._unpacks = plan.unpacks
             for event in plan_events(plan):
                 self.emit(event)
             if plan.blocker:
@@ -606,10 +738,7 @@ class _Pull:
                     layer = img.layers[i]
                     if layer.digest not in downloads:
                         downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
-                for i in range(len(img.layers)):
-                    if present[i]:
-                        continue
-                    await self._unpack(img, i, chain, downloads)
+                await self._unpack_layers(img, chain, present, downloads)
             except BaseException:
                 for task in downloads.values():
                     task.cancel()

@@ -32,7 +32,7 @@ TAP_DEPTH = 2
 
 
 def stream_live(index: int, states: Sequence[ApplyState], *, in_order: bool, resumed: bool,
-                supported: bool) -> bool:
+                supported: bool, rebase: bool = False) -> bool:
     """Whether the blob first needed by layer `index` is unpacked from its bytes as they arrive.
 
     Live when every earlier layer is committed (the layer is at the head of the apply order), or, with the
@@ -45,13 +45,19 @@ def stream_live(index: int, states: Sequence[ApplyState], *, in_order: bool, res
     layer whose parent is not committed yet is only stored; so is a layer behind a stored one (its Diff.Apply
     waits for a whole blob, and the download should not). A resumed ingest (the first bytes are in containerd
     already, out of reach of the applier) and a layer type the applier does not read are only stored.
+
+    With `rebase` (parallel unpack: a layer is unpacked into a snapshot prepared without its parent, so its
+    applier waits only for an unpack slot, never for an earlier layer's Diff.Apply) the in-order schedule makes a
+    layer behind a stored one live as well: the slots go to live layers in layer order, a stored layer takes one
+    only once its whole blob is in, and every earlier live layer has all its chunks launched, so each slot comes
+    back without waiting for this layer.
     """
     if resumed or not supported:
         return False
     earlier = states[:index]
     if all(state == "committed" for state in earlier):
         return True
-    return in_order and all(state != "stored" for state in earlier)
+    return in_order and (rebase or all(state != "stored" for state in earlier))
 
 
 def streaming_window(window: int, connections: int) -> int:

@@ -60,22 +60,24 @@ async def probe_snapshotters(ctd: ContainerdClient, timeout: float = PROBE_TIMEO
     exports its address) and through containerd: a proxy plugin is "ok" even when its socket is dead."""
     plugins = await ctd.snapshotters()
     available = tuple(p.id for p in plugins if p.ok)
+    capabilities = {p.id: p.capabilities for p in plugins if p.ok}
     soci = next((p for p in plugins if p.id == SOCI), None)
     if soci is None:
-        return SnapshotterFacts(available=available)
+        return SnapshotterFacts(available=available, capabilities=capabilities)
     address = soci.exports.get("address", "")
     if not soci.ok:
-        return SnapshotterFacts(available, True, False, soci.error or "its plugin failed to load", address)
+        return SnapshotterFacts(available, True, False, soci.error or "its plugin failed to load", address,
+                                capabilities)
     if address:
         problem = await proxy_snapshotter_problem(address, ctd.namespace, timeout)
         if problem is not None:
-            return SnapshotterFacts(available, True, False, problem, address)
+            return SnapshotterFacts(available, True, False, problem, address, capabilities)
     try:
         await ctd.snapshot_list(SOCI, timeout=timeout)
     except ContainerdError as err:
         details = getattr(err, "details", "") or err.message
-        return SnapshotterFacts(available, True, False, _first_line(details), address)
-    return SnapshotterFacts(available, True, True, "", address)
+        return SnapshotterFacts(available, True, False, _first_line(details), address, capabilities)
+    return SnapshotterFacts(available, True, True, "", address, capabilities)
 
 
 def _first_line(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 
 from socirun.containerd.client import ContainerdClient
 from socirun.containerd.errors import AlreadyExistsError
@@ -22,19 +22,26 @@ from socirun.unpack.target import apply_target
 
 async def apply_and_commit(ctd: ContainerdClient, snapshotter: str, *, key: str, name: str,
                            labels: Mapping[str, str], mounts: Sequence[Mount], layer: Descriptor, diff_id: str,
-                           chunks: AsyncIterable[bytes]) -> Applied:
+                           chunks: AsyncIterable[bytes], parent: str = "",
+                           before_commit: Callable[[], Awaitable[None]] | None = None) -> Applied:
     """Unpack `chunks` (the blob's compressed bytes, in order) into the active snapshot `key`, then commit it as
-    `name`. The file work runs in a worker thread, chunk by chunk, so the event loop keeps serving downloads."""
+    `name`. The file work runs in a worker thread, chunk by chunk, so the event loop keeps serving downloads.
+
+    For a snapshot prepared without its parent (parallel unpack, snapshotters with the "rebase" capability),
+    `before_commit` runs once the layer is unpacked and checked (it waits until the parent is committed) and
+    `parent` is given to the Commit."""
     applier = LayerApplier(apply_target(mounts), layer)
     committed = False
     try:
         async for chunk in chunks:
             await asyncio.to_thread(applier.feed, chunk)
         applied = await asyncio.to_thread(applier.finish, diff_id)
+        if before_commit is not None:
+            await before_commit()
         # ALREADY_EXISTS: a concurrent pull committed the same chain; the layer is there all the same, and this
         # active snapshot goes (below), as in the pull engine.
         with contextlib.suppress(AlreadyExistsError):
-            await ctd.snapshot_commit(snapshotter, name, key, labels)
+            await ctd.snapshot_commit(snapshotter, name, key, labels, parent)
             committed = True
         return applied
     finally:

@@ -57,3 +57,17 @@ def apply_target(mounts: Sequence[Mount]) -> ApplyTarget:
             raise UnsupportedMountsError(f"the bind mount of {mount.source!r} is not a writable absolute directory")
         return ApplyTarget(Path(mount.source), overlay=False)
     raise UnsupportedMountsError(f"mounts of type {mount.type!r} are applied by containerd's Diff.Apply only")
+
+
+def bind_to_overlay(mounts: Sequence[Mount]) -> list[Mount]:
+    """The mounts to unpack a layer above others into a snapshot prepared without a parent (parallel unpack on a
+    snapshotter with the "rebase" capability): overlayfs hands such a snapshot one bind mount of its directory,
+    whose whiteouts must still become overlay's own (0/0 character devices, an opaque xattr), as they would in an
+    upperdir. The same shape containerd 2.x's unpacker gives its applier (core/unpack/unpacker.go,
+    bindToOverlay): one overlay mount with that directory as upperdir and no lowerdir. Any other shape is
+    returned as it is."""
+    if len(mounts) != 1 or mounts[0].type != "bind":
+        return list(mounts)
+    bind = mounts[0]
+    options = tuple(option for option in bind.options if option != "rbind")
+    return [Mount(type="overlay", source="overlay", options=(*options, f"upperdir={bind.source}"))]

@@ -34,7 +34,7 @@ from socirun.errors import DigestMismatchError
 from socirun.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR, Descriptor, sha256_digest
 from socirun.sandbox.sandbox import SandboxInfo
 from socirun.unpack.snapshot import apply_and_commit
-from socirun.unpack.target import apply_target
+from socirun.unpack.target import apply_target, bind_to_overlay
 
 SNAPSHOTTER = "overlayfs"
 T0 = 1_600_000_000
@@ -378,3 +378,54 @@ async def test_wrong_diff_id_commits_nothing(ctd: ContainerdClient) -> None:
     assert desc.digest in str(caught.value) and wrong in str(caught.value)
     assert await ctd.snapshot_stat(SNAPSHOTTER, key) is None  # the partial layer is gone
     assert await ctd.snapshot_stat(SNAPSHOTTER, name) is None  # and nothing was committed
+
+
+@pytest.mark.parametrize("chain_name", sorted(CHAINS))
+async def test_rebased_applier_matches_rebased_diff_apply(ctd: ContainerdClient, chain_name: str,
+                                                          tmp_path: Path) -> None:
+    """Parallel unpack (a snapshotter with the "rebase" capability: containerd 2.x's overlayfs): every layer is
+    prepared without a parent, unpacked into the snapshot's own directory with overlay's whiteouts
+    (bind_to_overlay), and committed with its parent. Chain C is containerd's Diff.Apply so, chain D socirun's
+    applier so; they must be identical layer by layer and merged, and the whiteouts must hide the lower files.
+    (They are not compared with a sequential unpack: a parent directory an archive leaves out is created 0755
+    in a parentless snapshot, where an upperdir copies the lower layer's, in containerd's unpacker as here.)"""
+    if "rebase" not in await ctd.snapshotter_capabilities(SNAPSHOTTER):
+        pytest.skip("this containerd's overlayfs cannot rebase (containerd 1.6): layers wait for their parents")
+    layers = CHAINS[chain_name]()
+    run = uuid.uuid4().hex[:8]
+    names = {"C": [], "D": []}
+    uppers: dict[str, list[Path]] = {"C": [], "D": []}
+    for index, layer in enumerate(layers):
+        desc = layer.descriptor
+        await ctd.write_blob(f"layer-{desc.digest}", desc.digest, layer.blob, {})
+        for chain in ("C", "D"):
+            key, name = f"extract-{run}-{chain}{index}", f"{run}-{chain}{index}"
+            parent = names[chain][-1] if names[chain] else ""
+            mounts = await ctd.snapshot_prepare(SNAPSHOTTER, key, "", {})
+            assert [m.type for m in mounts] == ["bind"]  # no parent: the snapshot's own directory
+            target = mounts if index == 0 else bind_to_overlay(mounts)
+            uppers[chain].append(apply_target(target).path)
+            if chain == "C":
+                applied = await ctd.diff_apply(desc, target)
+                assert applied.digest == layer.diff_id
+                await ctd.snapshot_commit(SNAPSHOTTER, name, key, {}, parent)
+            else:
+                ours = await apply_and_commit(ctd, SNAPSHOTTER, key=key, name=name, labels={}, mounts=target,
+                                              layer=desc, diff_id=layer.diff_id, parent=parent,
+                                              chunks=random_chunks(layer.blob, seed=index))
+                assert (ours.diff_id, ours.size) == (applied.digest, applied.size)
+            info = await ctd.snapshot_stat(SNAPSHOTTER, name)
+            assert info is not None and info.parent == parent  # the parent given at Commit
+            names[chain].append(name)
+        entries = assert_same_tree(uppers["C"][index], uppers["D"][index], layer.dirs,
+                                   f"{chain_name} layer {index} rebased")
+        assert len(entries) > 1
+    views = {chain: await ctd.snapshot_view(SNAPSHOTTER, f"view-{run}-{chain}", names[chain][-1])
+             for chain in ("C", "D")}
+    with mounted(views["C"], tmp_path / "c") as merged_c, mounted(views["D"], tmp_path / "d") as merged_d:
+        merged = assert_same_tree(merged_c, merged_d, None, f"{chain_name} merged view, rebased")
+    if chain_name == "features":
+        assert "wh/gone" not in merged and "wh/keep" in merged and "gonedir" not in merged
+        assert sorted(p for p in merged if p.startswith("opq/")) == ["opq/new"]
+        whiteout = os.lstat(uppers["D"][-1] / "usr" / "bin")
+        assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0

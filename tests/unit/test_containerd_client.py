@@ -14,9 +14,11 @@ import grpc.aio
 import pytest
 
 from socirun.containerd import client as ctd
+from socirun.containerd.api.services.introspection.v1 import introspection_pb2
+from socirun.containerd.api.services.snapshots.v1 import snapshots_pb2
 from socirun.containerd.api.services.version.v1 import version_pb2, version_pb2_grpc
 from socirun.containerd.errors import AlreadyExistsError, NotFoundError, RpcError, map_rpc_error
-from socirun.containerd.types import Mount, descriptor_from_proto, descriptor_to_proto
+from socirun.containerd.types import Mount, PluginInfo, descriptor_from_proto, descriptor_to_proto
 from socirun.errors import ContainerdError, UsageError
 from socirun.oci import Descriptor
 
@@ -214,3 +216,11 @@ async def test_connect_rejects_old_containerd(version_server: tuple[str, _OldVer
     async with await ctd.ContainerdClient.connect(path, "default") as client:
         assert await client.version() == "v2.1.0"
         assert client.metadata() == (("containerd-namespace", "default"),)
+
+
+def test_plugin_capabilities_and_the_commit_parent_are_on_the_wire() -> None:
+    plugin = introspection_pb2.Plugin(type="io.containerd.snapshotter.v1", id="overlayfs", capabilities=["rebase"])
+    assert PluginInfo.from_proto(plugin).capabilities == ("rebase",)
+    # containerd 2.x's API (v1.9+) reads the parent given at Commit as field 5, a string: tag (5 << 3) | 2.
+    request = snapshots_pb2.CommitSnapshotRequest(name="n", key="k", parent="sha256:p")
+    assert b"\x2a\x08sha256:p" in request.SerializeToString()

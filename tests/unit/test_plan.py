@@ -284,6 +284,16 @@ def test_the_plan_reports_the_transfer_it_was_given_and_decides_none() -> None:
     assert plan.mode == "parallel" and plan.transfer is None  # nothing to download: no transfer reasons
 
 
+def test_the_plan_unpacks_in_parallel_only_where_the_snapshotter_can_rebase() -> None:
+    given = plan_transfer(mode="parallel", raw_config={}, snapshotter="overlayfs", host=SMALL)
+    rebase = replace(NO_SOCI, capabilities={"overlayfs": ("rebase",)})
+    plan = decide(PlanFacts(rebase, DEFAULTS, image(), SMALL, UserChoice(pull_mode="parallel"), given))
+    assert plan.unpacks == given.settings.max_concurrent_unpacks == 2 and plan.to_json()["unpacks_at_once"] == 2
+    assert given.how("overlayfs", 2) in plan.reasons and any("can rebase" in r for r in plan.reasons)
+    plain = decide(PlanFacts(NO_SOCI, DEFAULTS, image(), SMALL, UserChoice(pull_mode="parallel"), given))
+    assert plain.unpacks == 0 and not any("can rebase" in r for r in plain.reasons)
+
+
 SMALL_LAYER, BIG_ZTOC = LAYERS[0], LAYERS[1]
 NO_ZTOC_BIG = LayerFact("sha256:" + "d" * 64, 300 * MB, GZ)
 

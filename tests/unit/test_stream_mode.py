@@ -32,6 +32,14 @@ def test_a_layer_behind_a_stored_layer_is_only_stored() -> None:
     assert not stream_live(2, ["live", "stored", "waiting"], in_order=True, resumed=False, supported=True)
 
 
+def test_with_parallel_unpack_a_layer_behind_a_stored_layer_streams_under_the_in_order_schedule() -> None:
+    # Its applier needs an unpack slot, never the stored layer's Diff.Apply (it is prepared without a parent).
+    states: list[ApplyState] = ["live", "stored", "waiting"]
+    assert stream_live(2, states, in_order=True, resumed=False, supported=True, rebase=True)
+    assert not stream_live(2, states, in_order=False, resumed=False, supported=True, rebase=True)
+    assert not stream_live(2, states, in_order=True, resumed=True, supported=True, rebase=True)
+
+
 def test_an_earlier_layer_that_has_not_written_yet_does_not_stop_a_live_one() -> None:
     # Small layers finish their first chunk in any order: the in-order schedule still makes waiting safe.
     assert stream_live(2, ["live", "waiting", "waiting"], in_order=True, resumed=False, supported=True)

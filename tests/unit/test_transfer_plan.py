@@ -13,6 +13,7 @@ from socirun.decide.transfer import (
     config_pull_mode,
     default_transfer_settings,
     parse_size,
+    plan_transfer,
     resolve_transfer_settings,
 )
 from socirun.errors import ConfigError, UsageError
@@ -30,6 +31,7 @@ class Layer:
 
 
 BIG = (Layer(1 << 20), Layer(400 << 20))
+HOST_2 = HostFacts(cpus=2)
 
 
 def test_forced_modes_win_and_say_so() -> None:
@@ -113,3 +115,26 @@ def test_bad_config_values_name_the_key() -> None:
         config_pull_mode({"pull": {"mode": "turbo"}})
     with pytest.raises(UsageError, match="--chunk-size"):
         resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={}, chunk_size="2GiB")
+
+
+def test_unpacks_at_once_only_where_the_local_snapshotter_can_rebase() -> None:
+    raw = {"pull": {"max_concurrent_unpacks": 3}}
+    plan = plan_transfer(mode="parallel", raw_config=raw, snapshotter="overlayfs", host=HOST_2)
+    assert plan.unpacks_at_once("overlayfs", ("rebase",)) == 3
+    assert plan.unpacks_at_once("overlayfs", ()) == 0  # containerd 1.6's overlayfs advertises nothing
+    assert plan.unpacks_at_once("soci", ("rebase",)) == 0  # a remote snapshotter unpacks for itself
+    assert "up to 3 layers at once, each prepared without its parent" in plan.how("overlayfs", 3)
+    assert "as soon as its parent is ready" in plan.how("overlayfs", 0)
+    stream = plan_transfer(mode="parallel-stream", raw_config=raw, snapshotter="overlayfs", host=HOST_2)
+    assert "as their bytes arrive, up to 3 layers at once" in stream.how("overlayfs", 3)
+    assert "once its parent is committed" in stream.how("overlayfs", 0)
+    off = plan_transfer(mode="parallel", raw_config={"pull": {"max_concurrent_unpacks": 0}},
+                        snapshotter="overlayfs", host=HOST_2)
+    assert off.unpacks_at_once("overlayfs", ("rebase",)) == 0  # 0: each layer on its committed parent
+
+
+def test_unpack_concurrency_defaults_to_the_cpus_up_to_four_and_is_checked() -> None:
+    assert [default_transfer_settings(c).max_concurrent_unpacks for c in (1, 2, 3, 8, 64)] == [1, 2, 3, 4, 4]
+    for bad in (-1, "2", True, 1.5):
+        with pytest.raises(ConfigError, match=r"pull\.max_concurrent_unpacks"):
+            resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={"pull": {"max_concurrent_unpacks": bad}})

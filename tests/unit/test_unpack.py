@@ -17,7 +17,7 @@ from socirun.unpack.apply import Applied, LayerApplier, LayerUnpackError
 from socirun.unpack.decompress import UnsupportedLayerError
 from socirun.unpack.fs import LayerFormatError, pax_time_ns, whiteout_target
 from socirun.unpack.rootpath import root_path
-from socirun.unpack.target import ApplyTarget, UnsupportedMountsError, apply_target
+from socirun.unpack.target import ApplyTarget, UnsupportedMountsError, apply_target, bind_to_overlay
 
 ME = (os.getuid(), os.getgid())
 
@@ -162,3 +162,15 @@ def test_pax_times_keep_nanoseconds_like_go() -> None:
     assert pax_time_ns("2.1234567899") == 2_123_456_789  # truncated, not rounded
     with pytest.raises(LayerFormatError):
         pax_time_ns("1.5e3")
+
+
+def test_a_parentless_snapshot_above_others_is_unpacked_as_an_upperdir() -> None:
+    # overlayfs hands a snapshot prepared without a parent one bind mount of its directory; above other layers
+    # its whiteouts must become overlay's own, as in containerd 2.x's unpacker (bindToOverlay).
+    bind = Mount("bind", "/snap/7/fs", options=("rw", "rbind"))
+    (overlay,) = bind_to_overlay([bind])
+    assert (overlay.type, overlay.source, overlay.options) == ("overlay", "overlay", ("rw", "upperdir=/snap/7/fs"))
+    assert apply_target([overlay]) == ApplyTarget(Path("/snap/7/fs"), overlay=True, parents=())
+    upper = Mount("overlay", "overlay", options=("upperdir=/u", "lowerdir=/l"))
+    assert bind_to_overlay([upper]) == [upper]
+    assert bind_to_overlay([bind, bind]) == [bind, bind]
