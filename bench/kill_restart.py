@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support, when run as bench/kill_restart.py
@@ -29,7 +30,7 @@ from tests.support.kill_campaign import (
     duration,
     interrupt_then_rerun,
     kill_points,
-    kill_then_rerun,
+    kill_series,
     make_target,
     remove_bridge,
     table,
@@ -43,6 +44,11 @@ LONG_RUN_CMD = ("sh", "-c", "sleep 2; echo ok > /v/ok")
 
 def run_args(image: str, port: int, cmd: tuple[str, ...] = RUN_CMD) -> list[str]:
     return ["run", "--rm", "-p", f"127.0.0.1:{port}:80", "-v", "killvol:/v", image, *cmd]
+
+
+def said(what: str) -> Callable[[Outcome], None]:
+    """A progress line on stderr for each outcome."""
+    return lambda o: print(f"{what} at {o.point:.2f}s: {o}", file=sys.stderr)
 
 
 def overlay_campaign(kills: int, restarts: int, seed: int) -> list[Outcome]:
@@ -62,18 +68,16 @@ def overlay_campaign(kills: int, restarts: int, seed: int) -> list[Outcome]:
         # -- SIGKILL of pull: each from an empty store (the image removed), the baseline an undisturbed pull's.
         took = duration(target, pull)
         baseline = target.count()
-        for delay in kill_points(seed, kills, took):
-            outcomes.append(kill_then_rerun(target, "SIGKILL during `pull`", pull, delay, baseline, forget))
-            print(f"pull kill at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+        outcomes += kill_series(target, "SIGKILL during `pull`", pull, seed, kills, took, baseline, forget,
+                                report=said("pull kill"))  # fmt: skip
 
         # -- SIGKILL of run --rm -p -v (the image present, as for most runs).
         port = free_port()
         args = run_args(image, port)
         took = duration(target, args)
         baseline = target.count()
-        for delay in kill_points(seed + 1, kills, took):
-            outcomes.append(kill_then_rerun(target, "SIGKILL during `run --rm -p -v`", args, delay, baseline))
-            print(f"run kill at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+        outcomes += kill_series(target, "SIGKILL during `run --rm -p -v`", args, seed + 1, kills, took, baseline,
+                                report=said("run kill"))  # fmt: skip
 
         # -- containerd restarted in the middle of a pull and of a run.
         restart = box.restart_containerd
@@ -153,7 +157,8 @@ def main() -> int:
     print(table(outcomes))
     if note:
         print(f"\n{note}")
-    print(f"\nseed {opts.seed}; kill points uniform in [0, the command's undisturbed duration).")
+    print(f"\nseed {opts.seed}; kill points uniform in [0, the command's undisturbed duration), drawn again for a run "
+          "that ended before its point until the kills asked for landed.")  # fmt: skip
     bad = [o for o in outcomes if not o.next_ok or o.leaks.total() or not o.first_clean]
     for outcome in bad:
         print(f"- {outcome.scenario} at {outcome.point:.2f}s: next ok {outcome.next_ok}, clean {outcome.first_clean}, "

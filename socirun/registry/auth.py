@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from socirun.decide.transfer import iec_size
 from socirun.errors import AuthError, ConfigError
 
 log = logging.getLogger("socirun.registry.auth")
@@ -492,7 +493,7 @@ class Authorizer:
 async def _read_token_body(host: str, resp: aiohttp.ClientResponse) -> bytes:
     """The token response, refused past MAX_TOKEN_RESPONSE_BYTES (declared or received)."""
     too_big = AuthError(
-        f"the token server for {host} sent more than {MAX_TOKEN_RESPONSE_BYTES} bytes, which is no token"
+        f"the token server for {host} sent more than {iec_size(MAX_TOKEN_RESPONSE_BYTES)}, which is no token"
     )
     if resp.content_length is not None and resp.content_length > MAX_TOKEN_RESPONSE_BYTES:
         raise too_big

@@ -34,6 +34,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from socirun import __version__
+from socirun.decide.transfer import iec_size
 from socirun.errors import (
     AuthError,
     ConfigError,
@@ -226,6 +227,14 @@ async def read_range(
         if drops >= retries:
             raise RegistryError(f"reading bytes {start}-{end_inclusive} of {what} failed {drops} times: {reason}")
         await asyncio.sleep(backoff(drops - 1))
+
+
+def too_large(what: str, size: int | None, limit: int) -> str:
+    """`what` is past `limit`, in humane units; its size is left out when unknown or when it rounds to what the
+    limit does (4393217 bytes and the 4393216 allowed both read "4.2 MiB")."""
+    if size is None or iec_size(size) == iec_size(limit):
+        return f"{what} is larger than the {iec_size(limit)} allowed"
+    return f"{what} is {iec_size(size)}, more than the {iec_size(limit)} allowed"
 
 
 def verify_digest(data: bytes, digest: str, what: str) -> None:
@@ -714,7 +723,7 @@ class RegistryClient:
         ):
             length = resp.content_length
             if length is not None and length > MAX_MANIFEST_SIZE:
-                raise RegistryError(f"{what} is {length} bytes, more than the {MAX_MANIFEST_SIZE} allowed")
+                raise RegistryError(too_large(what, length, MAX_MANIFEST_SIZE))
             body = await self._read_body(resp, MAX_MANIFEST_SIZE, what)
             content_type = resp.headers.get("Content-Type")
             header_digest = resp.headers.get("Docker-Content-Digest")
@@ -756,7 +765,7 @@ class RegistryClient:
         async for chunk in resp.content.iter_chunked(1 << 16):
             total += len(chunk)
             if total > limit:
-                raise RegistryError(f"{what} is larger than the {limit} bytes allowed")
+                raise RegistryError(too_large(what, None, limit))
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -849,9 +858,7 @@ class RegistryClient:
     ) -> bytes:
         """A small blob (a config) read whole and verified against its digest and size."""
         if desc.size > max_size:
-            raise RegistryError(
-                f"blob {desc.digest} of {ref.repository} is {desc.size} bytes, more than {max_size}"
-            )
+            raise RegistryError(too_large(f"blob {desc.digest} of {ref.repository}", desc.size, max_size))
         data = bytearray()
         what = f"blob {desc.digest} of {ref.repository}"
         async with self._deadline(what), contextlib.aclosing(self.fetch_blob(ref, desc)) as stream:

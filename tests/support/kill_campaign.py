@@ -4,7 +4,9 @@ seeded points) and bench/kill_restart.py (the whole campaign and its table).
 A scenario runs one socirun command and interrupts it: SIGKILL of socirun after a seeded random delay between 0 and
 the command's normal duration (measured first), or a restart of containerd / SOCI in the middle. Then the same
 command runs again and must succeed, and tests/support/leaks.py counts what is left compared with a baseline taken
-after an undisturbed run (nothing of the interrupted run may remain once the next run is done).
+after an undisturbed run (nothing of the interrupted run may remain once the next run is done). A run can end
+before its kill point (its duration varies from run to run); kill_series then draws another point, so the campaign
+has the kills it asked for, and the runs that ended first stay in its outcomes and its table.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def kill_points(seed: int, count: int, longest: float) -> list[float]:
     return [round(rng.uniform(0.0, longest), 3) for _ in range(count)]
 
 
+# kill_series' bound on draws, per kill asked for: a command that keeps ending early cannot loop for ever.
+MAX_DRAWS_PER_KILL = 3
+
+
 def kill_after(target: Target, args: Sequence[str], delay: float) -> bool:
     """Start socirun, SIGKILL it after `delay` seconds; True when it was still running then (killed), False when it
     had already finished."""
@@ -153,6 +159,26 @@ def kill_then_rerun(target: Target, scenario: str, args: Sequence[str], delay: f
     return Outcome(scenario, delay, killed, None, True, again.returncode == 0, again.stderr.strip()[-500:], left)
 
 
+def kill_series(target: Target, scenario: str, args: Sequence[str], seed: int, kills: int, longest: float,
+                baseline: Leaks, prepare: Callable[[], None] = lambda: None,
+                report: Callable[[Outcome], None] = lambda _: None) -> list[Outcome]:  # fmt: skip
+    """kill_then_rerun at seeded points in [0, longest) until `kills` of them landed while the command still ran.
+
+    The undisturbed duration is the shorter of two runs and the next run can be quicker still, so a point near its
+    end may come after the command finished: that run is kept in the outcomes (interrupted False, so the table says
+    how many) and another point is drawn, up to MAX_DRAWS_PER_KILL × `kills` draws. The first `kills` points are
+    kill_points(seed, kills, longest)."""
+    rng = random.Random(seed)
+    outcomes: list[Outcome] = []
+    for _ in range(MAX_DRAWS_PER_KILL * kills):
+        if sum(o.interrupted for o in outcomes) >= kills:
+            break
+        delay = round(rng.uniform(0.0, longest), 3)
+        outcomes.append(kill_then_rerun(target, scenario, args, delay, baseline, prepare))
+        report(outcomes[-1])
+    return outcomes
+
+
 def interrupt_then_rerun(target: Target, scenario: str, args: Sequence[str], delay: float, baseline: Leaks,
                          interrupt: Callable[[], object],
                          prepare: Callable[[], None] = lambda: None) -> Outcome:  # fmt: skip
@@ -191,7 +217,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
     for scenario, group in by_scenario.items():
         total = Leaks(**{f.name: sum(getattr(o.leaks, f.name) for o in group) for f in fields(Leaks)})
         codes = Counter(o.first_code for o in group if o.first_code is not None)
-        first = ("SIGKILL" if not codes else
+        early = sum(not o.interrupted for o in group)
+        first = (("SIGKILL" + (f" ({early} ended before their kill point)" if early else "")) if not codes else
                  ", ".join(f"exit {code} ×{n}" for code, n in sorted(codes.items(), key=lambda kv: kv[0] or 0))
                  + ("; all clean" if all(o.first_clean for o in group) else "; NOT all clean"))  # fmt: skip
         rows.append(f"| {scenario} | {len(group)} | {sum(o.interrupted for o in group)} | {first} | "

@@ -224,6 +224,9 @@ PARSED: list[tuple[tuple[str, ...], str, Any]] = [
     (("--ulimit", "nofile=-1"), "ulimits", [Ulimit("nofile", -1, -1)]),
     (("--ulimit", "nproc=-1:-1"), "ulimits", [Ulimit("nproc", -1, -1)]),
     (("--ulimit", "nofile=10:-1"), "ulimits", [Ulimit("nofile", 10, -1)]),
+    # Issue 13 asks to keep `as`: the container then dies by SIGSEGV, as the issue saw under docker; docker/cli's
+    # go-units v0.5.0 comments `as` out of its ulimit names, so README lists accepting it as a difference.
+    (("--ulimit", "as=1024"), "ulimits", [Ulimit("as", 1024, 1024)]),
     (("-v", "vol:/x:nocopy"), "volumes", [VolumeSpec("volume", "vol", "/x")]),
     (("-v", "/h:/x:rshared,ro,z"), "volumes", [VolumeSpec("bind", "/h", "/x", True, ("rshared",),
                                                            create_missing=True)]),

@@ -41,7 +41,7 @@ from socirun.oci import (
 )
 from socirun.reference import parse_reference
 from socirun.registry.auth import Authorizer, check_realm, parse_token
-from socirun.registry.client import RegistryClient, verify_digest
+from socirun.registry.client import MAX_MANIFEST_SIZE, RegistryClient, too_large, verify_digest
 
 SECRET = "hunter2-registry-password"
 AMD64 = Platform("linux", "amd64")
@@ -208,6 +208,55 @@ async def test_token_server_is_reached_with_the_hosts_toml_ca(
     assert body == manifest and tokens == ["GET"]
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+@pytest.mark.parametrize("with_client_cert", [True, False])
+async def test_token_server_gets_the_hosts_toml_client_certificate(
+    serve: Callable[..., Awaitable[str]], tmp_path: Path, with_client_cert: bool
+) -> None:
+    """An HTTPS registry whose hosts.toml gives `ca` and `client = [[cert, key]]` (containerd's pair form; a flat
+    list names combined PEM files), and whose realm is a token server that accepts only clients with a certificate
+    from that client CA (mutual TLS): the token request must present the host's client certificate. Without one in
+    hosts.toml, the token server refuses the handshake and the pull ends with one sentence naming the token server
+    (the registry itself asks for no client certificate, so it is the token request that must carry it)."""
+    server_cert, server_key = make_cert(tmp_path)
+    (tmp_path / "client").mkdir()
+    client_cert, client_key = make_cert(tmp_path / "client")  # self-signed: its own CA
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                           "config": {"mediaType": OCI_CONFIG, "digest": D, "size": 2}, "layers": []}).encode()
+    tokens: list[str] = []
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        tokens.append(request.method)
+        return web.json_response({"token": "mtls-token"})
+
+    token_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    token_ctx.load_cert_chain(server_cert, server_key)
+    token_ctx.verify_mode = ssl.CERT_REQUIRED
+    token_ctx.load_verify_locations(cafile=client_cert)
+    token_host = await serve(token, token_ctx)
+
+    async def registry(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer mtls-token":
+            return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="https://{token_host}/token"'})
+        return web.Response(body=manifest, content_type=OCI_MANIFEST)
+
+    registry_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    registry_ctx.load_cert_chain(server_cert, server_key)
+    host = await serve(registry, registry_ctx)
+    d = tmp_path / "certs.d" / host
+    d.mkdir(parents=True)
+    client = f'client = [["{client_cert}", "{client_key}"]]\n' if with_client_cert else ""
+    (d / "hosts.toml").write_text(f'server = "https://{host}"\nca = "{server_cert}"\n{client}')
+    async with RegistryClient(hosts_dir=str(tmp_path / "certs.d"), docker_config_dir=str(tmp_path), retries=1) as c:
+        if with_client_cert:
+            _, body = await c.fetch_manifest(parse_reference(f"{host}/test/img:v1"))
+            assert body == manifest and tokens == ["GET"]
+        else:
+            with pytest.raises(AuthError, match=f"^cannot reach the token server for {host}: ") as info:
+                await c.fetch_manifest(parse_reference(f"{host}/test/img:v1"))
+            assert "\n" not in str(info.value) and tokens == []
+
+
 # ------------------------------------------------------------------------------------ item 8: unbounded reads
 
 
@@ -279,8 +328,42 @@ async def test_a_huge_token_response_is_one_sentence(serve: Callable[..., Awaita
     async with RegistryClient(hosts_dir=str(tmp_path / "none"), docker_config_dir=str(tmp_path), retries=1) as c:
         with pytest.raises(AuthError) as info:
             await c.fetch_manifest(parse_reference(f"{host}/test/img:v1"))
-    assert str(info.value) == f"the token server for {host} sent more than 1048576 bytes, which is no token"
+    assert str(info.value) == f"the token server for {host} sent more than 1 MiB, which is no token"
     assert sent < 32 << 20
+
+
+@pytest.mark.parametrize(("declared", "sentence"), [
+    (True, "image {host}/test/img:v1 is 5 MiB, more than the 4.2 MiB allowed"),
+    (False, "image {host}/test/img:v1 is larger than the 4.2 MiB allowed"),  # chunked: its size is never known
+])
+async def test_a_manifest_past_the_limit_is_named_in_humane_units(
+    serve: Callable[..., Awaitable[str]], tmp_path: Path, declared: bool, sentence: str
+) -> None:
+    """Issue 13: "4.2 MiB" (containerd's limit, 4 x 1048 x 1048 bytes), not "4393216"."""
+    body = b" " * (5 << 20)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if declared:
+            return web.Response(body=body, content_type=OCI_MANIFEST)
+        resp = web.StreamResponse(headers={"Content-Type": OCI_MANIFEST})
+        await resp.prepare(request)
+        try:
+            for i in range(0, len(body), 1 << 16):
+                await resp.write(body[i:i + (1 << 16)])
+        except (ConnectionError, OSError):
+            pass
+        return resp
+
+    host = await serve(handler)
+    async with RegistryClient(hosts_dir=str(tmp_path / "none"), docker_config_dir=str(tmp_path), retries=1) as c:
+        with pytest.raises(RegistryError) as info:
+            await c.fetch_manifest(parse_reference(f"{host}/test/img:v1"))
+    assert str(info.value) == sentence.format(host=host)
+
+
+def test_a_size_that_rounds_to_the_limit_is_left_out() -> None:
+    assert too_large("blob x", MAX_MANIFEST_SIZE + 1, MAX_MANIFEST_SIZE) == "blob x is larger than the 4.2 MiB allowed"
+    assert too_large("blob x", 70 << 20, 64 << 20) == "blob x is 70 MiB, more than the 64 MiB allowed"
 
 
 # ------------------------------------------------------------------------------------ item 19: watchdog
