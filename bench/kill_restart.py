@@ -25,14 +25,14 @@ from socirun.sandbox.processes import free_port
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import Sandbox
 from tests.support.kill_campaign import (
+    GONE_WAIT_S,
     Outcome,
     Target,
     duration,
-    interrupt_then_rerun,
-    kill_points,
     kill_series,
     make_target,
     remove_bridge,
+    restart_series,
     table,
 )
 from tests.support.sandbox import SAMPLE_5_LAYERS_MB, missing_requirement, short_tmp_dir
@@ -83,17 +83,13 @@ def overlay_campaign(kills: int, restarts: int, seed: int) -> list[Outcome]:
         restart = box.restart_containerd
         took = duration(target, pull)
         baseline = target.count()
-        for delay in kill_points(seed + 2, restarts, took):
-            outcomes.append(interrupt_then_rerun(target, "containerd restarted during `pull`", pull, delay,
-                                                 baseline, restart, forget))  # fmt: skip
-            print(f"pull restart at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+        outcomes += restart_series(target, "containerd restarted during `pull`", pull, seed + 2, restarts, took,
+                                   baseline, restart, forget, report=said("pull restart"))  # fmt: skip
         long_args = run_args(image, port, LONG_RUN_CMD)
         took = duration(target, long_args, repeat=1)
         baseline = target.count()
-        for delay in kill_points(seed + 3, restarts, took):
-            outcomes.append(interrupt_then_rerun(target, "containerd restarted during `run --rm -p -v`", long_args,
-                                                 delay, baseline, restart))  # fmt: skip
-            print(f"run restart at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+        outcomes += restart_series(target, "containerd restarted during `run --rm -p -v`", long_args, seed + 3,
+                                   restarts, took, baseline, restart, report=said("run restart"))  # fmt: skip
     finally:
         if target is not None:
             remove_bridge(target)
@@ -125,11 +121,9 @@ def soci_campaign(restarts: int, seed: int) -> list[Outcome]:
 
                 took = duration(target, args, repeat=1)
                 baseline = target.count()
-                for delay in kill_points(seed + 4, restarts, took):
-                    outcomes.append(interrupt_then_rerun(target, "SOCI restarted during a lazy `run --rm`", args,
-                                                         delay, baseline, lambda: box.box.restart_soci(),
-                                                         forget))  # fmt: skip
-                    print(f"soci restart at {delay:.2f}s: {outcomes[-1]}", file=sys.stderr)
+                outcomes += restart_series(target, "SOCI restarted during a lazy `run --rm`", args, seed + 4,
+                                           restarts, took, baseline, lambda: box.box.restart_soci(), forget,
+                                           report=said("soci restart"))  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return outcomes
@@ -157,8 +151,10 @@ def main() -> int:
     print(table(outcomes))
     if note:
         print(f"\n{note}")
-    print(f"\nseed {opts.seed}; kill points uniform in [0, the command's undisturbed duration), drawn again for a run "
-          "that ended before its point until the kills asked for landed.")  # fmt: skip
+    print(f"\nseed {opts.seed}; kill and restart points uniform in [0, the command's undisturbed duration), drawn "
+          "again for a run that ended before its point until the interruptions asked for landed; before the run "
+          f"after a restart, a container the interrupted run left running is waited for (up to {GONE_WAIT_S:.0f} s)."
+          )  # fmt: skip
     bad = [o for o in outcomes if not o.next_ok or o.leaks.total() or not o.first_clean]
     for outcome in bad:
         print(f"- {outcome.scenario} at {outcome.point:.2f}s: next ok {outcome.next_ok}, clean {outcome.first_clean}, "

@@ -9,7 +9,7 @@ in file order) and the upstream (`server`, tried last):
     [host."https://mirror.example"]
       capabilities = ["pull"]                     # default: pull, resolve, push
       ca = "/etc/certs/mirror.pem"                # or a list; relative paths are relative to the directory
-      client = ["/etc/certs/client.cert", "/etc/certs/client.key"]
+      client = [["/etc/certs/client.cert", "/etc/certs/client.key"]]  # a cert/key pair; a path: combined PEM
       skip_verify = false
       override_path = false                       # true: the URL path replaces /v2
       [host."https://mirror.example".header]
