@@ -39,7 +39,7 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -59,6 +59,10 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 # ------------------------------------------------------------------------------------------ metrics
+
+
+# LayerMetrics' counters (they only grow while SOCI runs).
+_COUNTERS = ("on_demand_fetches", "background_spans", "background_failures", "bytes_served", "background_done")
 
 
 @dataclass
@@ -506,6 +510,10 @@ class SociObserver:
         # SOCI's counters are per layer digest since the daemon started (a layer mounted before, by an earlier
         # image, keeps its counts): what they were when the plan was made is subtracted.
         self._base: dict[str, LayerMetrics] = {}
+        # A restarted SOCI counts from 0 again (a counter reset, as Prometheus calls it): per layer, the last
+        # figures seen, and what this pull had counted before each reset.
+        self._last: dict[str, LayerMetrics] = {}
+        self._carried: dict[tuple[str, str], int] = {}
         self._wake = asyncio.Event()
         self._stats: dict[str, tuple[Any, ...]] = {}
         self._sources: ev.ObservationSources | None = None
@@ -559,15 +567,33 @@ class SociObserver:
 
     def on_metrics(self, dump: MetricsDump) -> None:
         for m in dump.layers.values():
-            b = self._base.get(m.digest, LayerMetrics(m.digest))
+            n = self._counted(m)
             self.on_stats(ev.LazyLayerStats(
                 digest=m.digest, fetched=m.fetched, size=m.size, source="metrics",
-                on_demand_fetches=m.on_demand_fetches - b.on_demand_fetches,
-                background_spans=m.background_spans - b.background_spans,
-                background_failures=m.background_failures - b.background_failures,
-                bytes_served=m.bytes_served - b.bytes_served,
-                complete=m.background_done > b.background_done or (m.size > 0 and m.fetched >= m.size)))
+                on_demand_fetches=n["on_demand_fetches"], background_spans=n["background_spans"],
+                background_failures=n["background_failures"], bytes_served=n["bytes_served"],
+                complete=n["background_done"] > 0 or (m.size > 0 and m.fetched >= m.size)))
         self.on_mount_failures(dump.fuse_mount_failures)
+
+    def _counted(self, m: LayerMetrics) -> dict[str, int]:
+        """This pull's share of each of the layer's SOCI counters: now less the baseline. A counter below its last
+        figure means SOCI restarted and counts from 0 again: what was counted up to then is carried over, and
+        the baseline no longer applies."""
+        base = self._base.get(m.digest, LayerMetrics(m.digest))
+        last = self._last.get(m.digest)
+        counted: dict[str, int] = {}
+        for name in _COUNTERS:
+            now, start = getattr(m, name), getattr(base, name)
+            if last is not None and now < getattr(last, name):
+                key = (m.digest, name)
+                self._carried[key] = self._carried.get(key, 0) + getattr(last, name) - start
+                base = replace(base)  # a copy: the baseline dump's own record stays as it was
+                setattr(base, name, 0)
+                start = 0
+            counted[name] = self._carried.get((m.digest, name), 0) + now - start
+        self._base[m.digest] = base
+        self._last[m.digest] = m
+        return counted
 
     def on_baseline(self, dump: MetricsDump) -> None:
         """SOCI's counters before this pull prepared anything (see `_base`)."""

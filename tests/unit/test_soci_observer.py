@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from socirun.decide.facts import SociConfig
 from socirun.soci import observer as obs
 from socirun.soci.observer import (
     FileReads,
+    MetricsDump,
     SociObserver,
     observation_sources,
     observe_lazy_layers,
@@ -167,6 +169,24 @@ def test_counters_count_from_the_plan_not_from_the_daemon_s_start(tmp_path: Path
     done, before = parse_metrics_dump(DONE).layers[READ], parse_metrics_dump(AFTER_READ).layers[READ]
     last = [e for e in seen if isinstance(e, ev.LazyLayerStats) and e.digest == READ][-1]
     assert last.background_spans == done.background_spans - before.background_spans > 0 and last.complete
+
+
+def test_a_restarted_soci_s_counters_are_carried_not_subtracted(tmp_path: Path) -> None:
+    """SOCI restarted mid-pull counts from 0 again: the counts never go negative, and what was counted before the
+    restart is kept (seen once: on_demand_fetches -3 and bytes_served -12 MiB after a restart)."""
+    seen: list[ev.Event] = []
+    observer = SociObserver(SociConfig(root=str(tmp_path)), seen.append, use_journal=False, layers=IMAGE)
+    observer.on_baseline(parse_metrics_dump(AFTER_READ))
+    observer.on_metrics(parse_metrics_dump(DONE))
+    done, before = parse_metrics_dump(DONE).layers[READ], parse_metrics_dump(AFTER_READ).layers[READ]
+    counted = done.background_spans - before.background_spans
+    restarted = replace(done, on_demand_fetches=1, background_spans=2, bytes_served=4096, background_done=0)
+    observer.on_metrics(MetricsDump(layers={READ: restarted}))
+    last = [e for e in seen if isinstance(e, ev.LazyLayerStats) and e.digest == READ][-1]
+    assert last.background_spans == counted + 2
+    assert last.on_demand_fetches == done.on_demand_fetches - before.on_demand_fetches + 1 >= 1
+    assert last.bytes_served == done.bytes_served - before.bytes_served + 4096 > 0
+    assert last.complete  # the background fetcher had finished the layer before the restart
 
 
 def test_state_files_give_bytes_and_no_counts(tmp_path: Path) -> None:
