@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -114,6 +113,9 @@ class TransferBudget:
         # its turn, and the layer the unpacker waits for arrives late.
         self._next_key: dict[int, tuple[int, ...]] = {}
         self._waiting: set[int] = set()
+        # Parallel unpack (in-order schedule): layers an applier is reading. They share the window chunk by chunk,
+        # ahead of every other layer (see attach).
+        self._attached: set[int] = set()
         # Observed figures, for tests and the benchmark.
         self.slots_in_use = 0
         self.peak_slots = 0
@@ -130,6 +132,27 @@ class TransferBudget:
         """Announce a layer that will ask for slots, so larger keys wait for it; `settle` must follow."""
         self._next_key.setdefault(layer_index, chunk_priority(self.schedule, layer_index, layer_size, 0))
 
+    def attach(self, layer_index: int) -> None:
+        """An applier reads this layer's bytes as they are written (a streaming pull that unpacks several layers
+        at once). With the in-order schedule, the attached layers then take free slots in turn, chunk by chunk,
+        ahead of every layer no applier reads yet, which get a slot only while no attached layer is asking: each
+        applier keeps being fed, and a layer whose writer must wait for an applier never holds the window that an
+        attached layer needs (its chunks are handed to a reader, so their slots come back)."""
+        self._attached.add(layer_index)
+        self._dispatch()
+
+    def detach(self, layer_index: int) -> None:
+        """The layer's applier is done (or the layer will not be read live after all)."""
+        self._attached.discard(layer_index)
+        self._dispatch()
+
+    def _rank(self, layer_index: int, key: tuple[int, ...]) -> tuple[int, ...]:
+        """The order slots are given in: the schedule's key, with attached layers first under in-order."""
+        if self.schedule != "in-order":
+            return key
+        layer, chunk = key[0], key[1]
+        return (0, chunk, layer) if layer_index in self._attached else (1, layer, chunk)
+
     def settle(self, layer_index: int) -> None:
         """The layer will ask for no more slots (all its chunks launched, or it failed or needed none)."""
         if self._next_key.pop(layer_index, None) is not None:
@@ -139,7 +162,7 @@ class TransferBudget:
         """Wait for a window slot; the smallest key among the active layers gets each free one."""
         self._next_key[layer_index] = key
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (key, next(self._seq), layer_index, fut))
+        self._waiters.append((key, next(self._seq), layer_index, fut))
         self._waiting.add(layer_index)
         self._dispatch()
         try:
@@ -162,16 +185,16 @@ class TransferBudget:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Give free slots to waiters in key order, stopping at a key an active, non-waiting layer precedes."""
+        """Give free slots to waiters in rank order, stopping at a rank an active, non-waiting layer precedes.
+        (A scan, not a heap: attaching a layer changes the ranks, and there are only a few dozen waiters.)"""
+        self._waiters = [w for w in self._waiters if not w[3].done()]  # drop those cancelled while waiting
         while self._free > 0 and self._waiters:
-            key, _seq, layer_index, fut = self._waiters[0]
-            if fut.done():  # cancelled while waiting
-                heapq.heappop(self._waiters)
-                continue
-            busy = [k for i, k in self._next_key.items() if i not in self._waiting]
-            if busy and min(busy) < key:
+            first = min(self._waiters, key=lambda w: (self._rank(w[2], w[0]), w[1]))
+            _key, _seq, layer_index, fut = first
+            busy = [self._rank(i, k) for i, k in self._next_key.items() if i not in self._waiting]
+            if busy and min(busy) < self._rank(layer_index, first[0]):
                 return  # hold the slot for that layer's next request
-            heapq.heappop(self._waiters)
+            self._waiters.remove(first)
             self._waiting.discard(layer_index)
             self._free -= 1
             self.slots_in_use += 1

@@ -108,14 +108,13 @@ class _Pull:
         self._throttle = _Throttle()
         transfer = request.transfer
         connections = max(1, transfer.connections)
+        # Parallel modes' connections and memory (made by _set_budget once the snapshotter and the unpack count are
+        # known: a streaming pull gives its appliers' chunks out of the window).
         self._budget: TransferBudget | None = None
         self._ranges_served = True  # False once the registry ignored a Range: standard streams from then on
-        if transfer.chunked:
-            self._budget = TransferBudget(connections=connections, window=self._window(connections),
-                                          chunk_size=transfer.settings.chunk_size, schedule=transfer.settings.schedule)
         # In parallel mode the budget bounds connections and memory; a layer limit as well could hold back the
         # very layer the schedule waits for, so every layer may open its ingest at once.
-        self._downloads = asyncio.Semaphore(connections if self._budget is None else 1 << 16)
+        self._downloads = asyncio.Semaphore(1 << 16 if transfer.chunked else connections)
         self.lease: PullLease  # set once the image name is known
         self.plan: Plan | None = None  # set once the image is resolved (when the request has a planner)
         self._warned: set[str] = set()  # warnings already given in this pull
@@ -136,9 +135,16 @@ class _Pull:
     def _streaming(self) -> bool:
         return self.request.transfer.mode == "parallel-stream" and self.snapshotter in LOCAL_SNAPSHOTTERS
 
-    def _window(self, connections: int) -> int:
-        window = self.request.transfer.settings.window
-        return streaming_window(window, connections) if self._streaming else window
+    def _set_budget(self) -> None:
+        transfer = self.request.transfer
+        if not transfer.chunked:
+            return
+        connections = max(1, transfer.connections)
+        window = transfer.settings.window
+        if self._streaming:
+            window = streaming_window(window, connections, appliers=max(1, self._unpacks))
+        self._budget = TransferBudget(connections=connections, window=window, chunk_size=transfer.settings.chunk_size,
+                                      schedule=transfer.settings.schedule)
 
     @property
     def _discarding(self) -> bool:
@@ -563,9 +569,11 @@ class _Pull:
         the same, core/unpack/unpacker.go): each prepared without a parent, unpacked as soon as its bytes are
         there, and committed, with its parent, once the layer below is committed.
 
-        The unpack slots go to layers fed live in layer order (this loop), which the in-order schedule needs to
-        keep its progress argument (socirun.pull.stream.stream_live); a stored layer takes one inside its task,
-        once its blob is in."""
+        In a streaming pull the unpack slots go to the layers in layer order (this loop), each before its first
+        byte decides whether it is fed live, and a layer holding one is attached to the download's budget, which
+        then feeds the attached layers side by side (TransferBudget.attach): that keeps the in-order schedule's
+        progress argument (socirun.pull.stream.stream_live). A layer that is only stored gives its slot back and
+        takes one again inside its task, once its blob is in."""
         if self._unpacks <= 0:
             for i in range(len(img.layers)):
                 if not present[i]:
@@ -579,16 +587,30 @@ class _Pull:
                 for i, layer in enumerate(img.layers):
                     if present[i]:
                         continue
-                    tap = await self._tap_decided(img, layer, downloads) if self._streaming else None
-                    if tap is not None and layer.digest in handed:
-                        tap = None
-                    if tap is not None:
-                        handed.add(layer.digest)
-                        await slots.acquire()  # released by the layer's task
+                    tap = None
+                    if self._streaming:
+                        await slots.acquire()
+                        self._attach(img, layer)
+                        tap = await self._tap_decided(img, layer, downloads)
+                        if tap is not None and layer.digest in handed:
+                            tap = None
+                        if tap is None:
+                            self._detach(img, layer)
+                            slots.release()
+                        else:
+                            handed.add(layer.digest)  # its slot is released by the layer's task
                     below = group.create_task(self._unpack_rebased(img, i, chain, downloads, tap, slots, below))
         except BaseExceptionGroup as errors:
             # The first failure; the layers above it failed with it (they wait for it) or were cancelled.
             raise errors.exceptions[0] from None
+
+    def _attach(self, img: ResolvedImage, layer: Descriptor) -> None:
+        if self._budget is not None:
+            self._budget.attach(_schedule_index(img, layer))
+
+    def _detach(self, img: ResolvedImage, layer: Descriptor) -> None:
+        if self._budget is not None:
+            self._budget.detach(_schedule_index(img, layer))
 
     async def _tap_decided(self, img: ResolvedImage, layer: Descriptor,
                            downloads: dict[str, asyncio.Task[None]]) -> LayerTap | None:
@@ -616,6 +638,7 @@ class _Pull:
             nonlocal holding
             if holding:
                 holding = False
+                self._detach(img, layer)
                 slots.release()
             if below is not None:
                 await below  # its failure is this layer's too: nothing above a missing layer is committed
@@ -645,6 +668,7 @@ class _Pull:
                                      parent=parent, before_commit=turn_to_commit)
         finally:
             if holding:
+                self._detach(img, layer)
                 slots.release()
 
     async def _apply_stored(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
@@ -702,6 +726,7 @@ class _Pull:
                 self.emit(event)
             if plan.blocker:
                 raise PullError(f"{plan.blocker}; " + "; ".join(plan.fixes or ("see `socirun doctor`",)))
+        self._set_budget()
         chain = chain_ids(list(img.diff_ids))
         present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
         self._states = ["committed" if here else "waiting" for here in present]

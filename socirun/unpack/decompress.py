@@ -20,6 +20,10 @@ from socirun.oci import DOCKER_LAYER_FOREIGN, DOCKER_LAYER_GZIP, OCI_LAYER_GZIP,
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 OUTPUT_PIECE = 4 << 20  # decompressed bytes handed on at a time: a highly compressible chunk stays bounded in memory
+# Compressed bytes inflated at a time. The inflater copies the input it has not consumed yet (unconsumed_tail) on
+# every call that fills OUTPUT_PIECE: fed a whole 8 MiB chunk it copied ~1.5 times the chunk and held the copies,
+# per layer being unpacked; fed 1 MiB at a time, each copy is at most that.
+INPUT_PIECE = 1 << 20
 # Header flags (RFC 1952, 2.3.1) and Go's limit on a header's name and comment (its reader's 512-byte buffer).
 _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 0x02, 0x04, 0x08, 0x10
 MAX_HEADER_STRING = 512
@@ -121,6 +125,11 @@ class Decompressor:
         yield from self._inflate_all(data)
 
     def _inflate_all(self, data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
+        for start in range(0, len(view), INPUT_PIECE):
+            yield from self._inflate_piece(view[start:start + INPUT_PIECE])
+
+    def _inflate_piece(self, data: bytes | memoryview) -> Iterator[bytes]:
         try:
             while data:
                 if self._inflate is None or self._member_done:

@@ -147,3 +147,6 @@ def test_a_streaming_pull_counts_the_appliers_chunks_against_the_window() -> Non
     assert streaming_window(16, 8) == 16 - TAP_DEPTH - 1
     assert streaming_window(16, 8) + TAP_DEPTH + 1 == 16
     assert streaming_window(8, 8) == 8  # never below one chunk per connection
+    # Parallel unpack: every applier's chunks come out of the window.
+    assert streaming_window(16, 8, appliers=2) == 16 - 2 * (TAP_DEPTH + 1)
+    assert streaming_window(16, 8, appliers=4) == 8
