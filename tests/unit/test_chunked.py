@@ -365,6 +365,55 @@ async def test_a_free_slot_waits_for_a_layer_between_two_requests() -> None:
     assert budget.slots_in_use == 2
 
 
+async def test_attached_layers_share_the_window_ahead_of_the_rest() -> None:
+    # Parallel unpack: layers 1 and 2 have appliers (attached) and take slots in turn, chunk by chunk; layer 0,
+    # which no applier reads, gets a slot only once neither attached layer is asking. Without attach, in-order
+    # would give layer 0 all its chunks first.
+    budget = TransferBudget(connections=1, window=1, chunk_size=100)
+    blobs = [blob(200, 20), blob(300, 21), blob(200, 22)]
+    for index, data in enumerate(blobs):
+        budget.expect(index, len(data))
+    budget.attach(1)
+    budget.attach(2)
+    order: list[str] = []
+
+    def source(name: str, data: bytes) -> ChunkFetcher:
+        async def fetch(start: int, end: int) -> bytes:
+            order.append(f"{name}{start // 100}")
+            return data[start : end + 1]
+
+        return fetch
+
+    tasks = [asyncio.create_task(download_chunked(source(name, data), Sink().write, size=len(data), offset=0,
+                                                  budget=budget, layer_index=index))
+             for index, (name, data) in enumerate(zip("abc", blobs, strict=True))]
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert order == ["b0", "c0", "b1", "c1", "b2", "a0", "a1"]
+
+
+async def test_a_detached_layer_falls_back_to_its_place_in_order() -> None:
+    budget = TransferBudget(connections=1, window=1, chunk_size=100)
+    budget.attach(1)
+    budget.detach(1)
+    first = asyncio.create_task(budget.acquire_slot(1, chunk_priority("in-order", 1, 100, 0)))
+    second = asyncio.create_task(budget.acquire_slot(0, chunk_priority("in-order", 0, 100, 0)))
+    await asyncio.sleep(0.01)
+    assert first.done() and not second.done()  # the first asker got the one slot
+    budget.release_slot()
+    await asyncio.wait_for(second, 1)
+    budget.settle(0)
+    budget.settle(1)  # both launched their one chunk
+    budget.attach(3)
+    waiting = [asyncio.create_task(budget.acquire_slot(i, chunk_priority("in-order", i, 100, 0))) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    budget.release_slot()
+    await asyncio.sleep(0.01)
+    assert [t.done() for t in waiting] == [False, True]  # attached layer 3 before layer 2
+    budget.settle(3)
+    budget.release_slot()
+    await asyncio.wait_for(waiting[0], 1)
+
+
 # ------------------------------------------------------------------------------------ stalled connections (issue 15)
 
 
