@@ -470,34 +470,11 @@ class _Pull:
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="exists" if mode == "cached" else "done",
                                            detail=detail))
             return
-        committed = False
-        try:
-            if remote:
-                self._warn_once(unexpected_deferral(self.plan, index))
-                self.emit(ev.LayerClassified(digest=layer.digest, mode="standard",
-                                             detail=f"{self.snapshotter} deferred it: socirun downloads it"))
-            await self._ensure_download(img, layer, downloads)
-            if layer.digest in self._discarded:
-                # Its applier gave up once every byte had gone to it: Diff.Apply reads the blob, so store it now.
-                self._discarded.discard(layer.digest)
-                await self._write_stored(img, layer)
-            self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
-            applied = await self.ctd.diff_apply(layer, mounts)
-            if applied.digest != img.diff_ids[index]:
-                raise DigestMismatchError(
-                    f"layer {layer.digest} unpacked to {applied.digest}, but the image config says "
-                    f"{img.diff_ids[index]}; the image is inconsistent."
-                )
-            try:
-                await self.ctd.snapshot_commit(self.snapshotter, chain_id, key, labels)
-                committed = True
-            except AlreadyExistsError:
-                pass  # a concurrent pull committed the same chainID: the layer is there all the same
-        finally:
-            if not committed:
-                # No half-written snapshot survives a failure or a Ctrl-C.
-                await _shielded(self.ctd.snapshot_remove(self.snapshotter, key))
-        await self._layer_done(img, index)
+        if remote:
+            self._warn_once(unexpected_deferral(self.plan, index))
+            self.emit(ev.LayerClassified(digest=layer.digest, mode="standard",
+                                         detail=f"{self.snapshotter} deferred it: socirun downloads it"))
+        await self._apply_stored(img, index, key, mounts, labels, chain_id, downloads)
 
     async def _layer_done(self, img: ResolvedImage, index: int) -> None:
         layer = img.layers[index]
@@ -673,23 +650,27 @@ class _Pull:
 
     async def _apply_stored(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
                             labels: dict[str, str], chain_id: str, downloads: dict[str, asyncio.Task[None]],
-                            *, parent: str, before_commit: Callable[[], Awaitable[None]]) -> None:
-        """Diff.Apply of a stored blob into a snapshot prepared without its parent, then Commit with it."""
+                            *, parent: str = "", before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Diff.Apply of the stored blob into the prepared snapshot `key`, then Commit as `chain_id`. `parent`: the
+        snapshot was prepared without it (parallel unpack), so its mounts get overlay's whiteouts (bind_to_overlay)
+        and the Commit names it, after `before_commit` (which waits for the layer below)."""
         layer = img.layers[index]
         committed = False
         try:
             await self._ensure_download(img, layer, downloads)
             if layer.digest in self._discarded:
-                self._discarded.discard(layer.digest)  # its applier gave up: Diff.Apply reads the blob
+                # Its applier gave up once every byte had gone to it: Diff.Apply reads the blob, so store it now.
+                self._discarded.discard(layer.digest)
                 await self._write_stored(img, layer)
             self.emit(ev.LayerStateChanged(digest=layer.digest, state="unpacking"))
-            applied = await self.ctd.diff_apply(layer, mounts if index == 0 else bind_to_overlay(mounts))
+            applied = await self.ctd.diff_apply(layer, bind_to_overlay(mounts) if parent else mounts)
             if applied.digest != img.diff_ids[index]:
                 raise DigestMismatchError(
                     f"layer {layer.digest} unpacked to {applied.digest}, but the image config says "
                     f"{img.diff_ids[index]}; the image is inconsistent."
                 )
-            await before_commit()
+            if before_commit is not None:
+                await before_commit()
             try:
                 await self.ctd.snapshot_commit(self.snapshotter, chain_id, key, labels, parent)
                 committed = True
@@ -697,6 +678,7 @@ class _Pull:
                 pass  # a concurrent pull committed the same chainID: the layer is there all the same
         finally:
             if not committed:
+                # No half-written snapshot survives a failure or a Ctrl-C.
                 await _shielded(self.ctd.snapshot_remove(self.snapshotter, key))
         await self._layer_done(img, index)
 

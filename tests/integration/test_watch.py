@@ -6,17 +6,21 @@ The fixtures are test_run.py's: a private data root, bridge and subnet per test 
 from __future__ import annotations
 
 import json
+import re
 
 from tests.integration.test_run import Env, env, image  # noqa: F401 (pytest fixtures)
 
 LATE_SERVER = "sleep 3; echo ok > /tmp/index.html; echo listening; exec httpd -f -p 8080 -h /tmp"
+# The server cannot answer before its 3 s sleep: that is the bound that matters. The upper one only says the probe
+# noticed soon after (its poll interval, plus container start-up on a loaded 2-CPU CI machine: 4.0 s seen once).
+READY_BY_S = 8.0
 
 
 def _records(stderr: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
-def test_a_server_listening_after_3_s_is_ready_between_3_and_4_s(env: Env, image: str) -> None:  # noqa: F811
+def test_a_server_listening_after_3_s_is_ready_after_3_s_and_soon(env: Env, image: str) -> None:  # noqa: F811
     result = env.run("-d", "--rm", "--progress", "json", "--ready-port", "8080", "--ready-timeout", "30s",
                      image, "sh", "-c", LATE_SERVER)
     assert result.code == 0, result.err
@@ -25,7 +29,7 @@ def test_a_server_listening_after_3_s_is_ready_between_3_and_4_s(env: Env, image
         ready = [r for r in _records(result.err) if r["type"] == "container_ready"]
         assert len(ready) == 1, result.err
         assert ready[0]["container_id"] == cid
-        assert 3.0 <= float(ready[0]["after"]) <= 4.0, ready  # type: ignore[arg-type]
+        assert 3.0 <= float(ready[0]["after"]) <= READY_BY_S, ready  # type: ignore[arg-type]
         assert str(ready[0]["probe"]).startswith("tcp 10.")
     finally:
         env.run("kill", cid)  # `socirun kill` (issue 14 item 1); --rm removes it
@@ -37,7 +41,9 @@ def test_localhost_url_means_the_container_and_a_published_port_maps_back(env: E
     assert result.code == 0, result.err
     cid = result.out.strip()
     try:
-        assert "ready after 3." in result.err and "GET http://10." in result.err and ":8080/" in result.err
+        after = re.search(r"ready after (\d+\.\d)s", result.err)
+        assert after is not None and 3.0 <= float(after.group(1)) <= READY_BY_S, result.err
+        assert "GET http://10." in result.err and ":8080/" in result.err
     finally:
         env.run("kill", cid)
 

@@ -10,6 +10,7 @@ import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -306,6 +307,15 @@ async def test_schedule_decides_which_layer_gets_the_next_slot(schedule: Schedul
     assert order == expected
 
 
+def recording_source(order: list[str], name: str, data: bytes) -> ChunkFetcher:
+    """A fake source over `data` that appends "<name><chunk>" to `order` for each range asked (100-byte chunks)."""
+    async def fetch(start: int, end: int) -> bytes:
+        order.append(f"{name}{start // 100}")
+        return data[start : end + 1]
+
+    return fetch
+
+
 async def test_an_announced_layer_keeps_its_turn_until_it_asks() -> None:
     # The engine announces every layer before any asks. Layer 1 opens its ingest first, but the in-order
     # schedule must still give layer 0 every chunk first: otherwise the unpacker waits for layer 0.
@@ -314,13 +324,7 @@ async def test_an_announced_layer_keeps_its_turn_until_it_asks() -> None:
     budget.expect(0, len(a))
     budget.expect(1, len(b))
     order: list[str] = []
-
-    def source(name: str, data: bytes) -> ChunkFetcher:
-        async def fetch(start: int, end: int) -> bytes:
-            order.append(f"{name}{start // 100}")
-            return data[start : end + 1]
-
-        return fetch
+    source = partial(recording_source, order)
 
     second = asyncio.create_task(download_chunked(source("b", b), Sink().write, size=len(b), offset=0,
                                                   budget=budget, layer_index=1))
@@ -376,13 +380,7 @@ async def test_attached_layers_share_the_window_ahead_of_the_rest() -> None:
     budget.attach(1)
     budget.attach(2)
     order: list[str] = []
-
-    def source(name: str, data: bytes) -> ChunkFetcher:
-        async def fetch(start: int, end: int) -> bytes:
-            order.append(f"{name}{start // 100}")
-            return data[start : end + 1]
-
-        return fetch
+    source = partial(recording_source, order)
 
     tasks = [asyncio.create_task(download_chunked(source(name, data), Sink().write, size=len(data), offset=0,
                                                   budget=budget, layer_index=index))
