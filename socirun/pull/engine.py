@@ -492,18 +492,11 @@ class _Pull:
                                   downloads: dict[str, asyncio.Task[None]]) -> LayerTap | None:
         """parallel-stream: the layer's tap when its bytes are fed live (its download may still be running);
         otherwise None once its blob is committed, for Diff.Apply."""
-        if layer.digest not in downloads:
-            downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
-        task = downloads[layer.digest]
-        decision = self._tap_future(layer.digest)
-        waiters: set[asyncio.Future[Any]] = {task, decision}
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        tap = decision.result() if decision.done() else None
-        if tap is None or tap.taken:
+        tap = await self._tap_decided(img, layer, downloads)
+        if tap is None:
             # Only stored (or an earlier layer with the same blob read the tap): applied from the store.
-            await task
-            return None
-        return tap  # even when its download already ended: a small blob's bytes all fit in the tap's queue
+            await downloads[layer.digest]
+        return tap
 
     async def _apply_live(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
                           labels: dict[str, str], chain_id: str, tap: LayerTap,
@@ -572,8 +565,7 @@ class _Pull:
                         if tap is not None and layer.digest in handed:
                             tap = None
                         if tap is None:
-                            self._detach(img, layer)
-                            slots.release()
+                            self._give_back(img, layer, slots)
                         else:
                             handed.add(layer.digest)  # its slot is released by the layer's task
                     below = group.create_task(self._unpack_rebased(img, i, chain, downloads, tap, slots, below))
@@ -585,13 +577,17 @@ class _Pull:
         if self._budget is not None:
             self._budget.attach(_schedule_index(img, layer))
 
-    def _detach(self, img: ResolvedImage, layer: Descriptor) -> None:
+    def _give_back(self, img: ResolvedImage, layer: Descriptor, slots: asyncio.Semaphore) -> None:
+        """The layer's unpack slot is free again: it leaves the attached layers and another layer may take it."""
         if self._budget is not None:
             self._budget.detach(_schedule_index(img, layer))
+        slots.release()
 
     async def _tap_decided(self, img: ResolvedImage, layer: Descriptor,
                            downloads: dict[str, asyncio.Task[None]]) -> LayerTap | None:
-        """The layer's tap as soon as its download decides (None: only stored), without waiting for the blob."""
+        """The layer's tap as soon as its download decides, without waiting for the blob; None when it is only
+        stored or an earlier layer with the same blob took the tap. A tap is returned even when its download
+        already ended: a small blob's bytes all fit in the tap's queue."""
         if layer.digest not in downloads:
             downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
         decision = self._tap_future(layer.digest)
@@ -615,8 +611,7 @@ class _Pull:
             nonlocal holding
             if holding:
                 holding = False
-                self._detach(img, layer)
-                slots.release()
+                self._give_back(img, layer, slots)
             if below is not None:
                 await below  # its failure is this layer's too: nothing above a missing layer is committed
 
@@ -627,7 +622,7 @@ class _Pull:
                 holding = True
             key, mounts = await self._prepare(img, "", labels, chain_id)
             if mounts is not None and tap is not None:
-                target = mounts if index == 0 else bind_to_overlay(mounts)
+                target = bind_to_overlay(mounts) if parent else mounts
                 if await self._apply_live(img, index, key, target, labels, chain_id, tap, downloads,
                                           parent=parent, before_commit=turn_to_commit):
                     await self._layer_done(img, index)
@@ -645,8 +640,7 @@ class _Pull:
                                      parent=parent, before_commit=turn_to_commit)
         finally:
             if holding:
-                self._detach(img, layer)
-                slots.release()
+                self._give_back(img, layer, slots)
 
     async def _apply_stored(self, img: ResolvedImage, index: int, key: str, mounts: list[Mount],
                             labels: dict[str, str], chain_id: str, downloads: dict[str, asyncio.Task[None]],
