@@ -195,11 +195,15 @@ def test_run_shows_the_pull_in_the_tui_then_hands_the_terminal_to_the_container(
     assert "Traceback" not in after
 
 
-def test_keys_reach_the_tui_in_a_real_terminal(sandbox: SandboxInfo, slow_registry: str, tmux: Tmux) -> None:
+def test_keys_reach_the_tui_in_a_real_terminal(
+    sandbox: SandboxInfo, throttle: Callable[..., str], tmux: Tmux
+) -> None:
     # socirun's own input thread (socirun.ui.tui.driver) reads the keys: a plain key, a lone Esc (which only
-    # the parser's timeout turns into a key) and q, which cancels the pull in flight.
+    # the parser's timeout turns into a key) and q, which cancels the pull in flight. Three keys and three screen
+    # waits must fit inside the pull, so this one is capped at 500 kB/s (about 10 s): at 2 MB/s a loaded CI machine
+    # once saw the pull end before q arrived (exit 0, not 130).
     pushed = push_sample(sandbox.registry_host, "tui/keys", "v1", LAYERS_MB, seed=407)
-    ref = pushed.replace(sandbox.registry_host, slow_registry, 1)
+    ref = pushed.replace(sandbox.registry_host, throttle("500kB", total="500kB"), 1)
     tmux.start(socirun_argv("pull", "--namespace", "tui-keys", "--progress", "tty", ref),
                {"CONTAINERD_ADDRESS": sandbox.containerd_address, "TERM": "xterm-256color"})
     tmux.wait_for_screen(lambda screen: "q Quit" in screen and bool(re.search(r"\d MB/\d", screen)),
