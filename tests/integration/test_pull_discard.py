@@ -135,5 +135,5 @@ def test_discard_with_another_pull_mode_keeps_every_blob_and_says_so_once(sandbo
                       "--chunk-size", "1MiB", "--discard-unpacked-layers", ref)
     assert result.code == 0, result.stderr
     warnings = [e["message"] for e in result.of("warning")]
-    assert len(warnings) == 1 and "discard_unpacked_layers has no effect with --pull-mode parallel" in warnings[0]
+    assert len(warnings) == 1 and "discard_unpacked_layers has no effect on a parallel pull" in warnings[0]
     assert {layer["digest"] for layer in manifest["layers"]} <= _content(ctr, namespace)

@@ -69,7 +69,7 @@ def test_only_parallel_stream_into_a_local_snapshotter_discards() -> None:
         other = plan_transfer(mode=mode, raw_config=ON, snapshotter="overlayfs", host=HOST,
                               discard_unpacked_layers=True)
         assert not other.discards("overlayfs")
-        assert f"no effect with --pull-mode {mode}" in other.discard_note("overlayfs")
+        assert f"no effect on a {mode} pull" in other.discard_note("overlayfs")
     unasked = plan_transfer(mode="parallel-stream", raw_config={}, snapshotter="overlayfs", host=HOST)
     assert not unasked.discards("overlayfs") and unasked.discard_note("overlayfs") == ""
 

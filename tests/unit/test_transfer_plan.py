@@ -41,10 +41,10 @@ def test_forced_modes_win_and_say_so() -> None:
     assert choice.mode == "standard" and "one stream per layer" in choice.reasons[0]
 
 
-def test_auto_picks_parallel_for_overlayfs_on_a_multi_cpu_host() -> None:
+def test_auto_picks_parallel_stream_for_overlayfs_on_a_multi_cpu_host() -> None:
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=2), BIG, snapshotter="overlayfs")
-    assert mode == "parallel"
-    assert "2 CPUs" in reasons[-1] and reasons[-1].endswith("overlayfs")
+    assert mode == "parallel-stream"
+    assert "2 CPUs" in reasons[-1] and "unpacks each layer into overlayfs as its bytes arrive" in reasons[-1]
 
 
 def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
@@ -59,7 +59,7 @@ def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
 
 def test_lazy_falls_back_like_auto_and_explains_why() -> None:
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=4, nic_speed_mbps=10_000), BIG, requested="lazy")
-    assert mode == "parallel"
+    assert mode == "parallel-stream"
     assert "soci snapshotter" in reasons[0] and len(reasons) == 2
 
 
