@@ -317,7 +317,8 @@ def bench(boxes: dict[str, Sandbox], args: argparse.Namespace) -> None:
         for label, target in targets.items():
             planned = subprocess.run([sys.executable, "-m", "socirun", "plan", "--json", throttled],
                                      env=env_for(target), capture_output=True, text=True, check=True)
-            mode = json.loads(planned.stdout)["mode"]
+            transfer = json.loads(planned.stdout)["transfer"]  # the plan's own "mode" says only "parallel"
+            mode = transfer["strategy"] if transfer else "none"
             name = mode if label == "1.6" else f"{mode}-2.x"
             if name not in SOCIRUN_MODES:
                 raise SystemExit(f"auto picks {mode} on containerd {label}, which this benchmark does not run")

@@ -92,8 +92,15 @@ class Target:
         return found
 
 
-def make_target(address: str, work: Path, *, ctr: str = "ctr", slot: int | None = None,
-                snapshotters: tuple[str, ...] = ("overlayfs",), extra_env: dict[str, str] | None = None) -> Target:
+def make_target(
+    address: str,
+    work: Path,
+    *,
+    ctr: str = "ctr",
+    slot: int | None = None,
+    snapshotters: tuple[str, ...] = ("overlayfs",),
+    extra_env: dict[str, str] | None = None,
+) -> Target:
     """A private data root and bridge (slot from the PID unless given, so parallel sessions do not share them)."""
     slot = os.getpid() % 200 if slot is None else slot
     bridge, subnet = f"srkill{slot}", f"10.214.{slot + 20}.0/24"
@@ -331,8 +338,10 @@ def left_text(group: Sequence[Outcome]) -> str:
 
 def table(outcomes: Sequence[Outcome]) -> str:
     """The campaign's markdown table, one row per scenario."""
-    rows = ["| scenario | runs | interrupted | interrupted command | next run ok | leaks left after next run |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| scenario | runs | interrupted | interrupted command | next run ok | leaks left after next run |",
+        "|---|---|---|---|---|---|",
+    ]
     by_scenario: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_scenario.setdefault(outcome.scenario, []).append(outcome)
@@ -340,9 +349,10 @@ def table(outcomes: Sequence[Outcome]) -> str:
         total = Leaks(**{f.name: sum(getattr(o.leaks, f.name) for o in group) for f in fields(Leaks)})
         codes = Counter(o.first_code for o in group if o.first_code is not None)
         early = sum(not o.interrupted for o in group)
-        first = (("SIGKILL" + (f" ({early} ended before their kill point)" if early else "")) if not codes else
+        runs = "1 run ended before its" if early == 1 else f"{early} runs ended before their"
+        first = (("SIGKILL" + (f" ({runs} kill point)" if early else "")) if not codes else
                  ", ".join(f"exit {code} ×{n}" for code, n in sorted(codes.items(), key=lambda kv: kv[0] or 0))
-                 + (f" ({early} ended before their restart point)" if early else "")
+                 + (f" ({runs} restart point)" if early else "")
                  + ("; all clean" if all(o.first_clean for o in group) else "; NOT all clean")
                  + left_text(group))  # fmt: skip
         rows.append(f"| {scenario} | {len(group)} | {sum(o.interrupted for o in group)} | {first} | "
