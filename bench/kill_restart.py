@@ -153,7 +153,8 @@ def main() -> int:
         print(f"\n{note}")
     print(f"\nseed {opts.seed}; kill and restart points uniform in [0, the command's undisturbed duration), drawn "
           "again for a run that ended before its point until the interruptions asked for landed; before the run "
-          f"after a restart, a container the interrupted run left running is waited for (up to {GONE_WAIT_S:.0f} s)."
+          f"after a kill or a restart, a container the interrupted run left running is waited for (up to "
+          f"{GONE_WAIT_S:.0f} s)."
           )  # fmt: skip
     bad = [o for o in outcomes if not o.next_ok or o.leaks.total() or not o.first_clean]
     for outcome in bad:

@@ -205,17 +205,23 @@ class Outcome:
     next_ok: bool
     next_err: str
     leaks: Leaks = field(default_factory=Leaks)
-    left: LeftRunning | None = None  # a restart scenario: what the next run waited for (None: nothing)
+    left: LeftRunning | None = None  # what the next run waited for after the interruption (None: nothing)
 
 
 def kill_then_rerun(target: Target, scenario: str, args: Sequence[str], delay: float, baseline: Leaks,
                     prepare: Callable[[], None] = lambda: None) -> Outcome:  # fmt: skip
-    """`prepare()`, SIGKILL `args` after `delay`, run `args` again, count the leaks against `baseline`."""
+    """`prepare()`, SIGKILL `args` after `delay`, wait (bounded) for a container the killed run left running to
+    go (as after a restart: its reaper still holds its port), run `args` again, count the leaks against
+    `baseline`."""
     prepare()
+    before = target.running_tasks() or set()
     killed = kill_after(target, args, delay)
+    left_running = wait_left_running(before, target.running_tasks, target.reapers)
     again = run(target, args)
     left = target.settled(baseline)
-    return Outcome(scenario, delay, killed, None, True, again.returncode == 0, again.stderr.strip()[-500:], left)
+    return Outcome(
+        scenario, delay, killed, None, True, again.returncode == 0, again.stderr.strip()[-500:], left, left_running
+    )
 
 
 def series(attempt: Callable[[float], Outcome], seed: int, count: int, longest: float,

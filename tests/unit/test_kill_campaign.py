@@ -192,6 +192,27 @@ def test_the_rerun_comes_after_the_left_container_went(monkeypatch: pytest.Monke
     assert "1 left its container running (handed to its reaper), the next run waited" in row, row
 
 
+def test_a_sigkill_rerun_also_waits_for_the_container_the_killed_run_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed `run --rm -p` leaves its container to its reaper as a restart does; the rerun used to follow
+    at once and could meet the port still held."""
+    events: list[str] = []
+    target = StubTarget(reaper_polls=2, events=events)
+    def kill_after(*_: object) -> bool:
+        events.append("kill")
+        return True  # it was still running: the kill landed
+
+    monkeypatch.setattr(kill_campaign, "kill_after", kill_after)
+
+    def rerun(target: Target, args: Sequence[str], timeout: float = 0) -> subprocess.CompletedProcess[str]:
+        events.append("rerun")
+        return subprocess.CompletedProcess(list(args), 0, "", "")
+
+    monkeypatch.setattr(kill_campaign, "run", rerun)
+    got = kill_campaign.kill_then_rerun(target, "kill", ["run"], 1.0, Leaks())
+    assert events == ["kill", "reaper", "reaper", "no reaper", "rerun"]
+    assert got.interrupted and got.next_ok and got.left is not None and got.left.gone
+
+
 def test_the_table_says_when_a_container_never_went() -> None:
     group = [outcome(1.0, True, code=125, left=LeftRunning("no reaper", 30.0, False)),
              outcome(2.0, True, code=0, left=LeftRunning("handed to its reaper", 2.5, True)),
