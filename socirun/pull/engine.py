@@ -740,6 +740,10 @@ class _Pull:
                     if layer.digest not in downloads:
                         downloads[layer.digest] = asyncio.create_task(self._download(img, layer))
                 await self._unpack_layers(img, chain, present, downloads)
+                # A layer another pull committed meanwhile returns before its own download ends (its tap is
+                # detached, the download only stores the blob): the image is recorded only once every blob this
+                # pull fetches is in the store, so no ingest is cut off when the process exits.
+                await asyncio.gather(*downloads.values())
             except BaseException:
                 for task in downloads.values():
                     task.cancel()

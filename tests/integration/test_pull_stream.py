@@ -14,7 +14,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,66 @@ def test_a_layer_the_applier_cannot_read_falls_back_to_diff_apply_with_one_warni
     assert parents == [None, chain[0]]
     assert (dirs[0] / "a.txt").read_bytes() == b"from the gzip layer\n"  # streamed by socirun's applier
     assert (dirs[1] / "b.txt").read_bytes() == b"from the zstd layer\n" * 1000  # containerd's Diff.Apply
+
+
+def _twin_layout(sandbox: SandboxInfo, repo: str, root: Path) -> Path:
+    """An OCI layout of the image `repo`:v1 with every layer gzipped again at another level: other blobs (other
+    digests, other ingest refs) with the same diffIDs, hence the same chain of snapshots."""
+    manifest, _chain = image_chain(sandbox.registry_host, repo, "v1")
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    config = registry_blob_path(sandbox.dir, manifest["config"]["digest"]).read_bytes()
+    layers = []
+    for layer in manifest["layers"]:
+        tar = gzip.decompress(registry_blob_path(sandbox.dir, layer["digest"]).read_bytes())
+        layers.append({**layer, **put(gzip.compress(tar, compresslevel=1, mtime=0))})
+        assert layers[-1]["digest"] != layer["digest"]
+    twin = json.dumps({**manifest, "config": {**manifest["config"], **put(config)}, "layers": layers}).encode()
+    media_type = manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": media_type, **put(twin)}]}))
+    return root
+
+
+def test_a_layer_another_pull_commits_meanwhile_still_has_its_blob_stored_before_the_image_is_recorded(
+    sandbox: SandboxInfo, ctr: Ctr, throttle: Callable[..., str], tmp_path: Path
+) -> None:
+    """A slow streaming pull finds its later layers already committed by a fast pull of a twin image (the same
+    layers compressed otherwise: the same snapshots, other blobs) in the same namespace. Prepare says so and those
+    layers need no unpacking, but the slow pull's downloads of their blobs are still under way. It used to record
+    the image and exit at once, cutting those downloads off (a partial ingest left behind, under a resume lease);
+    it now lets them finish first, so the image it records has every blob."""
+    namespace = f"stream-race-{uuid.uuid4().hex[:6]}"
+    ref = push_sample(sandbox.registry_host, "stream/race", "v1", [4, 4], seed=1521)
+    twin = asyncio.run(push_layout(sandbox.registry_host, "stream/race-twin", "v1",
+                                   _twin_layout(sandbox, "stream/race", tmp_path / "twin")))
+    slow = ref.replace(sandbox.registry_host, throttle("500kB", total="500kB"), 1)  # about 10 s in all
+    env = dict(os.environ, CONTAINERD_ADDRESS=sandbox.containerd_address, CONTAINERD_NAMESPACE=namespace)
+    proc = subprocess.Popen([sys.executable, "-m", "socirun", "pull", "--progress", "plain", *STREAM, slow],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _ingests(ctr, namespace) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _ingests(ctr, namespace), "the slow pull never started downloading"
+        fast = _socirun(sandbox, namespace, "pull", "--progress", "quiet", "--pull-mode", "standard", twin)
+        assert fast.code == 0, fast.stderr
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "snapshot present" in err, err  # the race happened: a layer was found committed by the twin's pull
+    assert _ingests(ctr, namespace) == []  # no download was cut off
+    leases = ctr("leases", "ls", namespace=namespace).stdout.splitlines()[1:]
+    assert leases == [], leases  # nothing kept for a resume either
+    manifest, _chain = image_chain(sandbox.registry_host, "stream/race", "v1")
+    assert {layer["digest"] for layer in manifest["layers"]} <= _content(ctr, namespace)

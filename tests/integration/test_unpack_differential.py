@@ -393,7 +393,7 @@ async def test_rebased_applier_matches_rebased_diff_apply(ctd: ContainerdClient,
         pytest.skip("this containerd's overlayfs cannot rebase (containerd 1.6): layers wait for their parents")
     layers = CHAINS[chain_name]()
     run = uuid.uuid4().hex[:8]
-    names = {"C": [], "D": []}
+    names: dict[str, list[str]] = {"C": [], "D": []}
     uppers: dict[str, list[Path]] = {"C": [], "D": []}
     for index, layer in enumerate(layers):
         desc = layer.descriptor
