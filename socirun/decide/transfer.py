@@ -6,9 +6,12 @@
 - `choose_overlay_transfer` picks "parallel-stream" (ranged chunks over several connections, each layer unpacked
   by socirun's own applier as its bytes arrive) or "standard" (one stream per layer) and says why in plain
   sentences; the plan (and `socirun plan`) shows those sentences. `auto` picks parallel-stream over plain
-  "parallel" (the same download, each layer unpacked by containerd's Diff.Apply from the committed blob) because
-  it was measured faster on both containerds (README, "With parallel unpack": 15.3 s against 23.9 s on 1.6,
-  12.3 s against 14.4 s on 2.4.2, for 1058 MB in 8 layers); plain parallel stays one flag away.
+  "parallel" (the same download, each layer unpacked by containerd's Diff.Apply from the committed blob): on
+  containerd 1.6, which unpacks one layer at a time, it was measured much faster (README, Performance: 14.2 s
+  against 19.7 s and 15.3 s against 23.9 s for 1058 MB in 8 layers); on 2.4.2, which unpacks layers side by side
+  itself, the two were within run-to-run noise (11.3 against 10.9 s, 12.3 against 14.4 s). The snapshotter's
+  capabilities are not known yet when this is decided, so auto cannot tell the two apart; plain parallel stays one
+  flag away.
 - `default_transfer_settings` sizes the parallel mode for a host the way SOCI's parallel pull is tuned: SOCI
   defaults to 3 connections per image and whole-layer requests, and its tuning guide raises both connections
   and chunk size on large hosts. socirun uses fewer connections and smaller chunks on small hosts, because
