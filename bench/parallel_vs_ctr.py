@@ -45,10 +45,11 @@ registry, the proxy): on a small host their sum over the cores, not the network,
 
 The last three lines are exactly `parallel/ctr-1.6 R`, `parallel/ctr-2.x-parallel R`, `parallel/limit R`:
 socirun's parallel pull as `socirun pull` runs it with no flags (median) over the same containerd's ctr, and on
-1.6 over 1.6's limit. `auto` picks the transfer: on these hosts parallel-stream (the ranged parallel download with
-each layer unpacked by socirun as its bytes arrive, blobs kept); the benchmark asks `socirun plan --json` on each
-containerd which one it picks, says so, and takes that puller's runs. The lines above them give the same ratios for
-plain `--pull-mode parallel` (`plain-parallel/...`: containerd's Diff.Apply from each stored blob),
+1.6 over 1.6's limit. `auto` picks the transfer: on these hosts parallel-stream on 1.6 (the ranged parallel
+download with each layer unpacked by socirun as its bytes arrive, blobs kept) and plain parallel on 2.x (whose
+overlayfs can rebase, so containerd unpacks several layers at once itself); the benchmark asks `socirun plan --json`
+on each containerd which one it picks, says so, and takes that puller's runs. The lines above them give the same
+ratios for plain `--pull-mode parallel` (`plain-parallel/...`: containerd's Diff.Apply from each stored blob),
 parallel-stream and stream-discard (both containerds) and for 2.x's limit.
 
     python bench/parallel_vs_ctr.py [--rounds 3] [--rate 25MB] [--layers 150,900,300,50,400,200,100]

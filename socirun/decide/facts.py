@@ -185,7 +185,8 @@ class PlanFacts:
     host: HostProfile
     user: UserChoice = field(default_factory=UserChoice)
     # How socirun downloads the layers it downloads itself: decided once (socirun.decide.transfer) before the
-    # image is resolved; the plan reports it for the layers that are socirun's, and never decides it again.
+    # image is resolved; the plan reports it for the layers that are socirun's, completed by TransferPlan.settle
+    # for the snapshotter it picks (the only part that needs the snapshotter's capabilities).
     transfer: TransferPlan | None = None
 
 

@@ -242,7 +242,8 @@ def _uniform(image: ImageFacts, snapshotter: str, mode: LayerMode, reason: str) 
 
 def decide(facts: PlanFacts) -> Plan:
     """The plan for pulling `facts.image`. Pure: same facts, same plan. How socirun downloads the layers it
-    downloads itself is `facts.transfer`, decided before; the plan reports it and never decides it again."""
+    downloads itself is `facts.transfer`, decided before; the plan reports it, completed for the snapshotter it
+    picks (`TransferPlan.settle`: auto's choice where containerd can unpack layers side by side itself)."""
     sn, cfg, image, user = facts.snapshotters, facts.soci_config, facts.image, facts.user
     mode_asked = user.pull_mode
     reasons: list[str] = []
@@ -254,10 +255,12 @@ def decide(facts: PlanFacts) -> Plan:
         """socirun downloads the layers (`planned`, or every layer not cached) and containerd unpacks them."""
         layers = planned if planned is not None else _uniform(image, snapshotter, "standard", why_layers)
         downloads = any(layer.mode == "standard" for layer in layers)  # socirun downloads some layer itself
-        transfer = facts.transfer if downloads else None
+        capabilities = sn.capabilities.get(snapshotter, ())
+        # auto's transfer completed for this snapshotter (TransferPlan.settle), once: the engine follows it.
+        transfer = facts.transfer.settle(snapshotter, capabilities) if downloads and facts.transfer else None
         unpacks = 0
         if transfer is not None:
-            unpacks = transfer.unpacks_at_once(snapshotter, sn.capabilities.get(snapshotter, ()))
+            unpacks = transfer.unpacks_at_once(snapshotter, capabilities)
             reasons.extend((*transfer.reasons, transfer.how(snapshotter, unpacks)))
         # The mode is the transfer's even when every layer is already here (nothing to download this time).
         mode: PlanMode = "parallel" if facts.transfer is not None and facts.transfer.chunked else "standard"

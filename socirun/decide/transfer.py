@@ -6,12 +6,13 @@
 - `choose_overlay_transfer` picks "parallel-stream" (ranged chunks over several connections, each layer unpacked
   by socirun's own applier as its bytes arrive) or "standard" (one stream per layer) and says why in plain
   sentences; the plan (and `socirun plan`) shows those sentences. `auto` picks parallel-stream over plain
-  "parallel" (the same download, each layer unpacked by containerd's Diff.Apply from the committed blob): on
-  containerd 1.6, which unpacks one layer at a time, it was measured much faster (README, Performance: 14.2 s
-  against 19.7 s and 15.3 s against 23.9 s for 1058 MB in 8 layers); on 2.4.2, which unpacks layers side by side
-  itself, the two were within run-to-run noise (11.3 against 10.9 s, 12.3 against 14.4 s). The snapshotter's
-  capabilities are not known yet when this is decided, so auto cannot tell the two apart; plain parallel stays one
-  flag away.
+  "parallel" (the same download, each layer unpacked by containerd's Diff.Apply from the committed blob) where
+  containerd unpacks one layer at a time (containerd 1.6: measured much faster, README Performance: 14.2 s against
+  19.7 s and 15.3 s against 23.9 s for 1058 MB in 8 layers). The snapshotter's capabilities are not known yet when
+  the transfer is decided, so `TransferPlan.settle` completes auto's choice once they are (the plan does it, or the
+  engine without a plan): where the snapshotter advertises "rebase" (containerd 2.x's overlayfs), containerd
+  unpacks several layers at once itself and auto's pull is plain parallel (measured on 2.4.2: 10.9 s against
+  11.7 s as the median of 9 runs each, and 15.7 against 18.4 CPU-s in all). A mode the user names is never changed.
 - `default_transfer_settings` sizes the parallel mode for a host the way SOCI's parallel pull is tuned: SOCI
   defaults to 3 connections per image and whole-layer requests, and its tuning guide raises both connections
   and chunk size on large hosts. socirun uses fewer connections and smaller chunks on small hosts, because
@@ -145,11 +146,10 @@ def choose_overlay_transfer(
     biggest = max((layer.size for layer in layers), default=None)
     if biggest is not None and biggest <= 2 * chunk_size:
         return standard(f"the largest layer is only {iec_size(biggest)}, so splitting it into chunks gains nothing")
-    reasons.append(
-        f"this host has {cpus} CPUs, enough to download ranged chunks over several connections while socirun "
-        f"unpacks each layer into {snapshotter} as its bytes arrive (--pull-mode parallel leaves the unpacking "
-        "to containerd, after each blob is stored)"
-    )
+    reasons.append(f"this host has {cpus} CPUs, enough to download ranged chunks over several connections")
+    # The last reason is the one TransferPlan.settle replaces when containerd unpacks several layers at once.
+    reasons.append(f"socirun unpacks each layer into {snapshotter} as its bytes arrive (--pull-mode parallel leaves "
+                   "the unpacking to containerd, after each blob is stored)")
     return OverlayTransferChoice("parallel-stream", tuple(reasons))
 
 
@@ -294,6 +294,21 @@ class TransferPlan:
     # Asked for: the blob of a layer socirun's applier unpacks as its bytes arrive is not written to containerd's
     # content store (only parallel-stream into a local snapshotter has such layers; see `discards`).
     discard_unpacked_layers: bool = False
+    asked: str = "auto"  # the --pull-mode (or [pull] mode) this was decided from: what `settle` may complete
+
+    def settle(self, snapshotter: str, capabilities: Collection[str]) -> TransferPlan:
+        """This transfer for the snapshotter the pull uses, once containerd said what that snapshotter can do.
+        auto's parallel-stream becomes plain parallel where the local snapshotter can rebase: containerd then
+        unpacks several layers at once itself (as containerd 2.x's own pull does), which measured as fast as
+        socirun's applier with less CPU. Anything else, any mode the user named, and a pull asked to discard
+        unpacked layers (only socirun's applier can; it is the fastest pull there too) stays as it is."""
+        if (self.asked not in ("auto", "lazy") or self.mode != "parallel-stream" or self.discard_unpacked_layers
+                or snapshotter not in LOCAL_SNAPSHOTTERS or REBASE_CAPABILITY not in capabilities):
+            return self
+        why = (f"{snapshotter} can rebase, so containerd unpacks several layers at once itself (as containerd 2.x's "
+               "own pull does) and socirun leaves the unpacking to it; where a snapshotter cannot, socirun unpacks "
+               "each layer as its bytes arrive (--pull-mode parallel-stream asks for that here too)")
+        return replace(self, mode="parallel", reasons=(*self.reasons[:-1], why))
 
     @property
     def connections(self) -> int:
@@ -382,4 +397,4 @@ def plan_transfer(
     chosen, reasons = choose_overlay_transfer(host, requested=mode, snapshotter=snapshotter,
                                               chunk_size=settings.chunk_size)
     return TransferPlan(chosen, reasons, settings, max_concurrent_downloads or DEFAULT_STANDARD_DOWNLOADS,
-                        discard_unpacked_layers)
+                        discard_unpacked_layers, asked=mode)

@@ -106,6 +106,9 @@ class _Pull:
         self.snapshotter = request.snapshotter
         self.fetched = 0
         self._throttle = _Throttle()
+        # The transfer this pull follows: the request's, completed for the snapshotter by the plan (or in run()
+        # without one; TransferPlan.settle). Connections and chunking are the same before and after.
+        self.transfer: TransferPlan = request.transfer
         transfer = request.transfer
         connections = max(1, transfer.connections)
         # Parallel modes' connections and memory (made by _set_budget once the snapshotter and the unpack count are
@@ -133,10 +136,10 @@ class _Pull:
 
     @property
     def _streaming(self) -> bool:
-        return self.request.transfer.mode == "parallel-stream" and self.snapshotter in LOCAL_SNAPSHOTTERS
+        return self.transfer.mode == "parallel-stream" and self.snapshotter in LOCAL_SNAPSHOTTERS
 
     def _set_budget(self) -> None:
-        transfer = self.request.transfer
+        transfer = self.transfer
         if not transfer.chunked:
             return
         connections = max(1, transfer.connections)
@@ -148,7 +151,7 @@ class _Pull:
 
     @property
     def _discarding(self) -> bool:
-        return self.request.transfer.discards(self.snapshotter)
+        return self.transfer.discards(self.snapshotter)
 
     # -- content -------------------------------------------------------------------------------------------
 
@@ -515,7 +518,7 @@ class _Pull:
         except (UnsupportedMountsError, UnsupportedLayerError) as err:
             self._must_store.add(layer.digest)  # Diff.Apply reads the blob: it is stored even when discarding
             tap.detach()
-            self._warn_once(f"--pull-mode parallel-stream: {err}; containerd's Diff.Apply unpacks such layers "
+            self._warn_once(f"socirun's streaming applier: {err}; containerd's Diff.Apply unpacks such layers "
                             "from the stored blob instead")
             return False
         except TapFailedError:
@@ -692,11 +695,14 @@ class _Pull:
         if plan is None:
             if self.snapshotter in LOCAL_SNAPSHOTTERS:
                 capabilities = await self.ctd.snapshotter_capabilities(self.snapshotter)
-                self._unpacks = req.transfer.unpacks_at_once(self.snapshotter, capabilities)
-            self.emit(ev.PlanMade(mode=req.transfer.mode, snapshotter=self.snapshotter,
-                                  reasons=(*req.transfer.reasons, req.transfer.how(self.snapshotter, self._unpacks))))
+                self.transfer = req.transfer.settle(self.snapshotter, capabilities)
+                self._unpacks = self.transfer.unpacks_at_once(self.snapshotter, capabilities)
+            self.emit(ev.PlanMade(mode=self.transfer.mode, snapshotter=self.snapshotter,
+                                  reasons=(*self.transfer.reasons, self.transfer.how(self.snapshotter, self._unpacks))))
         else:
             self.snapshotter = plan.snapshotter
+            if plan.transfer is not None:
+                self.transfer = plan.transfer
             self._unpacks = plan.unpacks
             for event in plan_events(plan):
                 self.emit(event)
@@ -706,16 +712,16 @@ class _Pull:
         chain = chain_ids(list(img.diff_ids))
         present = [await self.ctd.snapshot_stat(self.snapshotter, cid) is not None for cid in chain]
         self._states = ["committed" if here else "waiting" for here in present]
-        if req.transfer.mode == "parallel-stream" and not self._streaming:
+        if self.transfer.asked == "parallel-stream" and not self._streaming:
             self._warn_once(f"--pull-mode parallel-stream streams layers into local snapshotters only; with "
                             f"{self.snapshotter} the layers socirun downloads are unpacked by Diff.Apply")
-        if req.transfer.discard_unpacked_layers and not self._discarding:
-            self._warn_once(req.transfer.discard_note(self.snapshotter))  # every blob is stored: say so, once
+        if self.transfer.discard_unpacked_layers and not self._discarding:
+            self._warn_once(self.transfer.discard_note(self.snapshotter))  # every blob is stored: say so, once
         if self._discarding:
             self._discardable = discardable_blobs([layer.digest for layer in img.layers])
         for i, layer in enumerate(img.layers):
             self.emit(ev.LayerPlanned(index=i, digest=layer.digest, media_type=layer.media_type,
-                                      size=layer.size, mode=planned_mode(plan, i, present[i], req.transfer.mode)))
+                                      size=layer.size, mode=planned_mode(plan, i, present[i], self.transfer.mode)))
 
         async with PullLease(self.ctd, str(img.reference)) as lease:
             self.lease = lease
@@ -756,7 +762,7 @@ class _Pull:
         elapsed = time.monotonic() - started
         self.emit(ev.PullFinished(reference=str(img.reference), manifest_digest=img.manifest.digest,
                                   snapshotter=self.snapshotter,
-                                  mode=plan.mode if plan is not None else req.transfer.mode,
+                                  mode=plan.mode if plan is not None else self.transfer.mode,
                                   fetched=self.fetched,
                                   total_size=total, elapsed=elapsed))
         return PullResult(image=img, top_chain_id=chain[-1], fetched=self.fetched, elapsed=elapsed,

@@ -304,3 +304,23 @@ def test_a_layer_another_pull_commits_meanwhile_still_has_its_blob_stored_before
     assert leases == [], leases  # nothing kept for a resume either
     manifest, _chain = image_chain(sandbox.registry_host, "stream/race", "v1")
     assert {layer["digest"] for layer in manifest["layers"]} <= _content(ctr, namespace)
+
+
+def test_auto_streams_where_containerd_unpacks_one_layer_at_a_time_and_leaves_it_to_containerd_elsewhere(
+    sandbox: SandboxInfo,
+) -> None:
+    """No --pull-mode: on containerd 1.6 (overlayfs cannot rebase) socirun's applier unpacks each layer as its bytes
+    arrive; on 2.x (it can) containerd unpacks several layers at once itself, and the plan says which and why."""
+    ref = push_sample(sandbox.registry_host, "stream/auto", "v1", [24], seed=1531)  # bigger than two 8 MiB chunks
+    namespace = f"stream-auto-{uuid.uuid4().hex[:6]}"
+    rebase = asyncio.run(_can_rebase(sandbox.containerd_address))
+    planned = _socirun(sandbox, namespace, "plan", "--json", ref)
+    assert planned.code == 0, planned.stderr
+    transfer = json.loads(planned.stdout)["transfer"]
+    assert transfer["strategy"] == ("parallel" if rebase else "parallel-stream"), transfer
+    assert ("overlayfs can rebase, so containerd unpacks" in transfer["reason"]) == rebase, transfer
+    pulled = _socirun(sandbox, namespace, "pull", "--progress", "json", ref)
+    assert pulled.code == 0, pulled.stderr
+    live = [e for e in pulled.of("layer_state") if e["detail"] == "as its bytes arrive"]
+    assert bool(live) != rebase, live
+    assert pulled.of("warning") == []  # auto's choice is not the user's --pull-mode: nothing to warn about

@@ -294,6 +294,19 @@ def test_the_plan_unpacks_in_parallel_only_where_the_snapshotter_can_rebase() ->
     assert plain.unpacks == 0 and not any("can rebase" in r for r in plain.reasons)
 
 
+def test_the_plan_completes_autos_transfer_for_the_snapshotter_it_picks() -> None:
+    given = plan_transfer(mode="auto", raw_config={}, snapshotter="overlayfs", host=MID)
+    assert given.mode == "parallel-stream"
+    rebase = replace(NO_SOCI, capabilities={"overlayfs": ("rebase",)})
+    plan = decide(PlanFacts(rebase, DEFAULTS, image(), MID, UserChoice(), given))
+    assert plan.transfer is not None and plan.transfer.mode == "parallel"  # what the engine follows
+    assert plan.to_json()["transfer"]["strategy"] == "parallel"
+    assert any("overlayfs can rebase, so containerd unpacks several layers at once" in r for r in plan.reasons)
+    assert plan.transfer.how("overlayfs", plan.unpacks) in plan.reasons
+    unchanged = decide(PlanFacts(NO_SOCI, DEFAULTS, image(), MID, UserChoice(), given))  # containerd 1.6
+    assert unchanged.transfer is given and unchanged.to_json()["transfer"]["strategy"] == "parallel-stream"
+
+
 SMALL_LAYER, BIG_ZTOC = LAYERS[0], LAYERS[1]
 NO_ZTOC_BIG = LayerFact("sha256:" + "d" * 64, 300 * MB, GZ)
 

@@ -44,7 +44,7 @@ def test_forced_modes_win_and_say_so() -> None:
 def test_auto_picks_parallel_stream_for_overlayfs_on_a_multi_cpu_host() -> None:
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=2), BIG, snapshotter="overlayfs")
     assert mode == "parallel-stream"
-    assert "2 CPUs" in reasons[-1] and "unpacks each layer into overlayfs as its bytes arrive" in reasons[-1]
+    assert "2 CPUs" in reasons[-2] and "unpacks each layer into overlayfs as its bytes arrive" in reasons[-1]
 
 
 def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
@@ -60,7 +60,7 @@ def test_auto_keeps_one_stream_where_parallel_would_not_help() -> None:
 def test_lazy_falls_back_like_auto_and_explains_why() -> None:
     mode, reasons = choose_overlay_transfer(HostFacts(cpus=4, nic_speed_mbps=10_000), BIG, requested="lazy")
     assert mode == "parallel-stream"
-    assert "soci snapshotter" in reasons[0] and len(reasons) == 2
+    assert "soci snapshotter" in reasons[0] and len(reasons) == 3
 
 
 def test_unknown_mode_is_a_usage_error() -> None:
@@ -138,3 +138,23 @@ def test_unpack_concurrency_defaults_to_the_cpus_up_to_four_and_is_checked() -> 
     for bad in (-1, "2", True, 1.5):
         with pytest.raises(ConfigError, match=r"pull\.max_concurrent_unpacks"):
             resolve_transfer_settings(cpus=2, memory_bytes=None, raw_config={"pull": {"max_concurrent_unpacks": bad}})
+
+
+def test_auto_leaves_the_unpacking_to_containerd_where_the_snapshotter_can_rebase() -> None:
+    auto = plan_transfer(mode="auto", raw_config={}, snapshotter="overlayfs", host=HOST_2)
+    assert auto.mode == "parallel-stream" and auto.asked == "auto"
+    settled = auto.settle("overlayfs", ("rebase",))  # containerd 2.x's overlayfs
+    assert settled.mode == "parallel" and settled.settings == auto.settings and settled.chunked
+    assert "2 CPUs" in settled.reasons[-2] and "overlayfs can rebase, so containerd unpacks" in settled.reasons[-1]
+    assert not any("as its bytes arrive" in reason for reason in settled.reasons[:-1])
+    assert auto.settle("overlayfs", ()) is auto  # containerd 1.6: socirun's applier, as auto picked
+    assert auto.settle("soci", ("rebase",)) is auto  # a remote snapshotter's layers are never streamed anyway
+    lazy = plan_transfer(mode="lazy", raw_config={}, snapshotter="overlayfs", host=HOST_2)
+    assert lazy.settle("overlayfs", ("rebase",)).mode == "parallel"  # lazy falls back as auto does
+    for named in ("parallel-stream", "parallel", "standard"):  # a mode the user names is never changed
+        asked = plan_transfer(mode=named, raw_config={}, snapshotter="overlayfs", host=HOST_2)
+        assert asked.settle("overlayfs", ("rebase",)) is asked
+    # Discarding needs socirun's applier (and stream + discard is the fastest pull there too).
+    discarding = plan_transfer(mode="auto", raw_config={}, snapshotter="overlayfs", host=HOST_2,
+                               discard_unpacked_layers=True)
+    assert discarding.settle("overlayfs", ("rebase",)) is discarding
