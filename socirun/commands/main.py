@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--chunk-size", default=None, metavar="SIZE",
                       help="bytes per ranged request in parallel mode, e.g. 16MiB or 8MB (default from the host)")
     pull.add_argument("--discard-unpacked-layers", action=argparse.BooleanOptionalAction, default=None,
-                      help="with --pull-mode parallel-stream: keep no blob of a layer socirun unpacks as its bytes "
+                      help="in a parallel-stream pull (--pull-mode parallel-stream, or auto, which then streams "
+                           "into any local snapshotter): keep no blob of a layer socirun unpacks as its bytes "
                            "arrive (less CPU and disk; the image cannot be exported, pushed or unpacked again "
                            "from the store) (default off, or [pull] discard_unpacked_layers)")
     pull.add_argument("--record-events", default=None, metavar="FILE",

@@ -132,7 +132,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("record-events", "string", help="Also write the event stream to FILE (JSON lines) for socirun replay"),
     Flag("pull-mode", "string", help="How a missing image is pulled: auto|lazy|parallel|parallel-stream|standard"),
     Flag("discard-unpacked-layers", "bool",
-         help="With --pull-mode parallel-stream: keep no blob of a layer unpacked as it arrives"),
+         help="In a parallel-stream pull (asked for, or auto): keep no blob of a layer unpacked as it arrives"),
     Flag("address", "string", help="containerd address (env CONTAINERD_ADDRESS)"),
     Flag("namespace", "string", help="containerd namespace (env CONTAINERD_NAMESPACE)"),
     Flag("data-root", "string", help="socirun's state: volumes, containers, CNI (env SOCIRUN_DATA_ROOT)"),
