@@ -7,12 +7,12 @@
   by socirun's own applier as its bytes arrive) or "standard" (one stream per layer) and says why in plain
   sentences; the plan (and `socirun plan`) shows those sentences. `auto` picks parallel-stream over plain
   "parallel" (the same download, each layer unpacked by containerd's Diff.Apply from the committed blob) where
-  containerd unpacks one layer at a time (containerd 1.6: measured much faster, README Performance: 14.2 s against
-  19.7 s and 15.3 s against 23.9 s for 1058 MB in 8 layers). The snapshotter's capabilities are not known yet when
+  containerd unpacks one layer at a time (containerd 1.6: measured much faster, README Performance: 13.0 s against
+  19.9 s and 15.3 s against 23.9 s for 1058 MB in 8 layers). The snapshotter's capabilities are not known yet when
   the transfer is decided, so `TransferPlan.settle` completes auto's choice once they are (the plan does it, or the
   engine without a plan): where the snapshotter advertises "rebase" (containerd 2.x's overlayfs), containerd
-  unpacks several layers at once itself and auto's pull is plain parallel (measured on 2.4.2: 10.9 s against
-  11.7 s as the median of 9 runs each, and 15.7 against 18.4 CPU-s in all). A mode the user names is never changed.
+  unpacks several layers at once itself and auto's pull is plain parallel (measured on 2.4.2: 10.0 s against
+  11.3 s as the median of 9 rounds each, and 15.6 against 16.9 CPU-s in all). A mode the user names never changes.
 - `default_transfer_settings` sizes the parallel mode for a host the way SOCI's parallel pull is tuned: SOCI
   defaults to 3 connections per image and whole-layer requests, and its tuning guide raises both connections
   and chunk size on large hosts. socirun uses fewer connections and smaller chunks on small hosts, because
