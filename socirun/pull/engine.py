@@ -109,7 +109,7 @@ class _Pull:
         # The transfer this pull follows: the request's, completed for the snapshotter by the plan (or in run()
         # without one; TransferPlan.settle). Connections and chunking are the same before and after.
         self.transfer: TransferPlan = request.transfer
-        transfer = request.transfer
+        transfer = self.transfer
         connections = max(1, transfer.connections)
         # Parallel modes' connections and memory (made by _set_budget once the snapshotter and the unpack count are
         # known: a streaming pull gives its appliers' chunks out of the window).

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from socirun.containerd.client import ContainerdClient
-from socirun.oci import DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, chain_ids
+from socirun.oci import DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_MANIFEST, chain_ids, sha256_digest
+from socirun.sandbox.oci_layout import INDEX_FILE, LAYOUT_FILE, LAYOUT_VERSION, blob_path
 from socirun.sandbox.push import push_layout
 from socirun.sandbox.sample import push_sample
 from socirun.sandbox.sandbox import SandboxInfo
@@ -192,6 +193,29 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
+class _Layout:
+    """An OCI image layout a test writes by hand (socirun.sandbox.oci_layout's file names): blobs by content, then
+    index.json listing the one manifest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, data: bytes) -> dict[str, object]:
+        """Store a blob; its descriptor's digest and size."""
+        digest = sha256_digest(data)
+        path = blob_path(self.root, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return {"digest": digest, "size": len(data)}
+
+    def finish(self, manifest: bytes, media_type: str) -> Path:
+        """Store the manifest and list it in index.json; the layout's directory."""
+        (self.root / LAYOUT_FILE).write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+        (self.root / INDEX_FILE).write_text(json.dumps({"schemaVersion": 2, "manifests": [
+            {"mediaType": media_type, **self.put(manifest)}]}))
+        return self.root
+
+
 def _zstd_image_layout(root: Path, zstd_text: bytes = b"from the zstd layer\n" * 1000) -> tuple[Path, list[str]]:
     """A two-layer Docker image whose second layer is zstd-compressed under the plain Docker tar type, which
     containerd sniffs and unpacks but socirun's applier (no zstd library) can only discover once bytes arrive.
@@ -199,15 +223,9 @@ def _zstd_image_layout(root: Path, zstd_text: bytes = b"from the zstd layer\n" *
 
     Each call's layers are new blobs (an id.txt of their own in each): a blob another test already stored, in any
     namespace, is not downloaded again, so it would never reach the applier and the test would not see it."""
-    blobs = root / "blobs" / "sha256"
+    layout = _Layout(root)
+    put = layout.put
     token = uuid.uuid4().hex.encode()
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
     tars = [_tar({"a.txt": b"from the gzip layer\n", "id.txt": token}), _tar({"b.txt": zstd_text, "id.txt": token})]
     compressed = [gzip.compress(tars[0], mtime=0),
                   subprocess.run(["zstd", "-q", "-c"], input=tars[1], capture_output=True, check=True).stdout]
@@ -220,10 +238,7 @@ def _zstd_image_layout(root: Path, zstd_text: bytes = b"from the zstd layer\n" *
         "layers": [{"mediaType": DOCKER_LAYER_GZIP, **put(compressed[0])},
                    {"mediaType": "application/vnd.docker.image.rootfs.diff.tar", **put(compressed[1])}],
     }).encode()
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": DOCKER_MANIFEST, **put(manifest)}]}))
-    return root, diff_ids
+    return layout.finish(manifest, DOCKER_MANIFEST), diff_ids
 
 
 def test_a_layer_the_applier_cannot_read_falls_back_to_diff_apply_with_one_warning(
@@ -247,14 +262,8 @@ def _twin_layout(sandbox: SandboxInfo, repo: str, root: Path) -> Path:
     """An OCI layout of the image `repo`:v1 with every layer gzipped again at another level: other blobs (other
     digests, other ingest refs) with the same diffIDs, hence the same chain of snapshots."""
     manifest, _chain = image_chain(sandbox.registry_host, repo, "v1")
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
+    layout = _Layout(root)
+    put = layout.put
     config = registry_blob_path(sandbox.dir, manifest["config"]["digest"]).read_bytes()
     layers = []
     for layer in manifest["layers"]:
@@ -262,11 +271,7 @@ def _twin_layout(sandbox: SandboxInfo, repo: str, root: Path) -> Path:
         layers.append({**layer, **put(gzip.compress(tar, compresslevel=1, mtime=0))})
         assert layers[-1]["digest"] != layer["digest"]
     twin = json.dumps({**manifest, "config": {**manifest["config"], **put(config)}, "layers": layers}).encode()
-    media_type = manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": media_type, **put(twin)}]}))
-    return root
+    return layout.finish(twin, manifest.get("mediaType", OCI_MANIFEST))
 
 
 def test_a_layer_another_pull_commits_meanwhile_still_has_its_blob_stored_before_the_image_is_recorded(
